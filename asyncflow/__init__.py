@@ -1,0 +1,63 @@
+"""asyncflow: durable async workflows from a one-page Python script, with no server.
+
+Workflows are ``async def`` functions replayed from the top on every invocation; side
+effects, shared state and pauses are recorded in a backend, so a run behaves as if it had been
+suspended and resumed. Works on asyncio and trio.
+"""
+
+from ._backend import Backend as Backend
+from ._backend import Entry as Entry
+from ._backend import Key as Key
+from ._backends._file import FileBackend as FileBackend
+from ._backends._memory import MemoryBackend as MemoryBackend
+from ._context import Context as Context
+from ._exceptions import AsyncflowError as AsyncflowError
+from ._exceptions import BackendError as BackendError
+from ._exceptions import ConfigError as ConfigError
+from ._exceptions import ConflictError as ConflictError
+from ._exceptions import NonDeterminismError as NonDeterminismError
+from ._exceptions import RunNotFoundError as RunNotFoundError
+from ._exceptions import SerializationError as SerializationError
+from ._exceptions import SideEffectError as SideEffectError
+from ._exceptions import UnknownTriggerError as UnknownTriggerError
+from ._exceptions import UsageError as UsageError
+from ._flow import Flow as Flow
+from ._flow import setup as setup
+from ._results import Run as Run
+from ._results import RunResult as RunResult
+from ._results import RunStatus as RunStatus
+from ._results import Step as Step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncflowError",
+    "Backend",
+    "BackendError",
+    "ConfigError",
+    "ConflictError",
+    "Context",
+    "Entry",
+    "FileBackend",
+    "Flow",
+    "Key",
+    "MemoryBackend",
+    "NonDeterminismError",
+    "Run",
+    "RunNotFoundError",
+    "RunResult",
+    "RunStatus",
+    "SerializationError",
+    "SideEffectError",
+    "Step",
+    "UnknownTriggerError",
+    "UsageError",
+    "setup",
+]
+
+# Show the public names as asyncflow's own (in reprs, tracebacks and docs), as httpx does.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("asyncflow."):
+        _obj.__module__ = "asyncflow"
+del _name, _obj

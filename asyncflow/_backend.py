@@ -1,0 +1,107 @@
+"""The storage interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+import anyio
+
+__all__ = ["Backend", "Entry", "Key"]
+
+#: A stored object's address: ``(namespace, name)``. asyncflow chooses the namespaces (plain
+#: ASCII words); names can be any Unicode text, so a backend must encode them so that no name
+#: can reach outside its namespace.
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored object as read: its bytes and an opaque version token.
+
+    The version changes on every write. Pass it back as ``if_version`` to write only if
+    nobody wrote in between (compare-and-swap).
+    """
+
+    data: bytes
+    version: str
+
+
+class Backend(abc.ABC):
+    """Where a flow keeps its runs and shared state: a small key-value store with versions.
+
+    Implement the abstract methods to keep asyncflow's data anywhere. Every method may be called
+    from many tasks at once. Raise :class:`asyncflow.BackendError` (naming the location at fault)
+    for failures and :class:`asyncflow.ConflictError` when a condition does not hold; never let
+    a library's own exceptions escape. :mod:`asyncflow.testing` has a conformance suite that
+    checks an implementation against this contract.
+    """
+
+    async def open(self) -> None:  # noqa: B027  (optional hook, empty on purpose)
+        """Acquire connections or clients. Called once before use; the default does nothing."""
+
+    async def aclose(self) -> None:  # noqa: B027  (optional hook, empty on purpose)
+        """Release what :meth:`open` acquired. The default does nothing."""
+
+    @abc.abstractmethod
+    async def read(self, key: Key) -> Entry | None:
+        """Return the object stored at ``key``, or ``None`` if there is none."""
+
+    async def read_many(self, keys: Sequence[Key]) -> list[Entry | None]:
+        """Return :meth:`read` of each key, in order.
+
+        Backends that can fetch in batches override this; the default reads concurrently.
+        """
+        results: list[Entry | None] = [None] * len(keys)
+        limiter = anyio.CapacityLimiter(64)
+
+        async def one(i: int, key: Key) -> None:
+            async with limiter:
+                results[i] = await self.read(key)
+
+        async with anyio.create_task_group() as tg:
+            for i, key in enumerate(keys):
+                tg.start_soon(one, i, key)
+        return results
+
+    @abc.abstractmethod
+    async def write(
+        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
+    ) -> str:
+        """Store ``data`` at ``key`` atomically and return the new version.
+
+        Args:
+            key: where to store.
+            data: the whole new content.
+            if_version: write only if the current version is this one.
+            if_absent: write only if nothing is stored at ``key`` (first writer wins).
+
+        Raises:
+            ConflictError: a condition did not hold; nothing was written.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, key: Key, *, if_version: str | None = None) -> None:
+        """Delete ``key``. Deleting what is not there is not an error, unless ``if_version``
+        is given, in which case the current version must match (else :class:`ConflictError`).
+        """
+
+    @abc.abstractmethod
+    async def list(self, namespace: str) -> list[str]:
+        """Return the names stored in ``namespace``, in any order."""
+
+    @abc.abstractmethod
+    def claim(self, key: Key) -> AbstractAsyncContextManager[bool]:
+        """Try to take an exclusive hold on ``key`` without waiting.
+
+        Used as ``async with backend.claim(key) as held:``. ``held`` is ``False`` when another
+        holder (another task, process or machine) has it. A hold must not outlive its holder:
+        if the process dies, the key becomes claimable again (at once, or once a lease
+        expires).
+        """
+
+    def locate(self, key: Key) -> str:
+        """Describe where ``key`` lives (a path or URL), for error messages."""
+        return f"{key[0]}/{key[1]}"

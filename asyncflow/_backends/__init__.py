@@ -1,0 +1,1 @@
+"""Backend implementations, each imported only when it is asked for."""

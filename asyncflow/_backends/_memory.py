@@ -1,0 +1,77 @@
+"""The in-memory backend: for tests, and for flows embedded in one long-lived process."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from .._backend import Backend, Entry, Key
+from .._exceptions import ConflictError
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend(Backend):
+    """Keeps everything in a dict of this process; gone when the object is.
+
+    Every operation completes without yielding to the event loop, so each is atomic with
+    respect to other tasks. Claims hold within this object only.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[Key, Entry] = {}
+        self._held: set[Key] = set()
+        self._versions = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return "MemoryBackend()"
+
+    async def read(self, key: Key) -> Entry | None:
+        return self._data.get(key)
+
+    async def write(
+        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
+    ) -> str:
+        current = self._data.get(key)
+        _check(self, key, current, if_version=if_version, if_absent=if_absent)
+        version = str(next(self._versions))
+        self._data[key] = Entry(bytes(data), version)
+        return version
+
+    async def delete(self, key: Key, *, if_version: str | None = None) -> None:
+        current = self._data.get(key)
+        if if_version is not None:
+            _check(self, key, current, if_version=if_version, if_absent=False)
+        self._data.pop(key, None)
+
+    async def list(self, namespace: str) -> list[str]:
+        return [name for (ns, name) in self._data if ns == namespace]
+
+    @asynccontextmanager
+    async def claim(self, key: Key) -> AsyncIterator[bool]:
+        if key in self._held:
+            yield False
+            return
+        self._held.add(key)
+        try:
+            yield True
+        finally:
+            self._held.discard(key)
+
+    def locate(self, key: Key) -> str:
+        return f"memory:{key[0]}/{key[1]}"
+
+
+def _check(
+    backend: Backend, key: Key, current: Entry | None, *, if_version: str | None, if_absent: bool
+) -> None:
+    """Raise ConflictError unless the conditions of a write hold for ``current``."""
+    if if_absent and current is not None:
+        raise ConflictError(f"{backend.locate(key)} already exists", location=backend.locate(key))
+    if if_version is not None and (current is None or current.version != if_version):
+        found = "nothing" if current is None else f"version {current.version}"
+        raise ConflictError(
+            f"{backend.locate(key)} changed: expected version {if_version}, found {found}",
+            location=backend.locate(key),
+        )

@@ -1,0 +1,181 @@
+"""``flow.cli()``: run, list and show runs from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+import anyio
+
+from ._exceptions import AsyncflowError, UsageError
+from ._results import Run, RunResult, Step
+
+if TYPE_CHECKING:
+    from ._flow import Flow
+
+__all__ = ["format_summary", "main"]
+
+OK, RUN_FAILED, BAD_INPUT = 0, 1, 2
+
+
+def main(flow: Flow, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), execute, and return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.backend is not None:
+            from ._flow import open_backend
+
+            flow = copy.copy(flow)
+            flow.backend = open_backend(args.backend)
+        return int(anyio.run(_COMMANDS[args.command], flow, args, backend=args.loop))
+    except AsyncflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--backend", metavar="URL", help="where runs are kept, e.g. file:.asyncflow or memory:"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument(
+        "--loop", choices=("asyncio", "trio"), default="asyncio", help="async library to run on"
+    )
+    parser = argparse.ArgumentParser(description="Run and inspect this script's workflows.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="start TRIGGER's workflows (if given) and resume every due run",
+    )
+    run.add_argument("trigger", nargs="?", help="the trigger to start (omit: resume only)")
+    run.add_argument("args", nargs="?", metavar="ARGS_JSON", help="the runs' args, as JSON")
+    runs = sub.add_parser("runs", parents=[common], help="list runs")
+    runs.add_argument(
+        "--status", choices=("pending", "paused", "succeeded", "failed"), help="only these"
+    )
+    show = sub.add_parser("show", parents=[common], help="show one run with its steps and logs")
+    show.add_argument("run_id")
+    return parser
+
+
+async def _run(flow: Flow, args: argparse.Namespace) -> int:
+    payload: Any = None
+    if args.args is not None:
+        if args.trigger is None:
+            raise UsageError("ARGS_JSON given without a TRIGGER")
+        try:
+            payload = json.loads(args.args)
+        except ValueError as exc:
+            raise UsageError(f"ARGS_JSON is not valid JSON: {exc}") from None
+    results = await flow.run(args.trigger, payload)
+    if args.json:
+        _print_json([dataclasses.asdict(r) for r in results])
+    else:
+        print(format_summary(results), end="")
+    return RUN_FAILED if any(r.status == "failed" for r in results) else OK
+
+
+async def _runs(flow: Flow, args: argparse.Namespace) -> int:
+    runs = await flow.list_runs(args.status)
+    if args.json:
+        _print_json([_run_dict(r, steps=False) for r in runs])
+        return OK
+    rows = [("RUN_ID", "WORKFLOW", "STATUS", "UPDATED")]
+    rows += [(r.run_id, r.workflow, r.status, _time(r.updated_at)) for r in runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3]
+        )
+    return OK
+
+
+async def _show(flow: Flow, args: argparse.Namespace) -> int:
+    run = await flow.get_run(args.run_id)
+    if args.json:
+        _print_json(_run_dict(run, steps=True))
+        return OK
+    print(f"run_id: {run.run_id}")
+    print(f"workflow: {run.workflow}")
+    print(f"trigger: {run.trigger}")
+    print(f"status: {run.status}")
+    print(f"created: {_time(run.created_at)}")
+    print(f"updated: {_time(run.updated_at)}")
+    print(f"args: {_compact(run.args)}")
+    if run.status == "succeeded":
+        print(f"result: {_compact(run.result)}")
+    if run.error is not None:
+        print(f"error: {run.error}")
+    print("steps:")
+    for i, step in enumerate(run.steps, 1):
+        print(f"  {i}. {_describe(step)}")
+    print("logs:")
+    for line in run.logs:
+        print(f"  - {line}")
+    return OK
+
+
+_COMMANDS = {"run": _run, "runs": _runs, "show": _show}
+
+
+def format_summary(results: Sequence[RunResult]) -> str:
+    """The seed's RUN SUMMARY text for an invocation's results."""
+    n = len(results)
+    lines = ["", "---------RUN SUMMARY---------", f"{n} workflow run{'' if n == 1 else 's'}"]
+    for i, r in enumerate(results, 1):
+        lines += [
+            f"\t{i}.",
+            f"\t  workflow: {r.workflow}",
+            f"\t  run_id: {r.run_id}",
+            f"\t  status: {r.status}",
+        ]
+        if r.error is not None:
+            lines.append(f"\t  error: {r.error}")
+        lines.append("\t  logs:")
+        lines += [f"\t    - {line}" for line in r.logs]
+    return "\n".join(lines) + "\n"
+
+
+def _describe(step: Step) -> str:
+    if step.kind == "log":
+        return f"log {_compact(step.value)}"
+    if step.kind == "pause":
+        return "pause_once"
+    text = f"{step.kind} {step.name}"
+    if step.error is not None:
+        return f"{text} raised {step.error}"
+    if not step.done:
+        return f"{text} (started, not finished)"
+    if step.kind == "set_state":
+        return f"{text} = {_compact(step.value)}"
+    return f"{text} -> {_compact(step.value)}"
+
+
+def _run_dict(run: Run, *, steps: bool) -> dict[str, Any]:
+    data = dataclasses.asdict(run)
+    if not steps:
+        del data["steps"]
+    return data
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _time(ts: float) -> str:
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def _print_json(data: Any, out: TextIO | None = None) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2), file=out or sys.stdout)

@@ -1,0 +1,222 @@
+"""The Context a workflow receives, and the replay of its journal."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import AsyncflowError, NonDeterminismError, SideEffectError
+from ._record import dumps, step_text
+
+if TYPE_CHECKING:
+    from ._engine import Execution
+
+__all__ = ["Context", "Suspend"]
+
+logger = logging.getLogger("asyncflow")
+
+
+class Suspend(BaseException):
+    """Unwinds a workflow that paused.
+
+    A ``BaseException``, like cancellation, so that ``except Exception:`` in user code cannot
+    swallow a pause.
+    """
+
+
+class Context:
+    """What a workflow (and each side effect) receives as its first argument.
+
+    Every awaitable on it is replay-safe: the first time a run reaches it, it does its work and
+    records the outcome; when the run is replayed, it returns the recorded outcome instead.
+
+    Attributes:
+        run_id: the id of the run being executed.
+        workflow: the workflow's name.
+        args: the arguments the run was started with (as stored: JSON round-tripped).
+    """
+
+    __slots__ = ("_exec", "_fatal", "_pos", "_record", "_suspended", "args", "run_id", "workflow")
+
+    def __init__(self, execution: Execution) -> None:
+        self._exec = execution
+        self._record = execution.record
+        self._pos = 0  # index of the next journal step to replay
+        self._suspended = False
+        self._fatal: AsyncflowError | None = None
+        self.run_id = self._record.run_id
+        self.workflow = self._record.workflow
+        self.args = self._record.args
+
+    def __repr__(self) -> str:
+        return f"<Context workflow={self.workflow!r} run_id={self.run_id!r}>"
+
+    # -- the primitives -----------------------------------------------------------------------
+
+    async def log(self, message: object) -> None:
+        """Append ``message`` (as text) to the run's log, once: replays do not log it again.
+
+        The line also goes to the ``asyncflow`` logger at INFO level.
+        """
+        if self._replay("log", None) is not None:
+            return
+        text = str(message)
+        self._append({"kind": "log", "message": text}, step_text("log", message=dumps(text, "")))
+        logger.info("%s %s: %s", self.workflow, self.run_id, text)
+
+    async def get_state(self, name: str, default: Any = None) -> Any:
+        """Read the shared state value ``name`` (``default`` if it was never set).
+
+        State is shared by every run of the flow. On replay this returns what it returned the
+        first time, whatever the state holds now.
+        """
+        step = self._replay("get_state", name)
+        if step is not None:
+            return step["value"]
+        value_json = await self._exec.read_state(name, default)
+        value = json.loads(value_json)
+        self._append(
+            {"kind": "get_state", "name": name, "value": value},
+            step_text("get_state", name, value=value_json),
+        )
+        return value
+
+    async def set_state(self, name: str, value: Any) -> None:
+        """Write the shared state value ``name``; does nothing when the run is replayed.
+
+        Raises:
+            SerializationError: ``value`` cannot be stored as JSON (nothing is written).
+        """
+        if self._replay("set_state", name) is not None:
+            return
+        value_json = dumps(value, f"the value for state {name!r}")
+        await self._exec.write_state(name, value_json)
+        self._append(
+            {"kind": "set_state", "name": name, "value": json.loads(value_json)},
+            step_text("set_state", name, value=value_json),
+        )
+
+    async def pause_once(self) -> None:
+        """Suspend the run here, once; a later invocation resumes it past this point."""
+        if self._replay("pause", None) is not None:
+            return
+        self._append({"kind": "pause"}, step_text("pause"))
+        self._suspended = True
+        raise Suspend
+
+    # -- side effects ---------------------------------------------------------------------------
+
+    async def _sideeffect(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        record = self._record
+        step = self._replay("sideeffect", name)
+        if step is not None:
+            if "value" in step:
+                self._pos += step.get("span", 0)
+                return step["value"]
+            if "error" in step:
+                self._pos += step.get("span", 0)
+                error = step["error"]
+                raise SideEffectError(name, str(error.get("type")), str(error.get("message")))
+            # Started but not finished: it paused inside. Enter it again; its inner steps,
+            # recorded after it, replay.
+            index = self._pos - 1
+        else:
+            # The previous side effect's outcome must be stored before this one starts.
+            await self._exec.checkpoint_if_dirty()
+            index = self._append(
+                {"kind": "sideeffect", "name": name},
+                step_text("sideeffect", name),
+            )
+        try:
+            value = await fn(self, *args, **kwargs)
+        except Exception as exc:
+            if self._fatal is not None:
+                raise  # the run is broken (non-determinism...): not the side effect's failure
+            span = self._pos - index - 1
+            error = {"type": type(exc).__qualname__, "message": str(exc)}
+            record.replace(
+                index,
+                {"kind": "sideeffect", "name": name, "span": span, "error": error},
+                step_text("sideeffect", name, span=str(span), error=dumps(error, "")),
+            )
+            self._exec.dirty = True
+            raise SideEffectError(name, error["type"], error["message"]) from exc
+        self._check_live()  # the body may have swallowed a pause or a fatal error
+        try:
+            value_json = dumps(value, f"the value returned by side effect {name!r}")
+        except AsyncflowError as exc:
+            self._fatal = exc
+            raise
+        span = self._pos - index - 1
+        value = json.loads(value_json)  # hand back what replays will return
+        record.replace(
+            index,
+            {"kind": "sideeffect", "name": name, "span": span, "value": value},
+            step_text("sideeffect", name, span=str(span), value=value_json),
+        )
+        self._exec.dirty = True
+        return value
+
+    # -- journal -----------------------------------------------------------------------------
+
+    def _check_live(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._suspended:
+            raise Suspend
+
+    def _replay(self, kind: str, name: str | None) -> dict[str, Any] | None:
+        """Return the recorded step at the current position (and move past it), or ``None``
+        when the run reaches this point for the first time."""
+        self._check_live()
+        steps = self._record.steps
+        i = self._pos
+        if i >= len(steps):
+            return None
+        step = steps[i]
+        if step["kind"] != kind or step.get("name") != name:
+            self._fatal = NonDeterminismError(
+                f"run {self.run_id} of workflow {self.workflow!r}: step {i + 1} was recorded as"
+                f" {_describe(step['kind'], step.get('name'))} but the workflow now reached"
+                f" {_describe(kind, name)}. The code changed under a paused run; the run's"
+                " record is kept as it was."
+            )
+            raise self._fatal
+        self._pos = i + 1
+        return step
+
+    def _append(self, step: dict[str, Any], text: str) -> int:
+        index = self._record.append(step, text)
+        self._pos = index + 1
+        self._exec.dirty = True
+        return index
+
+    def _finish_check(self) -> None:
+        """Called when the workflow returned: every recorded step must have been reached."""
+        self._check_live()
+        left = len(self._record.steps) - self._pos
+        if left:
+            step = self._record.steps[self._pos]
+            self._fatal = NonDeterminismError(
+                f"run {self.run_id} of workflow {self.workflow!r}: the workflow returned at step"
+                f" {self._pos + 1}, where {_describe(step['kind'], step.get('name'))} and"
+                f" {left - 1} more steps were recorded. The code changed under a paused run;"
+                " the run's record is kept as it was."
+            )
+            raise self._fatal
+
+
+def _describe(kind: str, name: str | None) -> str:
+    if kind == "sideeffect":
+        return f"side effect {name!r}"
+    if kind in ("get_state", "set_state"):
+        return f"{kind}({name!r})"
+    return {"log": "log()", "pause": "pause_once()"}.get(kind, kind)

@@ -1,0 +1,212 @@
+"""One invocation: find the due runs, claim them, replay them concurrently, store them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from ._backend import Backend, Key
+from ._context import Context, Suspend
+from ._exceptions import ConflictError
+from ._record import FINISHED, RunRecord, decode_state, dumps, encode_state, new_run_id
+from ._results import RunResult
+
+__all__ = ["Execution", "Workflow", "create_runs", "invoke", "read_state"]
+
+logger = logging.getLogger("asyncflow")
+
+ACTIVE = "active"  # pending and paused runs
+DONE = "finished"  # succeeded and failed runs
+STATE = "state"
+
+
+@dataclass(frozen=True)
+class Workflow:
+    name: str
+    trigger: str
+    fn: Callable[..., Awaitable[Any]]
+    takes_args: bool
+
+
+class Execution:
+    """One run being advanced: its record, the version stored, and its checkpoints."""
+
+    __slots__ = ("backend", "clock", "dirty", "key", "record", "version")
+
+    def __init__(
+        self, backend: Backend, clock: Callable[[], float], record: RunRecord, version: str | None
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.record = record
+        self.key: Key = (ACTIVE, record.run_id)
+        self.version = version  # None: not stored yet
+        self.dirty = False  # steps recorded since the last checkpoint
+
+    async def save(self) -> None:
+        self.record.updated_at = self.clock()
+        data = self.record.encode()
+        self.version = await self.backend.write(
+            self.key, data, if_version=self.version, if_absent=self.version is None
+        )
+        self.dirty = False
+
+    async def checkpoint_if_dirty(self) -> None:
+        if self.dirty:
+            await self.save()
+
+    async def read_state(self, name: str, default: Any) -> str:
+        """Return the JSON text of state ``name``, or of ``default`` if it is not set."""
+        return dumps(await read_state(self.backend, name, default), f"the default for {name!r}")
+
+    async def write_state(self, name: str, value_json: str) -> None:
+        # Each key is its own object, written whole: writers of other keys are never lost.
+        await self.backend.write((STATE, name), encode_state(name, value_json))
+
+    async def execute(self, workflow: Workflow) -> RunResult | None:
+        """Replay the run to its next stop and store it. ``None`` if it was lost to another
+        invocation."""
+        record = self.record
+        ctx = Context(self)
+        try:
+            if workflow.takes_args:
+                result = await workflow.fn(ctx, record.args)
+            else:
+                result = await workflow.fn(ctx)
+            ctx._finish_check()
+            record.result = json.loads(dumps(result, f"the result of workflow {workflow.name!r}"))
+            record.status = "succeeded"
+        except Suspend:
+            record.status = "paused"
+        except Exception as exc:
+            if isinstance(ctx._fatal, ConflictError) or isinstance(exc, ConflictError):
+                logger.warning("run %s was changed by another invocation; skipped", record.run_id)
+                return None
+            if ctx._suspended and ctx._fatal is None:
+                record.status = "paused"  # the workflow raised after swallowing its pause
+            else:
+                failure = ctx._fatal or exc
+                record.status = "failed"
+                record.error = f"{type(failure).__name__}: {failure}"
+                logger.info("run %s of %s failed: %s", record.run_id, workflow.name, record.error)
+        else:
+            if ctx._suspended:
+                record.status = "paused"  # it caught the Suspend and returned: still paused
+        try:
+            await self.save()
+            if record.status in FINISHED:
+                await finish(self.backend, record, self.version)
+        except ConflictError:
+            logger.warning("run %s was changed by another invocation; skipped", record.run_id)
+            return None
+        return RunResult._of(record)
+
+
+async def read_state(backend: Backend, name: str, default: Any) -> Any:
+    """The value of state ``name``, or ``default`` if it was never set."""
+    key = (STATE, name)
+    entry = await backend.read(key)
+    if entry is None:
+        return default
+    return decode_state(entry.data, name, backend.locate(key))
+
+
+async def finish(backend: Backend, record: RunRecord, version: str | None) -> None:
+    """Move a finished run from the active namespace to the finished one.
+
+    Its final status is already stored in ``active``: a crash here leaves it there, and the
+    next invocation that reads it completes the move instead of running it.
+    """
+    await backend.write((DONE, record.run_id), record.encode())
+    await backend.delete((ACTIVE, record.run_id), if_version=version)
+
+
+def create_runs(
+    clock: Callable[[], float],
+    workflows: Sequence[Workflow],
+    trigger: str,
+    args: Any,
+) -> list[RunRecord]:
+    """New (unsaved) pending records, one per workflow bound to ``trigger``."""
+    args = json.loads(dumps(args, f"the args for trigger {trigger!r}"))
+    now = clock()
+    return [
+        RunRecord(run_id=new_run_id(), workflow=w.name, trigger=trigger, args=args, created_at=now)
+        for w in workflows
+    ]
+
+
+async def invoke(
+    backend: Backend,
+    clock: Callable[[], float],
+    workflows: dict[str, Workflow],
+    new: list[RunRecord],
+    max_concurrency: int,
+) -> list[RunResult]:
+    """Advance ``new`` runs and every run due before this call, at most ``max_concurrency``
+    at once; report them new first, then resumed oldest first."""
+    due = sorted(await backend.list(ACTIVE))  # ids sort by creation time
+    keys = [(ACTIVE, run_id) for run_id in due]
+    # Read and check every due record before anything executes: a damaged file stops the
+    # invocation here, before it changed anything.
+    entries = await backend.read_many(keys)
+    for key, entry in zip(keys, entries, strict=True):
+        if entry is not None:
+            RunRecord.decode(entry.data, backend.locate(key))
+
+    jobs: list[tuple[RunRecord | None, str]] = [(r, r.run_id) for r in new]
+    jobs += [(None, run_id) for run_id, e in zip(due, entries, strict=True) if e is not None]
+    results: list[RunResult | None] = [None] * len(jobs)
+    queue = iter(range(len(jobs)))
+
+    async def worker() -> None:
+        for i in queue:
+            record, run_id = jobs[i]
+            results[i] = await advance(backend, clock, workflows, run_id, record)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(max_concurrency, len(jobs))):
+            tg.start_soon(worker)
+    return [r for r in results if r is not None]
+
+
+async def advance(
+    backend: Backend,
+    clock: Callable[[], float],
+    workflows: dict[str, Workflow],
+    run_id: str,
+    new: RunRecord | None,
+) -> RunResult | None:
+    key = (ACTIVE, run_id)
+    async with backend.claim(key) as held:
+        if not held:
+            return None  # another invocation is advancing it
+        if new is not None:
+            execution = Execution(backend, clock, new, None)
+            workflow = workflows[new.workflow]
+        else:
+            # Read again under the claim: another invocation may have advanced it since the
+            # listing.
+            entry = await backend.read(key)
+            if entry is None:
+                return None
+            record = RunRecord.decode(entry.data, backend.locate(key))
+            if record.status in FINISHED:
+                await finish(backend, record, entry.version)  # complete an interrupted move
+                return None
+            found = workflows.get(record.workflow)
+            if found is None:
+                logger.warning(
+                    "run %s belongs to workflow %r, which this flow does not define; left as is",
+                    run_id,
+                    record.workflow,
+                )
+                return None
+            execution = Execution(backend, clock, record, entry.version)
+            workflow = found
+        return await execution.execute(workflow)

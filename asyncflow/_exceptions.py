@@ -1,0 +1,113 @@
+"""Every error asyncflow raises.
+
+Our exception hierarchy::
+
+    AsyncflowError
+    ├── ConfigError            (a backend URL or setting that cannot be used)
+    ├── UsageError             (the API was used in a way it cannot work)
+    ├── UnknownTriggerError    (no workflow is bound to a trigger)
+    ├── RunNotFoundError       (no run has that id)
+    ├── SerializationError     (a value that cannot be stored as JSON)
+    ├── SideEffectError        (a side effect raised; seen by the workflow)
+    ├── NonDeterminismError    (replay reached a step other than the recorded one)
+    └── BackendError           (storage failed or holds something that is not ours)
+        └── ConflictError      (a conditional write lost to another writer)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AsyncflowError",
+    "BackendError",
+    "ConfigError",
+    "ConflictError",
+    "NonDeterminismError",
+    "RunNotFoundError",
+    "SerializationError",
+    "SideEffectError",
+    "UnknownTriggerError",
+    "UsageError",
+]
+
+
+class AsyncflowError(Exception):
+    """Base class of every error asyncflow raises."""
+
+
+class ConfigError(AsyncflowError):
+    """A backend URL or a setting that asyncflow cannot use."""
+
+
+class UsageError(AsyncflowError):
+    """The API was used in a way that cannot work (raised where the mistake is made)."""
+
+
+class UnknownTriggerError(AsyncflowError):
+    """No registered workflow is bound to the trigger that was asked for."""
+
+    def __init__(self, trigger: str, known: list[str]) -> None:
+        listed = ", ".join(repr(t) for t in known) or "none"
+        super().__init__(f"no workflow is bound to trigger {trigger!r} (known triggers: {listed})")
+        self.trigger = trigger
+
+
+class RunNotFoundError(AsyncflowError):
+    """No run with the given id exists in the backend."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run with id {run_id!r}")
+        self.run_id = run_id
+
+
+class SerializationError(AsyncflowError):
+    """A value that must be stored cannot be encoded as JSON.
+
+    The message names what produced the value (a side effect, a state key, a trigger's args).
+    """
+
+
+class SideEffectError(AsyncflowError):
+    """A side effect raised; the workflow sees this in place of the original exception.
+
+    The failure is recorded, so replays raise the same error without running the side effect
+    again. On first execution the original exception is the ``__cause__``.
+
+    Attributes:
+        name: the side effect's qualified name.
+        type_name: the original exception's type name, e.g. ``"ValueError"``.
+        message: the original exception's message.
+    """
+
+    def __init__(self, name: str, type_name: str, message: str) -> None:
+        super().__init__(f"side effect {name!r} raised {type_name}: {message}")
+        self.name = name
+        self.type_name = type_name
+        self.message = message
+
+
+class NonDeterminismError(AsyncflowError):
+    """Replay reached a step that differs from the one recorded at the same position.
+
+    This happens when a workflow's code changed under a paused run. The run fails and its
+    recorded journal is kept as it was.
+    """
+
+
+class BackendError(AsyncflowError):
+    """The backend failed, or holds data asyncflow did not write or cannot read.
+
+    Attributes:
+        location: the file path or URL of the thing at fault, when there is one.
+    """
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class ConflictError(BackendError):
+    """A conditional write or delete found another version than the one expected.
+
+    Backends raise it from :meth:`asyncflow.Backend.write` and :meth:`~asyncflow.Backend.delete`;
+    the runtime handles it (another invocation got there first), so users rarely see it.
+    """

@@ -1,0 +1,197 @@
+"""A run's stored record and its JSON form."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from ._exceptions import BackendError, SerializationError
+
+__all__ = [
+    "FINISHED",
+    "RunRecord",
+    "decode_state",
+    "dumps",
+    "encode_state",
+    "new_run_id",
+    "step_text",
+]
+
+FINISHED = frozenset({"succeeded", "failed"})
+_STATUSES = frozenset({"pending", "paused"}) | FINISHED
+_FORMAT = 1  # bump when the record layout changes incompatibly
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def dumps(value: Any, what: str) -> str:
+    """Encode ``value`` as JSON, or raise SerializationError naming ``what`` produced it.
+
+    NaN and infinities are refused: other JSON readers (and other backends) reject them.
+    """
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SerializationError(f"{what} cannot be stored as JSON: {exc}") from None
+
+
+def step_text(kind: str, name: str | None = None, **fields: str) -> str:
+    """The JSON text of a journal step; ``fields`` are given as JSON text already."""
+    parts = [f'"kind":"{kind}"']
+    if name is not None:
+        parts.append(f'"name":{_encoder.encode(name)}')
+    parts += [f'"{key}":{text}' for key, text in fields.items()]
+    return "{" + ",".join(parts) + "}"
+
+
+def new_run_id() -> str:
+    """A run id that sorts by creation time: milliseconds (hex), then 32 random bits."""
+    return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(4)}"
+
+
+class RunRecord:
+    """One run: what started it, its status and its journal of steps.
+
+    Each step is kept twice: as a dict (to replay) and as its JSON text (to write). The text is
+    made once, when the step is recorded or loaded, so a checkpoint joins strings instead of
+    encoding the whole journal again, and a workflow that mutates a value it was handed cannot
+    change what is stored.
+    """
+
+    __slots__ = (
+        "args",
+        "created_at",
+        "error",
+        "result",
+        "run_id",
+        "status",
+        "step_json",
+        "steps",
+        "trigger",
+        "updated_at",
+        "workflow",
+    )
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        workflow: str,
+        trigger: str,
+        args: Any,
+        created_at: float,
+        status: str = "pending",
+    ) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.trigger = trigger
+        self.args = args
+        self.status = status
+        self.created_at = created_at
+        self.updated_at = created_at
+        self.result: Any = None
+        self.error: str | None = None
+        self.steps: list[dict[str, Any]] = []
+        self.step_json: list[str] = []
+
+    # -- journal -----------------------------------------------------------------------------
+
+    def append(self, step: dict[str, Any], text: str) -> int:
+        """Append a step with its JSON text; return its index."""
+        self.steps.append(step)
+        self.step_json.append(text)
+        return len(self.steps) - 1
+
+    def replace(self, index: int, step: dict[str, Any], text: str) -> None:
+        self.steps[index] = step
+        self.step_json[index] = text
+
+    @property
+    def logs(self) -> list[str]:
+        return [s["message"] for s in self.steps if s["kind"] == "log"]
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def encode(self) -> bytes:
+        head = {
+            "asyncflow": "run",
+            "format": _FORMAT,
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "trigger": self.trigger,
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "args": self.args,
+            "result": self.result,
+            "error": self.error,
+        }
+        # args and result were checked when they were set; the steps are already text.
+        text = _encoder.encode(head)
+        return f'{text[:-1]},"steps":[{",".join(self.step_json)}]}}'.encode()
+
+    @classmethod
+    def decode(cls, data: bytes, location: str) -> RunRecord:
+        """Parse a stored record; anything else raises BackendError naming ``location``."""
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _foreign(location, f"it is not valid JSON ({exc})") from None
+        if not isinstance(raw, dict) or raw.get("asyncflow") != "run":
+            raise _foreign(location, "it is not an asyncflow run record")
+        if raw.get("format") != _FORMAT:
+            raise _foreign(location, f"its format {raw.get('format')!r} is not {_FORMAT}")
+        try:
+            record = cls(
+                run_id=_typed(raw, "run_id", str),
+                workflow=_typed(raw, "workflow", str),
+                trigger=_typed(raw, "trigger", str),
+                args=raw.get("args"),
+                created_at=float(_typed(raw, "created_at", (int, float))),
+                status=_typed(raw, "status", str),
+            )
+            if record.status not in _STATUSES:
+                raise ValueError(f"unknown status {record.status!r}")
+            record.updated_at = float(_typed(raw, "updated_at", (int, float)))
+            record.result = raw.get("result")
+            record.error = raw.get("error")
+            steps = _typed(raw, "steps", list)
+            if not all(isinstance(s, dict) and isinstance(s.get("kind"), str) for s in steps):
+                raise ValueError("a step is not an object with a kind")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _foreign(location, f"it is damaged: {exc}") from None
+        record.steps = steps
+        record.step_json = [_encoder.encode(s) for s in steps]
+        return record
+
+
+def encode_state(name: str, value_json: str) -> bytes:
+    """A shared-state object: its name (to recognise it when read back) and value."""
+    return f'{{"asyncflow":"state","name":{_encoder.encode(name)},"value":{value_json}}}'.encode()
+
+
+def decode_state(data: bytes, name: str, location: str) -> Any:
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _foreign(location, f"it is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("asyncflow") != "state" or raw.get("name") != name:
+        raise _foreign(location, f"it is not asyncflow's record of state {name!r}")
+    return raw.get("value")
+
+
+def _typed(raw: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> Any:
+    value = raw[field]
+    if not isinstance(value, kind):
+        raise TypeError(f"field {field!r} has the wrong type")
+    return value
+
+
+def _foreign(location: str, why: str) -> BackendError:
+    return BackendError(
+        f"{location} cannot be used: {why}. asyncflow leaves it untouched; "
+        "restore it from a backup or move it away.",
+        location=location,
+    )

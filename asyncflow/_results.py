@@ -1,0 +1,106 @@
+"""What an invocation reports, and what inspection returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._record import RunRecord
+
+__all__ = ["Run", "RunResult", "RunStatus", "Step"]
+
+RunStatus = Literal["pending", "paused", "succeeded", "failed"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How one run ended in an invocation.
+
+    Attributes:
+        workflow: the workflow's name.
+        run_id: the run's id.
+        status: ``"succeeded"``, ``"failed"`` or ``"paused"``.
+        logs: every line the run has logged so far, first to last.
+        result: the workflow's return value (as stored: JSON round-tripped), once it succeeded.
+        error: ``"TypeName: message"`` when the run failed, else ``None``.
+    """
+
+    workflow: str
+    run_id: str
+    status: Literal["succeeded", "failed", "paused"]
+    logs: list[str] = field(default_factory=list)
+    result: Any = None
+    error: str | None = None
+
+    @classmethod
+    def _of(cls, record: RunRecord) -> RunResult:
+        return cls(
+            workflow=record.workflow,
+            run_id=record.run_id,
+            status=record.status,  # type: ignore[arg-type]  # never "pending" once advanced
+            logs=record.logs,
+            result=record.result,
+            error=record.error,
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One recorded step of a run's journal.
+
+    Attributes:
+        kind: ``"sideeffect"``, ``"log"``, ``"get_state"``, ``"set_state"`` or ``"pause"``.
+        name: the side effect's or state's name (``None`` for logs and pauses).
+        value: the recorded value: what a side effect returned, a state value read or
+            written, a log message.
+        error: for a side effect that raised, ``"TypeName: message"``.
+        done: ``False`` for a side effect that has started but not finished (it paused).
+    """
+
+    kind: str
+    name: str | None = None
+    value: Any = None
+    error: str | None = None
+    done: bool = True
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run as stored, for inspection (:meth:`Flow.get_run`, :meth:`Flow.list_runs`)."""
+
+    workflow: str
+    run_id: str
+    status: RunStatus
+    trigger: str
+    args: Any
+    created_at: float
+    updated_at: float
+    logs: list[str]
+    result: Any
+    error: str | None
+    steps: tuple[Step, ...]
+
+    @classmethod
+    def _of(cls, record: RunRecord) -> Run:
+        return cls(
+            workflow=record.workflow,
+            run_id=record.run_id,
+            status=record.status,  # type: ignore[arg-type]  # checked when decoded
+            trigger=record.trigger,
+            args=record.args,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            logs=record.logs,
+            result=record.result,
+            error=record.error,
+            steps=tuple(_step(s) for s in record.steps),
+        )
+
+
+def _step(raw: dict[str, Any]) -> Step:
+    error = raw.get("error")
+    if isinstance(error, dict):
+        error = f"{error.get('type')}: {error.get('message')}"
+    done = raw["kind"] != "sideeffect" or "value" in raw or "error" in raw
+    value = raw.get("message") if raw["kind"] == "log" else raw.get("value")
+    return Step(kind=raw["kind"], name=raw.get("name"), value=value, error=error, done=done)

@@ -1,0 +1,345 @@
+"""Run every benchmark, print a Markdown table, optionally put it in README.md.
+
+Each scenario runs in its own Python process (see the scenario modules beside this file), so
+that its peak-memory figure is its own and one scenario's garbage cannot slow the next one.
+A scenario that crashes, times out or reports a sanity problem (the work it timed was not
+the work it claims) is shown as such in the table and makes this script exit with status 1;
+timings are reported, never asserted.
+
+    python benchmarks/run.py                 # full sizes, prints the table
+    python benchmarks/run.py --quick         # scaled down, a smoke test of the whole thing
+    python benchmarks/run.py --write-readme  # also replace the README's benchmarks section
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from benchutil import RESULT_PREFIX, log
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+README = ROOT / "README.md"
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario is; --quick only changes these, never what is measured."""
+
+    fanout_runs: int
+    fanout_reps: int
+    vs_runs: int
+    vs_reps: int
+    replay_steps: int  # the larger size is twice this
+    replay_reps: int
+    tt_replay_steps: int
+    import_reps: int
+
+
+FULL = Sizes(10_000, 3, 100, 3, 10_000, 5, 2_000, 10)
+QUICK = Sizes(1_000, 1, 20, 1, 1_000, 3, 300, 5)
+
+
+@dataclass
+class Outcome:
+    """One scenario process: its figures, or why there are none."""
+
+    name: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and not self.problems
+
+
+def run_scenario(name: str, argv: list[str], timeout: float) -> Outcome:
+    """Run one scenario script in a fresh interpreter and parse its BENCH-RESULT line."""
+    log(f"--- {name}: {' '.join(argv)}")
+    env = dict(os.environ)
+    # Import asyncflow from this checkout even where it is not installed (it is, editable, in
+    # the dev venv and in nox; then this changes nothing).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(HERE / argv[0]), *argv[1:]],
+            stdout=subprocess.PIPE,
+            stderr=None,  # progress lines go straight to our stderr
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return Outcome(name, error=f"timed out after {timeout:.0f} s")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        return Outcome(name, error=f"exit status {proc.returncode} (traceback above)")
+    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    return Outcome(name, result=result, problems=list(result.get("problems", [])))
+
+
+def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
+    plan: dict[str, list[str]] = {
+        "fanout-asyncio": [
+            "fanout.py", f"--runs={sizes.fanout_runs}", f"--reps={sizes.fanout_reps}",
+            "--loop=asyncio",
+        ],
+        "fanout-trio": [
+            "fanout.py", f"--runs={sizes.fanout_runs}", f"--reps={sizes.fanout_reps}",
+            "--loop=trio",
+        ],
+        "vs-asyncflow": [
+            "fanout.py", f"--runs={sizes.vs_runs}", f"--reps={sizes.vs_reps}", "--loop=asyncio",
+        ],
+        "vs-ttflow": [
+            "vs_ttflow.py", "fanout", f"--runs={sizes.vs_runs}", f"--reps={sizes.vs_reps}",
+        ],
+        "replay-1x": [
+            "replay.py", f"--steps={sizes.replay_steps}", f"--reps={sizes.replay_reps}",
+        ],
+        "replay-2x": [
+            "replay.py", f"--steps={2 * sizes.replay_steps}", f"--reps={sizes.replay_reps}",
+        ],
+        "replay-ttflow": [
+            "vs_ttflow.py", "replay", f"--steps={sizes.tt_replay_steps}", "--reps=1",
+        ],
+        "import": ["importtime.py", f"--reps={sizes.import_reps}"],
+    }  # fmt: skip
+    unknown = skip - plan.keys()
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) to skip: {sorted(unknown)}; known: {list(plan)}")
+    return {
+        name: run_scenario(name, argv, timeout) for name, argv in plan.items() if name not in skip
+    }
+
+
+# ---- formatting -----------------------------------------------------------------------------
+
+
+def secs(s: float) -> str:
+    return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def mib(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0f} MiB"
+
+
+def met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def reps_note(r: dict[str, Any]) -> str:
+    times = r["times_s"]
+    if len(times) == 1:
+        return "1 rep"
+    return f"median of {len(times)}: " + " / ".join(secs(t) for t in times)
+
+
+class Row(NamedTuple):
+    benchmark: str
+    size: str
+    result: str
+    rss: str = "—"
+    target: str = "—"
+    met: str = "—"
+    notes: str = ""
+
+
+def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
+    """The figures as one Markdown table; timing targets apply to the full sizes only."""
+    rows: list[Row] = []
+
+    def figures(name: str, label: str, size: str) -> dict[str, Any] | None:
+        """The scenario's result if it ran cleanly; else a "failed" row and None."""
+        o = out.get(name)
+        if o is None:  # skipped
+            return None
+        if o.result is None or o.problems:
+            rows.append(Row(label, size, "failed", notes=o.error or "; ".join(o.problems)))
+            return None
+        return o.result
+
+    def goal(full_target: str, ok: bool) -> dict[str, str]:
+        return {} if quick else {"target": full_target, "met": met(ok)}
+
+    for loop in ("asyncio", "trio"):
+        size = f"{sizes.fanout_runs:,} paused runs × 50 ms I/O"
+        label = f"Fan-out: one `flow.run()`, file backend, {loop}"
+        if r := figures(f"fanout-{loop}", label, size):
+            setup = (
+                f"setup: {r['runs']:,} × start() {secs(r['setup_start_s'])}, "
+                f"first run() {secs(r['setup_first_run_s'])}"
+            )
+            rows.append(
+                Row(label, size, secs(r["median_s"]), mib(r["peak_rss_mib"]),
+                    **goal("≤ 5 s", r["median_s"] <= 5.0), notes=f"{reps_note(r)}; {setup}")
+            )  # fmt: skip
+
+    size = f"{sizes.vs_runs:,} paused runs × 50 ms I/O"
+    vs = {
+        "vs-asyncflow": "Fan-out vs ttflow: asyncflow (file backend, asyncio)",
+        "vs-ttflow": "Fan-out vs ttflow: ttflow 0.6.3 (`local:` file)",
+    }
+    got: list[dict[str, Any] | None] = []
+    for name, label in vs.items():
+        got.append(r := figures(name, label, size))
+        if r:
+            rows.append(
+                Row(label, size, secs(r["median_s"]), mib(r["peak_rss_mib"]), notes=reps_note(r))
+            )
+    a, t = got
+    if a and t:
+        ratio = t["median_s"] / a["median_s"]
+        rows.append(Row("Fan-out vs ttflow: ttflow / asyncflow", size, f"{ratio:.0f}×"))
+
+    label = "Replay: one `flow.run()`, memory backend"
+    n1, n2 = sizes.replay_steps, 2 * sizes.replay_steps
+    got = []
+    for name, n in (("replay-1x", n1), ("replay-2x", n2)):
+        got.append(r := figures(name, label, f"{n:,} recorded side effects"))
+        if r:
+            # The larger size's target is its ratio to the smaller one (next row).
+            target = goal("≤ 0.3 s", r["median_s"] <= 0.3) if n == n1 else {}
+            rows.append(
+                Row(label, f"{n:,} recorded side effects", secs(r["median_s"]),
+                    mib(r["peak_rss_mib"]), **target,
+                    notes=f"{reps_note(r)}; first execution (recording) {secs(r['build_s'])}")
+            )  # fmt: skip
+    one, two = got
+    if one and two:
+        ratio = two["median_s"] / one["median_s"]
+        rows.append(
+            Row(f"Replay: {n2:,} steps / {n1:,} steps", "—", f"{ratio:.2f}×", target="≤ 2.5×",
+                met=met(ratio <= 2.5), notes="≈ 2 is linear, ≈ 4 quadratic")
+        )  # fmt: skip
+
+    size = f"{sizes.tt_replay_steps:,} recorded side effects"
+    if r := figures("replay-ttflow", "Replay: ttflow 0.6.3, `onmemory`", size):
+        rows.append(
+            Row("Replay: ttflow 0.6.3, `onmemory`", size, secs(r["median_s"]),
+                mib(r["peak_rss_mib"]),
+                notes=f"{reps_note(r)}; first execution {secs(r['build_s'])}")
+        )  # fmt: skip
+
+    label = "`import asyncflow` (fresh interpreter)"
+    if r := figures("import", label, "—"):
+        forbidden = r["forbidden_loaded"]
+        others = [m for m in r["heavy_loaded"] if m not in forbidden]
+        notes = [
+            f"median of {r['reps']}",
+            f"**imports {', '.join(forbidden)}**"
+            if forbidden
+            else "aiobotocore, botocore, httpx not imported",
+            *([f"also loaded: {', '.join(others)}"] if others else []),
+            f"{r['new_modules']} modules",
+            "slowest inside: " + ", ".join(f"{m} {secs(s)}" for m, s in r["slowest"][1:4]),
+        ]
+        # The no-heavy-imports part holds at any size, so quick mode checks it too.
+        if quick:
+            target = {"target": "no AWS/httpx", "met": met(not forbidden)}
+        else:
+            ok = r["median_s"] <= 0.05 and not forbidden
+            target = {"target": "≤ 50 ms, no AWS/httpx", "met": met(ok)}
+        rows.append(Row(label, "—", secs(r["median_s"]), **target, notes="; ".join(notes)))
+
+    head = ("Benchmark", "Size", "Result", "Peak RSS", "Target", "Met", "Notes")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_info() -> str:
+    def ver(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"Measured {now} on {platform.system()} {platform.release()}, {cpu}, "
+        f"nproc {usable if usable is not None else os.cpu_count()}, "
+        f"{platform.python_implementation()} {platform.python_version()}; "
+        f"asyncflow {ver('asyncflow')} ({commit or 'no commit yet'}), anyio {ver('anyio')}, "
+        f"trio {ver('trio')}, ttflow {ver('ttflow')}."
+    )
+
+
+def report(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
+    kind = "quick run (`--quick`, scaled down; targets not applied)" if quick else "full run"
+    return "\n".join(
+        [
+            f"Benchmarks, {kind}: `python benchmarks/run.py{' --quick' if quick else ''}` "
+            "(`nox -s bench`).",
+            "",
+            table(out, sizes, quick),
+            "",
+            "Result: median wall time of the measured invocation, each scenario in its own "
+            "process; Peak RSS: `ru_maxrss` of that process (interpreter, setup and measured "
+            "part together).",
+            machine_info(),
+        ]
+    )
+
+
+def write_readme(text: str) -> None:
+    content = README.read_text(encoding="utf-8") if README.exists() else ""
+    start, end = content.find(START), content.find(END)
+    if start == -1 or end == -1 or end < start:
+        log(f"warning: {README} has no {START} ... {END} section; README left unchanged")
+        return
+    new = content[: start + len(START)] + "\n" + text + "\n" + content[end:]
+    README.write_text(new, encoding="utf-8")
+    log(f"wrote the benchmarks section of {README}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="scaled-down sizes, for a smoke test")
+    p.add_argument("--write-readme", action="store_true", help=f"update {START} in README.md")
+    p.add_argument("--skip", action="append", default=[], metavar="SCENARIO",
+                   help="leave a scenario out (repeatable), e.g. --skip fanout-trio")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=900, help="seconds per scenario process")
+    a = p.parse_args()
+
+    sizes = QUICK if a.quick else FULL
+    out = run_all(sizes, a.timeout, set(a.skip))
+    text = report(out, sizes, a.quick)
+    print(text)
+
+    failures = [o for o in out.values() if not o.ok]
+    if a.write_readme:
+        if failures:
+            log("warning: some scenarios failed; README left unchanged")
+        else:
+            write_readme(text)
+    if failures:
+        for o in failures:
+            log(f"FAILED {o.name}: {o.error or '; '.join(o.problems)}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

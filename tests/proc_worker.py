@@ -1,0 +1,99 @@
+"""A flow script for tests/test_processes.py, run as its own process.
+
+    python tests/proc_worker.py STORE JOURNALS start TRIGGER N   # start N runs, print their ids
+    python tests/proc_worker.py STORE JOURNALS run               # one invocation, print results
+    python tests/proc_worker.py STORE JOURNALS crash             # one invocation whose side
+        # effects block for good at a chosen step (the test kills the process there)
+    python tests/proc_worker.py STORE JOURNALS race I            # write JOURNALS/ready-I, wait
+        # for JOURNALS/go, then one invocation, print results
+    python tests/proc_worker.py STORE JOURNALS inspect           # print every run
+
+The backend is `file:STORE`. Every real execution of the side effect `step` appends a line
+`step<n>` to JOURNALS/<run_id>.log, so the test can count what really ran.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+import asyncflow
+from asyncflow import Context
+
+STORE, JOURNALS, MODE = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+STEPS = 5
+
+flow = asyncflow.setup(f"file:{STORE}")
+
+
+def block_at(k: int) -> int | None:
+    """The step at which run number k blocks in `crash` mode (None: it runs to its end)."""
+    return None if k % 6 == 5 else k % STEPS
+
+
+@flow.sideeffect()
+async def step(c: Context, n: int, block: int | None) -> int:
+    async with await anyio.open_file(JOURNALS / f"{c.run_id}.log", "a") as journal:
+        await journal.write(f"step{n}\n")
+    if MODE == "crash" and n == block:
+        await anyio.sleep_forever()
+    return n * n
+
+
+@flow.workflow()
+async def job(c: Context, args: dict) -> str:
+    block = block_at(args["k"])
+    total = 0
+    for n in range(STEPS):
+        total += await step(c, n, block)
+        await c.log(f"step {n} done")
+    return f"done {total}"
+
+
+@flow.workflow()
+async def tick(c: Context) -> str:
+    await step(c, 0, None)
+    await c.pause_once()
+    await step(c, 1, None)
+    return "ticked"
+
+
+def dump(items: list) -> None:
+    keys = ("run_id", "workflow", "status", "result", "error")
+    print(json.dumps([{k: getattr(item, k) for k in keys} for item in items]))
+
+
+async def main() -> None:
+    if MODE == "start":
+        trigger, n = sys.argv[4], int(sys.argv[5])
+        ids: list[str] = []
+        async with flow:
+            for k in range(n):
+                ids += await flow.start(trigger, {"k": k} if trigger == "job" else None)
+        print(json.dumps(ids))
+    elif MODE in ("run", "crash", "race"):
+        dump(await flow.run())
+    elif MODE == "inspect":
+        dump(await flow.list_runs())
+    else:
+        raise SystemExit(f"unknown mode {MODE!r}")
+
+
+def wait_for_go() -> None:
+    """`race` mode: say we are ready, then start together with the others."""
+    (JOURNALS / f"ready-{sys.argv[4]}").touch()
+    deadline = time.monotonic() + 30
+    while not (JOURNALS / "go").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("no go file after 30 s")
+        time.sleep(0.001)
+
+
+if __name__ == "__main__":
+    if MODE == "race":
+        wait_for_go()
+    anyio.run(main)

@@ -1,0 +1,242 @@
+"""The command line of a flow script (`flow.cli()`), as real processes.
+
+Driven through tests/proc_cli_flow.py; every test gets its own backend folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent / "proc_cli_flow.py"
+RESULT_KEYS = {"workflow", "run_id", "status", "logs", "result", "error"}
+
+
+class Cli:
+    def __init__(self, tmp_path: Path) -> None:
+        self.cwd = tmp_path
+        self.backend = f"file:{tmp_path / 'store'}"
+
+    def __call__(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", "ASYNCFLOW_BACKEND": self.backend}
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), *argv],
+            cwd=self.cwd,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            timeout=60,
+            check=False,
+        )
+
+    def json(self, *argv: str, code: int = 0) -> object:
+        proc = self(*argv, "--json")
+        assert proc.returncode == code, proc.stderr
+        return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess[str], *mentions: str) -> str:
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    for mention in mentions:
+        assert mention in lines[0]
+    return lines[0]
+
+
+def test_run_prints_the_run_summary(cli: Cli) -> None:
+    proc = cli("run", "greet", '{"name": "Ada"}')
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"^\t  run_id: (\S+)$", proc.stdout, re.MULTILINE)
+    assert match, proc.stdout
+    assert proc.stdout == (
+        "\n---------RUN SUMMARY---------\n1 workflow run\n"
+        "\t1.\n"
+        "\t  workflow: greet\n"
+        f"\t  run_id: {match[1]}\n"
+        "\t  status: succeeded\n"
+        "\t  logs:\n"
+        "\t    - hello, Ada\n"
+    )
+
+
+def test_run_json(cli: Cli) -> None:
+    [result] = cli.json("run", "greet", '{"name": "Ada"}')
+    assert set(result) == RESULT_KEYS
+    assert result["workflow"] == "greet"
+    assert result["status"] == "succeeded"
+    assert result["logs"] == ["hello, Ada"]
+    assert result["result"] == {"name": "Ada", "total": 3}
+    assert result["error"] is None
+    assert isinstance(result["run_id"], str)
+    assert result["run_id"]
+
+
+def test_run_without_trigger_resumes_paused_runs(cli: Cli) -> None:
+    [first] = cli.json("run", "wait")
+    assert (first["status"], first["logs"]) == ("paused", ["waiting"])
+    [second] = cli.json("run")
+    assert second["run_id"] == first["run_id"]
+    assert (second["status"], second["logs"]) == ("succeeded", ["waiting", "done waiting"])
+    assert cli.json("run") == []
+
+
+def test_run_summary_counts_runs(cli: Cli) -> None:
+    cli.json("run", "wait")
+    proc = cli("run", "wait")  # starts a second run and resumes the first one
+    assert proc.returncode == 0, proc.stderr
+    assert "\n2 workflow runs\n" in proc.stdout
+    assert "\n\t1.\n" in proc.stdout
+    assert "\n\t2.\n" in proc.stdout
+    assert proc.stdout.count("\t  status: succeeded\n") == 1
+    assert proc.stdout.count("\t  status: paused\n") == 1
+
+    cli.json("run")
+    proc = cli("run")
+    assert proc.returncode == 0, proc.stderr
+    assert "\n0 workflow runs\n" in proc.stdout
+    assert "run_id" not in proc.stdout
+
+
+def test_failing_workflow_exits_1(cli: Cli) -> None:
+    [failed] = cli.json("run", "boom", code=1)
+    assert failed["status"] == "failed"
+    assert failed["error"] == "ValueError: kaboom"
+    assert failed["logs"] == ["about to fail"]
+    assert failed["result"] is None
+
+    proc = cli("run", "boom")
+    assert proc.returncode == 1
+    assert "\t  status: failed\n" in proc.stdout
+    assert "\n\t  error: ValueError: kaboom\n" in proc.stdout
+
+    # The failed runs are finished: nothing left to run, so the next invocation is fine.
+    assert cli.json("run") == []
+
+
+def test_one_failed_run_among_others_exits_1(cli: Cli) -> None:
+    cli.json("run", "wait")
+    results = cli.json("run", "boom", code=1)
+    assert sorted(r["status"] for r in results) == ["failed", "succeeded"]
+
+
+def test_runs_lists_oldest_first_and_filters_by_status(cli: Cli) -> None:
+    [ok] = cli.json("run", "greet")
+    [failed] = cli.json("run", "boom", code=1)
+    [paused] = cli.json("run", "wait")
+
+    runs = cli.json("runs")
+    assert [(r["run_id"], r["workflow"], r["status"]) for r in runs] == [
+        (ok["run_id"], "greet", "succeeded"),
+        (failed["run_id"], "boom", "failed"),
+        (paused["run_id"], "wait", "paused"),
+    ]
+    for status, expected in [("succeeded", ok), ("failed", failed), ("paused", paused)]:
+        [only] = cli.json("runs", "--status", status)
+        assert (only["run_id"], only["status"]) == (expected["run_id"], status)
+    assert cli.json("runs", "--status", "pending") == []
+
+    proc = cli("runs")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for run in (ok, failed, paused):
+        [line] = [line for line in lines if run["run_id"] in line]
+        assert run["workflow"] in line or run["status"] in line
+    positions = [proc.stdout.index(r["run_id"]) for r in (ok, failed, paused)]
+    assert positions == sorted(positions)
+
+    proc = cli("runs", "--status", "paused")
+    assert proc.returncode == 0, proc.stderr
+    assert paused["run_id"] in proc.stdout
+    assert ok["run_id"] not in proc.stdout
+    assert failed["run_id"] not in proc.stdout
+
+
+def test_show_gives_steps_and_logs(cli: Cli) -> None:
+    [ok] = cli.json("run", "greet", '{"name": "Ada"}')
+    run = cli.json("show", ok["run_id"])
+    assert run["run_id"] == ok["run_id"]
+    assert run["workflow"] == "greet"
+    assert run["trigger"] == "greet"
+    assert run["args"] == {"name": "Ada"}
+    assert run["status"] == "succeeded"
+    assert run["logs"] == ["hello, Ada"]
+    assert run["result"] == {"name": "Ada", "total": 3}
+    assert run["created_at"] <= run["updated_at"]
+    assert [s["kind"] for s in run["steps"]] == ["sideeffect", "log"]
+    assert (run["steps"][0]["name"], run["steps"][0]["value"]) == ("add", 3)
+
+    proc = cli("show", ok["run_id"])
+    assert proc.returncode == 0, proc.stderr
+    for text in (ok["run_id"], "greet", "succeeded", "sideeffect", "add", "hello, Ada"):
+        assert text in proc.stdout
+
+
+def test_show_failed_run_gives_its_error(cli: Cli) -> None:
+    [failed] = cli.json("run", "boom", code=1)
+    run = cli.json("show", failed["run_id"])
+    assert (run["status"], run["error"]) == ("failed", "ValueError: kaboom")
+    proc = cli("show", failed["run_id"])
+    assert "ValueError: kaboom" in proc.stdout
+
+
+def test_backend_option_overrides_the_environment(cli: Cli, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    [ok] = cli.json("run", "greet", "--backend", f"file:{other}")
+    assert other.is_dir()
+    assert not (tmp_path / "store").exists()
+    assert cli.json("runs") == []  # ASYNCFLOW_BACKEND: the other folder is untouched
+    [listed] = cli.json("runs", "--backend", f"file:{other}")
+    assert listed["run_id"] == ok["run_id"]
+    assert cli.json("show", ok["run_id"], "--backend", f"file:{other}")["status"] == "succeeded"
+    assert_usage_error(cli("show", ok["run_id"]), ok["run_id"])
+
+
+def test_default_backend_is_dot_asyncflow_in_the_current_folder(cli: Cli, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ASYNCFLOW_BACKEND"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "run", "greet", "--json"],
+        cwd=tmp_path,
+        env={**env, "PYTHONIOENCODING": "utf-8"},
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / ".asyncflow").is_dir()
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        pytest.param(["run", "greet", "{not json"], [], id="invalid-args-json"),
+        pytest.param(["run", "no_such_trigger"], ["no_such_trigger"], id="unknown-trigger"),
+        pytest.param(["show", "424242"], ["424242"], id="unknown-run-id"),
+        pytest.param(["show", "424242", "--json"], ["424242"], id="unknown-run-id-json"),
+        pytest.param(["run", "greet", "--backend", "ftp://example.com/x"], [], id="bad-url"),
+        pytest.param(["runs", "--backend", "nonsense"], ["file:"], id="bad-url-runs"),
+        pytest.param(["show", "1", "--backend", "nonsense"], ["file:"], id="bad-url-show"),
+    ],
+)
+def test_bad_input_exits_2_with_one_error_line(
+    cli: Cli, argv: list[str], mentions: list[str]
+) -> None:
+    assert_usage_error(cli(*argv), *mentions)
+    assert cli.json("runs") == []  # nothing was recorded

@@ -1,0 +1,161 @@
+"""The examples, end to end, through their CLI, as a user runs them.
+
+Each invocation is a fresh `python examples/X.py run ...` process in a temporary folder with
+no ASYNCFLOW_BACKEND, so the state lives in the default `file:.asyncflow` there. The logs
+and statuses are the ones the seed README shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def invoke(tmp_path: Path, example: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("ASYNCFLOW_BACKEND", None)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / example), *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+        check=False,
+    )
+
+
+def run_json(tmp_path: Path, example: str, *argv: str) -> tuple[list[dict], str]:
+    """`run ... --json`: exit 0, the parsed results and what the side effects printed."""
+    proc = invoke(tmp_path, example, "run", *argv, "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    for r in results:
+        assert set(r) == {"workflow", "run_id", "status", "logs", "result", "error"}
+    return results, proc.stderr
+
+
+def summary(*runs: tuple[str, str, str, list[str]]) -> str:
+    """The human RUN SUMMARY for (workflow, run_id, status, logs) blocks."""
+    n = len(runs)
+    lines = ["", "---------RUN SUMMARY---------", f"{n} workflow run{'' if n == 1 else 's'}"]
+    for i, (workflow, run_id, status, logs) in enumerate(runs, 1):
+        lines += [
+            f"\t{i}.",
+            f"\t  workflow: {workflow}",
+            f"\t  run_id: {run_id}",
+            f"\t  status: {status}",
+            "\t  logs:",
+        ]
+        lines += [f"\t    - {log}" for log in logs]
+    return "\n".join(lines) + "\n"
+
+
+def test_infinite_loop_pauses_once_per_lap(tmp_path: Path) -> None:
+    [first], _ = run_json(tmp_path, "infinite_loop.py", "loop")
+    assert first["workflow"] == "loop"
+    assert first["status"] == "paused"
+    assert first["logs"] == ["loop: 0週目開始"]
+    assert (tmp_path / ".asyncflow").is_dir()  # the default backend, in the current folder
+
+    proc = invoke(tmp_path, "infinite_loop.py", "run")
+    assert proc.returncode == 0, proc.stderr
+    expected = ["loop: 0週目開始", "loop: 0週目おわり", "loop: 1週目開始"]
+    assert proc.stdout == summary(("loop", first["run_id"], "paused", expected))
+
+    [third], _ = run_json(tmp_path, "infinite_loop.py")
+    assert third["run_id"] == first["run_id"]
+    assert third["status"] == "paused"
+    assert third["logs"] == [*expected, "loop: 1週目おわり", "loop: 2週目開始"]
+
+
+def test_infinite_loop_with_sideeffect_sends_each_message_once(tmp_path: Path) -> None:
+    script = "infinite_loop_with_sideeffect.py"
+    msg = "sending message to your phone...:{}".format
+    all_logs = [
+        msg("start!"),
+        msg("first loop... value is 1"),
+        msg("first loop... value is 2"),
+        msg("finish!"),
+    ]
+
+    [first], sent = run_json(tmp_path, script, "loop")
+    assert (first["workflow"], first["status"]) == ("loop", "paused")
+    assert first["logs"] == all_logs[:2]
+    assert sent.splitlines() == all_logs[:2]
+
+    [second], sent = run_json(tmp_path, script)
+    assert (second["run_id"], second["status"]) == (first["run_id"], "paused")
+    assert second["logs"] == all_logs[:3]
+    assert sent.splitlines() == all_logs[2:3]  # replay sends nothing again
+
+    proc = invoke(tmp_path, script, "run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == summary(("loop", first["run_id"], "succeeded", all_logs))
+    assert proc.stderr.splitlines() == all_logs[3:]
+
+    # Finished: a further invocation has nothing to do and sends nothing.
+    results, sent = run_json(tmp_path, script)
+    assert results == []
+    assert sent == ""
+
+
+def test_watch_price_retries_until_cheap_enough(tmp_path: Path) -> None:
+    args = json.dumps({"item_name": "レモン", "price": 150}, ensure_ascii=False)
+    [first], _ = run_json(tmp_path, "watch_price.py", "買いたいもの追加", args)
+    assert (first["workflow"], first["status"]) == ("買いたいもの追加", "paused")
+    assert first["logs"] == ["買いたいもの追加: レモン", "1回目: レモンは200で買えませんでした"]
+
+    [second], _ = run_json(tmp_path, "watch_price.py")
+    assert (second["run_id"], second["status"]) == (first["run_id"], "paused")
+    assert second["logs"] == [*first["logs"], "2回目: レモンは300で買えませんでした"]
+
+    proc = invoke(tmp_path, "watch_price.py", "run")
+    assert proc.returncode == 0, proc.stderr
+    logs = [*second["logs"], "3回目: レモンは100円!"]
+    assert proc.stdout == summary(("買いたいもの追加", first["run_id"], "succeeded", logs))
+
+    [run] = json.loads(invoke(tmp_path, "watch_price.py", "runs", "--json").stdout)
+    assert (run["run_id"], run["status"], run["result"]) == (first["run_id"], "succeeded", 100)
+
+
+def test_watch_price_watches_several_items_at_once(tmp_path: Path) -> None:
+    def add(item: str, price: int) -> list[dict]:
+        args = json.dumps({"item_name": item, "price": price}, ensure_ascii=False)
+        return run_json(tmp_path, "watch_price.py", "買いたいもの追加", args)[0]
+
+    [lemon] = add("レモン", 150)
+    results = {r["run_id"]: r for r in add("りんご", 250)}  # also advances the lemon
+    assert len(results) == 2
+    assert results.pop(lemon["run_id"])["logs"][-1] == "2回目: レモンは300で買えませんでした"
+    [apple] = results.values()
+    assert apple["status"] == "succeeded"
+    assert apple["logs"] == ["買いたいもの追加: りんご", "1回目: りんごは200円!"]
+    assert apple["result"] == 200
+
+    [lemon_again] = run_json(tmp_path, "watch_price.py")[0]
+    assert lemon_again["run_id"] == lemon["run_id"]
+    assert (lemon_again["status"], lemon_again["result"]) == ("succeeded", 100)
+
+
+def test_cli_example_hello(tmp_path: Path) -> None:
+    [world], sent = run_json(tmp_path, "cli.py", "hello")
+    assert (world["workflow"], world["status"]) == ("hello", "succeeded")
+    assert world["logs"] == ["hello, world"]
+    assert (world["result"], world["error"]) == ("hello, world", None)
+    assert sent == "hello, world\n"
+
+    proc = invoke(tmp_path, "cli.py", "run", "hello", '{"name": "Ada"}')
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"^\t  run_id: (\S+)$", proc.stdout, re.MULTILINE)
+    assert match, proc.stdout
+    assert match[1] != world["run_id"]
+    assert proc.stdout == summary(("hello", match[1], "succeeded", ["hello, Ada"]))
+    assert proc.stderr == "hello, Ada\n"
