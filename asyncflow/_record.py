@@ -46,9 +46,25 @@ def step_text(kind: str, name: str | None = None, **fields: str) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+_last_id = [0, 0]  # milliseconds and sequence of the last id this process made
+
+
 def new_run_id() -> str:
-    """A run id that sorts by creation time: milliseconds (hex), then 32 random bits."""
-    return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(4)}"
+    """A run id that sorts by creation time: milliseconds, a sequence number, random bits.
+
+    Within a process ids strictly increase, even within one millisecond; ids made by different
+    processes in the same millisecond are told apart by the random bits.
+    """
+    ms = time.time_ns() // 1_000_000
+    last_ms, seq = _last_id
+    if ms <= last_ms:
+        ms, seq = last_ms, seq + 1
+        if seq > 0xFFF:
+            ms, seq = ms + 1, 0
+    else:
+        seq = 0
+    _last_id[:] = [ms, seq]
+    return f"{ms:011x}{seq:03x}{secrets.token_hex(3)}"
 
 
 class RunRecord:

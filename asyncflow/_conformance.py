@@ -1,0 +1,204 @@
+"""The backend conformance suite: what every :class:`asyncflow.Backend` must do.
+
+Each check is an ``async def check(backend)`` that raises ``AssertionError`` (with a message
+saying what went wrong) when the backend breaks the contract. The backend given must be open
+and empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from ._backend import Backend
+from ._exceptions import ConflictError
+
+__all__ = ["BACKEND_CHECKS", "check_backend"]
+
+Check = Callable[[Backend], Awaitable[None]]
+BACKEND_CHECKS: dict[str, Check] = {}
+
+# Names a backend must keep apart and inside their namespace.
+AWKWARD_NAMES = [
+    "plain",
+    "Plain",
+    "../escape",
+    "a/b",
+    "a\\b",
+    ".",
+    "..",
+    ".hidden",
+    "",
+    "%41",
+    "A",
+    "名前 with spaces",
+    "emoji 🎉",
+    "tab\tand\nnewline",
+    "x" * 60,
+]
+
+
+def _check(fn: Check) -> Check:
+    BACKEND_CHECKS[fn.__name__.removeprefix("check_")] = fn
+    return fn
+
+
+async def _conflicts(op: Awaitable[object], what: str) -> None:
+    try:
+        await op
+    except ConflictError:
+        return
+    raise AssertionError(f"{what} should raise ConflictError")
+
+
+@_check
+async def check_read_missing(b: Backend) -> None:
+    assert await b.read(("ns", "missing")) is None, "reading a missing key must return None"
+
+
+@_check
+async def check_write_read(b: Backend) -> None:
+    data = bytes(range(256))  # not UTF-8: backends store bytes, not text
+    version = await b.write(("ns", "k"), data)
+    entry = await b.read(("ns", "k"))
+    assert entry is not None, "a written key must be readable"
+    assert entry.data == data, "read must return the bytes written"
+    assert entry.version == version, "read must return the version write returned"
+    version2 = await b.write(("ns", "k"), b"second")
+    assert version2 != version, "every write must make a new version"
+    entry = await b.read(("ns", "k"))
+    assert entry is not None and entry.data == b"second", "an unconditional write overwrites"
+
+
+@_check
+async def check_if_absent(b: Backend) -> None:
+    await b.write(("ns", "k"), b"first", if_absent=True)
+    await _conflicts(b.write(("ns", "k"), b"second", if_absent=True), "if_absent on an existing key")
+    entry = await b.read(("ns", "k"))
+    assert entry is not None and entry.data == b"first", "a failed if_absent write changed data"
+
+
+@_check
+async def check_if_version(b: Backend) -> None:
+    v1 = await b.write(("ns", "k"), b"one")
+    v2 = await b.write(("ns", "k"), b"two", if_version=v1)
+    await _conflicts(b.write(("ns", "k"), b"stale", if_version=v1), "a write with a stale version")
+    entry = await b.read(("ns", "k"))
+    assert entry is not None and entry.data == b"two", "a failed conditional write changed data"
+    assert entry.version == v2
+    await _conflicts(
+        b.write(("ns", "gone"), b"x", if_version=v2), "if_version on a missing key"
+    )
+    assert await b.read(("ns", "gone")) is None, "a failed conditional write created a key"
+
+
+@_check
+async def check_delete(b: Backend) -> None:
+    await b.delete(("ns", "missing"))  # not an error
+    v1 = await b.write(("ns", "k"), b"one")
+    v2 = await b.write(("ns", "k"), b"two")
+    await _conflicts(b.delete(("ns", "k"), if_version=v1), "a delete with a stale version")
+    assert await b.read(("ns", "k")) is not None, "a failed conditional delete deleted"
+    await b.delete(("ns", "k"), if_version=v2)
+    assert await b.read(("ns", "k")) is None, "delete must remove the key"
+    await _conflicts(b.delete(("ns", "k"), if_version=v2), "a conditional delete of nothing")
+    await b.write(("ns", "k2"), b"x")
+    await b.delete(("ns", "k2"))
+    assert await b.read(("ns", "k2")) is None
+
+
+@_check
+async def check_names(b: Backend) -> None:
+    for i, name in enumerate(AWKWARD_NAMES):
+        await b.write(("ns", name), str(i).encode())
+    assert sorted(await b.list("ns")) == sorted(AWKWARD_NAMES), "list must return every name"
+    for i, name in enumerate(AWKWARD_NAMES):
+        entry = await b.read(("ns", name))
+        assert entry is not None and entry.data == str(i).encode(), f"name {name!r} was mixed up"
+    assert await b.list("other") == [], "a namespace must not see another's names"
+    assert await b.list("missing") == [], "listing an empty namespace returns nothing"
+
+
+@_check
+async def check_read_many(b: Backend) -> None:
+    await b.write(("ns", "a"), b"A")
+    await b.write(("ns", "c"), b"C")
+    entries = await b.read_many([("ns", "a"), ("ns", "b"), ("ns", "c")])
+    assert [e.data if e else None for e in entries] == [b"A", None, b"C"], "read_many order"
+    assert await b.read_many([]) == []
+
+
+@_check
+async def check_claim(b: Backend) -> None:
+    async with b.claim(("ns", "k")) as held:
+        assert held, "an unheld key must be claimable"
+        async with b.claim(("ns", "k")) as again:
+            assert not again, "a held key must not be claimable again"
+        async with b.claim(("ns", "other")) as other:
+            assert other, "claims on different keys must not block each other"
+    async with b.claim(("ns", "k")) as held:
+        assert held, "a claim must be released when its block exits"
+
+
+@_check
+async def check_compare_and_swap_race(b: Backend) -> None:
+    """Many writers incrementing one counter with compare-and-swap lose no increment."""
+    key = ("ns", "counter")
+    await b.write(key, b"0")
+    writers, conflicts = 20, 0
+
+    async def increment() -> None:
+        nonlocal conflicts
+        while True:
+            entry = await b.read(key)
+            assert entry is not None
+            try:
+                await b.write(key, b"%d" % (int(entry.data) + 1), if_version=entry.version)
+                return
+            except ConflictError:
+                conflicts += 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(writers):
+            tg.start_soon(increment)
+    entry = await b.read(key)
+    assert entry is not None and int(entry.data) == writers, (
+        f"lost updates: {writers} increments made {entry.data if entry else None!r}"
+    )
+
+
+@_check
+async def check_create_race(b: Backend) -> None:
+    """Of many writers creating one key with if_absent, exactly one wins."""
+    winners: list[int] = []
+
+    async def create(i: int) -> None:
+        try:
+            await b.write(("ns", "once"), b"%d" % i, if_absent=True)
+            winners.append(i)
+        except ConflictError:
+            pass
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(create, i)
+    assert len(winners) == 1, f"{len(winners)} writers won an if_absent race"
+    entry = await b.read(("ns", "once"))
+    assert entry is not None and entry.data == b"%d" % winners[0]
+
+
+async def check_backend(make_backend: Callable[[], Awaitable[Backend]]) -> None:
+    """Run every conformance check, each on a fresh backend from ``make_backend``.
+
+    ``make_backend`` returns an open, empty backend. Raises ``AssertionError`` naming the
+    first check that fails.
+    """
+    for name, check in BACKEND_CHECKS.items():
+        backend = await make_backend()
+        try:
+            await check(backend)
+        except AssertionError as exc:
+            raise AssertionError(f"backend check {name!r} failed: {exc}") from exc
+        finally:
+            await backend.aclose()
