@@ -91,7 +91,10 @@ class FileBackend(Backend):
 
     def _mkdir(self, path: Path) -> None:
         if path not in self._made:
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _error("cannot create folder", path, exc) from exc
             self._made.add(path)
 
     def _stripe(self, key: Key) -> Path:

@@ -1,0 +1,215 @@
+"""Every backend against the conformance suite, and what the file backend promises besides."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import asyncflow
+from asyncflow import Context
+from asyncflow.testing import BACKEND_CHECKS, check_backend
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory", "file"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[asyncflow.Backend]:
+    made: asyncflow.Backend
+    if request.param == "memory":
+        made = asyncflow.MemoryBackend()
+    else:
+        made = asyncflow.FileBackend(tmp_path / "store")
+    await made.open()
+    yield made
+    await made.aclose()
+
+
+@pytest.mark.parametrize("check", list(BACKEND_CHECKS))
+async def test_conformance(backend: asyncflow.Backend, check: str) -> None:
+    await BACKEND_CHECKS[check](backend)
+
+
+async def test_check_backend_runs_every_check_and_names_a_failure(tmp_path: Path) -> None:
+    made = 0
+
+    async def fresh() -> asyncflow.Backend:
+        nonlocal made
+        made += 1
+        return asyncflow.FileBackend(tmp_path / str(made))
+
+    await check_backend(fresh)
+    assert made == len(BACKEND_CHECKS)
+
+    class Forgetful(asyncflow.MemoryBackend):
+        async def list(self, namespace: str) -> list[str]:
+            return []
+
+    async def forgetful() -> asyncflow.Backend:
+        return Forgetful()
+
+    with pytest.raises(AssertionError, match="'names' failed: list must return every name"):
+        await check_backend(forgetful)
+
+
+# -- the file backend ------------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+async def test_names_never_escape_the_folder(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    backend = asyncflow.FileBackend(store)
+    for name in ["../x", "../../etc/passwd", "a/b", "/abs", "..", "."]:
+        await backend.write(("state", name), b"v")
+    assert {p.name for p in tmp_path.iterdir()} == {"store"}, "nothing written beside the folder"
+    assert all(p.parent == store / "state" for p in (store / "state").iterdir())
+
+
+async def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
+    backend = asyncflow.FileBackend(tmp_path)
+    v = await backend.write(("ns", "k"), b"1")
+    await backend.write(("ns", "k"), b"2", if_version=v)
+    with pytest.raises(asyncflow.ConflictError):
+        await backend.write(("ns", "k"), b"3", if_version=v)
+    assert [p.name for p in (tmp_path / "ns").iterdir()] == ["k.json"]
+
+
+async def test_too_long_a_name_is_refused_clearly(tmp_path: Path) -> None:
+    backend = asyncflow.FileBackend(tmp_path)
+    with pytest.raises(asyncflow.BackendError, match="name too long"):
+        await backend.write(("state", "名" * 100), b"v")
+
+
+async def test_claims_exclude_other_backend_objects_on_the_same_folder(tmp_path: Path) -> None:
+    one, two = asyncflow.FileBackend(tmp_path), asyncflow.FileBackend(tmp_path)
+    async with one.claim(("active", "r")) as held:
+        assert held
+        async with two.claim(("active", "r")) as other:
+            assert not other, "a flock taken through another object must exclude"
+    async with two.claim(("active", "r")) as held:
+        assert held
+
+
+async def test_unwritable_folder_is_a_backend_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    backend = asyncflow.FileBackend(blocker)
+    with pytest.raises(asyncflow.BackendError, match=str(blocker)):
+        await backend.write(("ns", "k"), b"x")
+
+
+# -- damaged and foreign files through a flow ------------------------------------------------------
+
+
+def _flow(folder: Path) -> asyncflow.Flow:
+    flow = asyncflow.setup(f"file:{folder}")
+
+    @flow.workflow()
+    async def wf(c: Context) -> None:
+        await c.log("hello")
+        await c.pause_once()
+
+    return flow
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b'{"some": "other tool"}', b"\xff\xfe", b'{"asyncflow": "run", "format": 1}'],
+)
+async def test_damaged_run_file_stops_the_invocation_and_is_kept(
+    tmp_path: Path, content: bytes
+) -> None:
+    flow = _flow(tmp_path)
+    await flow.start("wf")
+    [bad_id] = await flow.start("wf")
+    path = tmp_path / "active" / f"{bad_id}.json"
+    path.write_bytes(content)
+    before = {p: p.read_bytes() for p in (tmp_path / "active").iterdir()}
+    with pytest.raises(asyncflow.BackendError) as info:
+        await flow.run()
+    assert info.value.location == str(path)
+    assert str(path) in str(info.value)
+    after = {p: p.read_bytes() for p in (tmp_path / "active").iterdir()}
+    assert after == before, "nothing was overwritten, not even the good run"
+    with pytest.raises(asyncflow.BackendError, match=str(path)):
+        await flow.get_run(bad_id)
+
+
+async def test_foreign_file_name_is_named(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+    await flow.run("wf")
+    stray = tmp_path / "active" / "My Notes.json"
+    stray.write_text("{}")
+    with pytest.raises(asyncflow.BackendError, match="My Notes.json"):
+        await flow.run()
+    assert stray.read_text() == "{}"
+
+
+async def test_damaged_state_file_is_named_and_kept(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+
+    @flow.workflow()
+    async def reader(c: Context) -> None:
+        await c.get_state("price")
+
+    await flow.run("reader")
+    path = tmp_path / "state" / "price.json"
+    assert not path.exists()
+    path.parent.mkdir()
+    path.write_text('{"asyncflow": "state", "name": "other", "value": 1}')
+    [result] = await flow.run("reader")
+    assert result.status == "failed"
+    assert result.error is not None and str(path) in result.error
+    with pytest.raises(asyncflow.BackendError, match=str(path)):
+        await flow.get_state("price")
+    assert json.loads(path.read_text())["name"] == "other"
+
+
+async def test_sideeffect_outcome_is_stored_before_the_next_one_starts(tmp_path: Path) -> None:
+    flow = asyncflow.setup(f"file:{tmp_path}")
+    seen_on_disk: list[list[str]] = []
+
+    @flow.sideeffect()
+    async def step(c: Context, n: int) -> int:
+        record = json.loads((tmp_path / "active" / f"{c.run_id}.json").read_bytes()) if n else {}
+        seen_on_disk.append([s.get("value") for s in record.get("steps", [])])
+        return n * 10
+
+    @flow.workflow()
+    async def wf(c: Context) -> None:
+        for n in range(3):
+            await step(c, n)
+
+    [result] = await flow.run("wf")
+    assert result.status == "succeeded"
+    # When step n starts, the run's file already holds every earlier outcome.
+    assert seen_on_disk == [[], [0], [0, 10]]
+
+
+async def test_finished_runs_move_out_of_the_active_folder(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+    [r] = await flow.run("wf")
+    [r] = await flow.run()
+    assert r.status == "succeeded"
+    assert not (tmp_path / "active" / f"{r.run_id}.json").exists()
+    assert (tmp_path / "finished" / f"{r.run_id}.json").exists()
+    assert (await flow.get_run(r.run_id)).status == "succeeded"
+
+
+async def test_interrupted_move_is_completed_not_rerun(tmp_path: Path) -> None:
+    flow = _flow(tmp_path)
+    [r] = await flow.run("wf")
+    [r] = await flow.run()
+    finished = tmp_path / "finished" / f"{r.run_id}.json"
+    # A crash between storing the final status and moving the file leaves it in active/.
+    os.replace(finished, tmp_path / "active" / f"{r.run_id}.json")
+    assert await flow.run() == [], "a finished run is not executed again"
+    assert finished.exists()
+    assert not (tmp_path / "active" / f"{r.run_id}.json").exists()
+    assert [x.status for x in await flow.list_runs()] == ["succeeded"]
