@@ -1,0 +1,73 @@
+"""Developer tasks: `nox -s tests`, `lint`, `typecheck`, `examples`, `bench`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.default_venv_backend = "venv"
+ROOT = Path(__file__).parent
+
+
+def install(session: nox.Session) -> None:
+    # Dependency groups need pip >= 25.1; a fresh venv may bring an older one.
+    session.install("--quiet", "--upgrade", "pip")
+    session.install("--quiet", "-e", ".", "--group", "dev")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, on asyncio and trio."""
+    install(session)
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("--quiet", "ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", "asyncflow")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    install(session)
+    session.run("mypy")
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    """Run every example the way the README shows, each in a fresh folder."""
+    install(session)
+    runs = {
+        "infinite_loop.py": [["run", "loop"], ["run"]],
+        "infinite_loop_with_sideeffect.py": [["run", "loop"], ["run"], ["run"]],
+        "watch_price.py": [
+            ["run", "買いたいもの追加", '{"item_name": "レモン", "price": 150}'],
+            ["run"],
+            ["run"],
+        ],
+        "cli.py": [["run", "hello"], ["runs"]],
+    }
+    for script, invocations in runs.items():
+        with tempfile.TemporaryDirectory() as folder:
+            for argv in invocations:
+                session.run(
+                    "python",
+                    str(ROOT / "examples" / script),
+                    *argv,
+                    env={"ASYNCFLOW_BACKEND": f"file:{os.path.join(folder, 'store')}"},
+                )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the peers; writes the figures into README.md."""
+    install(session)
+    session.run("python", "benchmarks/run.py", "--write-readme", *session.posargs)

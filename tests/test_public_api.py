@@ -1,0 +1,51 @@
+"""The public surface: what is exported, and what importing it costs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import asyncflow
+import asyncflow.testing
+
+
+def test_all_is_complete_and_sorted() -> None:
+    public = {
+        name
+        for name, value in vars(asyncflow).items()
+        if not name.startswith("_") and getattr(value, "__module__", "").startswith("asyncflow")
+    }
+    assert public - {"testing"} <= set(asyncflow.__all__), "a public name is not in __all__"
+    assert all(hasattr(asyncflow, name) for name in asyncflow.__all__)
+    assert asyncflow.__all__ == sorted(asyncflow.__all__)
+    assert asyncflow.testing.__all__ == sorted(asyncflow.testing.__all__)
+
+
+def test_public_names_belong_to_the_package() -> None:
+    for name in asyncflow.__all__:
+        value = getattr(asyncflow, name)
+        if isinstance(value, type):
+            assert value.__module__ == "asyncflow", name
+
+
+def test_every_error_derives_from_the_root() -> None:
+    errors = [
+        getattr(asyncflow, n)
+        for n in asyncflow.__all__
+        if isinstance(getattr(asyncflow, n), type)
+        and issubclass(getattr(asyncflow, n), BaseException)
+    ]
+    assert len(errors) == 10
+    assert all(issubclass(e, asyncflow.AsyncflowError) for e in errors)
+
+
+def test_import_loads_no_aws_or_http_library() -> None:
+    code = (
+        "import sys, asyncflow, asyncflow.testing;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('aiobotocore', 'botocore', 'boto3', 'httpx', 'httpcore', 'aiofiles')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
