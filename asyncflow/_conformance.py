@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from ._backend import Backend
+from ._backend import Backend, Entry
 from ._exceptions import ConflictError
 
 __all__ = ["BACKEND_CHECKS", "check_backend"]
@@ -39,6 +39,18 @@ AWKWARD_NAMES = [
 ]
 
 
+def _require(condition: bool, message: str) -> None:
+    # Not `assert`: the suite must check even under `python -O`.
+    if not condition:
+        raise AssertionError(message)
+
+
+def _present(entry: Entry | None, message: str) -> Entry:
+    if entry is None:
+        raise AssertionError(message)
+    return entry
+
+
 def _check(fn: Check) -> Check:
     BACKEND_CHECKS[fn.__name__.removeprefix("check_")] = fn
     return fn
@@ -54,29 +66,30 @@ async def _conflicts(op: Awaitable[object], what: str) -> None:
 
 @_check
 async def check_read_missing(b: Backend) -> None:
-    assert await b.read(("ns", "missing")) is None, "reading a missing key must return None"
+    _require(await b.read(("ns", "missing")) is None, "reading a missing key must return None")
 
 
 @_check
 async def check_write_read(b: Backend) -> None:
     data = bytes(range(256))  # not UTF-8: backends store bytes, not text
     version = await b.write(("ns", "k"), data)
-    entry = await b.read(("ns", "k"))
-    assert entry is not None, "a written key must be readable"
-    assert entry.data == data, "read must return the bytes written"
-    assert entry.version == version, "read must return the version write returned"
+    entry = _present(await b.read(("ns", "k")), "a written key must be readable")
+    _require(entry.data == data, "read must return the bytes written")
+    _require(entry.version == version, "read must return the version write returned")
     version2 = await b.write(("ns", "k"), b"second")
-    assert version2 != version, "every write must make a new version"
-    entry = await b.read(("ns", "k"))
-    assert entry is not None and entry.data == b"second", "an unconditional write overwrites"
+    _require(version2 != version, "every write must make a new version")
+    entry = _present(await b.read(("ns", "k")), "an overwritten key must be readable")
+    _require(entry.data == b"second", "an unconditional write overwrites")
 
 
 @_check
 async def check_if_absent(b: Backend) -> None:
     await b.write(("ns", "k"), b"first", if_absent=True)
-    await _conflicts(b.write(("ns", "k"), b"second", if_absent=True), "if_absent on an existing key")
+    await _conflicts(
+        b.write(("ns", "k"), b"second", if_absent=True), "if_absent on an existing key"
+    )
     entry = await b.read(("ns", "k"))
-    assert entry is not None and entry.data == b"first", "a failed if_absent write changed data"
+    _require(entry is not None and entry.data == b"first", "a failed if_absent write changed data")
 
 
 @_check
@@ -84,13 +97,11 @@ async def check_if_version(b: Backend) -> None:
     v1 = await b.write(("ns", "k"), b"one")
     v2 = await b.write(("ns", "k"), b"two", if_version=v1)
     await _conflicts(b.write(("ns", "k"), b"stale", if_version=v1), "a write with a stale version")
-    entry = await b.read(("ns", "k"))
-    assert entry is not None and entry.data == b"two", "a failed conditional write changed data"
-    assert entry.version == v2
-    await _conflicts(
-        b.write(("ns", "gone"), b"x", if_version=v2), "if_version on a missing key"
-    )
-    assert await b.read(("ns", "gone")) is None, "a failed conditional write created a key"
+    entry = _present(await b.read(("ns", "k")), "a failed conditional write deleted data")
+    _require(entry.data == b"two", "a failed conditional write changed data")
+    _require(entry.version == v2, "a failed conditional write changed the version")
+    await _conflicts(b.write(("ns", "gone"), b"x", if_version=v2), "if_version on a missing key")
+    _require(await b.read(("ns", "gone")) is None, "a failed conditional write created a key")
 
 
 @_check
@@ -99,25 +110,27 @@ async def check_delete(b: Backend) -> None:
     v1 = await b.write(("ns", "k"), b"one")
     v2 = await b.write(("ns", "k"), b"two")
     await _conflicts(b.delete(("ns", "k"), if_version=v1), "a delete with a stale version")
-    assert await b.read(("ns", "k")) is not None, "a failed conditional delete deleted"
+    _require(await b.read(("ns", "k")) is not None, "a failed conditional delete deleted")
     await b.delete(("ns", "k"), if_version=v2)
-    assert await b.read(("ns", "k")) is None, "delete must remove the key"
+    _require(await b.read(("ns", "k")) is None, "delete must remove the key")
     await _conflicts(b.delete(("ns", "k"), if_version=v2), "a conditional delete of nothing")
     await b.write(("ns", "k2"), b"x")
     await b.delete(("ns", "k2"))
-    assert await b.read(("ns", "k2")) is None
+    _require(await b.read(("ns", "k2")) is None, "the backend broke the contract")
 
 
 @_check
 async def check_names(b: Backend) -> None:
     for i, name in enumerate(AWKWARD_NAMES):
         await b.write(("ns", name), str(i).encode())
-    assert sorted(await b.list("ns")) == sorted(AWKWARD_NAMES), "list must return every name"
+    _require(sorted(await b.list("ns")) == sorted(AWKWARD_NAMES), "list must return every name")
     for i, name in enumerate(AWKWARD_NAMES):
         entry = await b.read(("ns", name))
-        assert entry is not None and entry.data == str(i).encode(), f"name {name!r} was mixed up"
-    assert await b.list("other") == [], "a namespace must not see another's names"
-    assert await b.list("missing") == [], "listing an empty namespace returns nothing"
+        _require(
+            entry is not None and entry.data == str(i).encode(), f"name {name!r} was mixed up"
+        )
+    _require(await b.list("other") == [], "a namespace must not see another's names")
+    _require(await b.list("missing") == [], "listing an empty namespace returns nothing")
 
 
 @_check
@@ -125,20 +138,20 @@ async def check_read_many(b: Backend) -> None:
     await b.write(("ns", "a"), b"A")
     await b.write(("ns", "c"), b"C")
     entries = await b.read_many([("ns", "a"), ("ns", "b"), ("ns", "c")])
-    assert [e.data if e else None for e in entries] == [b"A", None, b"C"], "read_many order"
-    assert await b.read_many([]) == []
+    _require([e.data if e else None for e in entries] == [b"A", None, b"C"], "read_many order")
+    _require(await b.read_many([]) == [], "the backend broke the contract")
 
 
 @_check
 async def check_claim(b: Backend) -> None:
     async with b.claim(("ns", "k")) as held:
-        assert held, "an unheld key must be claimable"
+        _require(held, "an unheld key must be claimable")
         async with b.claim(("ns", "k")) as again:
-            assert not again, "a held key must not be claimable again"
+            _require(not again, "a held key must not be claimable again")
         async with b.claim(("ns", "other")) as other:
-            assert other, "claims on different keys must not block each other"
+            _require(other, "claims on different keys must not block each other")
     async with b.claim(("ns", "k")) as held:
-        assert held, "a claim must be released when its block exits"
+        _require(held, "a claim must be released when its block exits")
 
 
 @_check
@@ -152,7 +165,8 @@ async def check_compare_and_swap_race(b: Backend) -> None:
         nonlocal conflicts
         while True:
             entry = await b.read(key)
-            assert entry is not None
+            if entry is None:
+                raise AssertionError("the counter vanished")
             try:
                 await b.write(key, b"%d" % (int(entry.data) + 1), if_version=entry.version)
                 return
@@ -163,8 +177,9 @@ async def check_compare_and_swap_race(b: Backend) -> None:
         for _ in range(writers):
             tg.start_soon(increment)
     entry = await b.read(key)
-    assert entry is not None and int(entry.data) == writers, (
-        f"lost updates: {writers} increments made {entry.data if entry else None!r}"
+    _require(
+        entry is not None and int(entry.data) == writers,
+        f"lost updates: {writers} increments made {entry.data if entry else None!r}",
     )
 
 
@@ -183,9 +198,11 @@ async def check_create_race(b: Backend) -> None:
     async with anyio.create_task_group() as tg:
         for i in range(20):
             tg.start_soon(create, i)
-    assert len(winners) == 1, f"{len(winners)} writers won an if_absent race"
+    _require(len(winners) == 1, f"{len(winners)} writers won an if_absent race")
     entry = await b.read(("ns", "once"))
-    assert entry is not None and entry.data == b"%d" % winners[0]
+    _require(
+        entry is not None and entry.data == b"%d" % winners[0], "the backend broke the contract"
+    )
 
 
 async def check_backend(make_backend: Callable[[], Awaitable[Backend]]) -> None:

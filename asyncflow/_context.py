@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import AsyncflowError, NonDeterminismError, SideEffectError
+import sniffio
+
+from ._exceptions import AsyncflowError, NonDeterminismError, SideEffectError, UsageError
 from ._record import dumps, step_text
 
 if TYPE_CHECKING:
@@ -38,7 +41,18 @@ class Context:
         args: the arguments the run was started with (as stored: JSON round-tripped).
     """
 
-    __slots__ = ("_exec", "_fatal", "_pos", "_record", "_suspended", "args", "run_id", "workflow")
+    __slots__ = (
+        "_current_task",
+        "_exec",
+        "_fatal",
+        "_pos",
+        "_record",
+        "_suspended",
+        "_task",
+        "args",
+        "run_id",
+        "workflow",
+    )
 
     def __init__(self, execution: Execution) -> None:
         self._exec = execution
@@ -46,6 +60,10 @@ class Context:
         self._pos = 0  # index of the next journal step to replay
         self._suspended = False
         self._fatal: AsyncflowError | None = None
+        # Steps are identified by their position, so they must come one at a time from the
+        # task running the workflow (side effects nest by being awaited, in that same task).
+        self._current_task = _current_task_getter()
+        self._task = self._current_task()
         self.run_id = self._record.run_id
         self.workflow = self._record.workflow
         self.args = self._record.args
@@ -130,7 +148,11 @@ class Context:
             index = self._pos - 1
         else:
             # The previous side effect's outcome must be stored before this one starts.
-            await self._exec.checkpoint_if_dirty()
+            try:
+                await self._exec.checkpoint_if_dirty()
+            except AsyncflowError as exc:
+                self._fatal = exc  # not the workflow's to handle: the run cannot go on
+                raise
             index = self._append(
                 {"kind": "sideeffect", "name": name},
                 step_text("sideeffect", name),
@@ -177,6 +199,13 @@ class Context:
         """Return the recorded step at the current position (and move past it), or ``None``
         when the run reaches this point for the first time."""
         self._check_live()
+        if self._current_task() is not self._task:
+            self._fatal = UsageError(
+                f"run {self.run_id} of workflow {self.workflow!r}: a step was awaited from"
+                " another task. Steps are recorded by their position, so a workflow must await"
+                " them one at a time, not concurrently in a task group."
+            )
+            raise self._fatal
         steps = self._record.steps
         i = self._pos
         if i >= len(steps):
@@ -212,6 +241,15 @@ class Context:
                 " the run's record is kept as it was."
             )
             raise self._fatal
+
+
+def _current_task_getter() -> Callable[[], object]:
+    """The cheapest way to ask "which task is this?" under the running async library."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_task
+    return asyncio.current_task
 
 
 def _describe(kind: str, name: str | None) -> str:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
 from ._backend import Backend, Key
 from ._context import Context, Suspend
-from ._exceptions import ConflictError
+from ._exceptions import BackendError, ConflictError
 from ._record import FINISHED, RunRecord, decode_state, dumps, encode_state, new_run_id
 from ._results import RunResult
 
@@ -81,16 +85,25 @@ class Execution:
             ctx._finish_check()
             record.result = json.loads(dumps(result, f"the result of workflow {workflow.name!r}"))
             record.status = "succeeded"
-        except Suspend:
-            record.status = "paused"
-        except Exception as exc:
-            if isinstance(ctx._fatal, ConflictError) or isinstance(exc, ConflictError):
+        except BaseException as exc:
+            fatal = ctx._fatal
+            if isinstance(fatal, ConflictError):
                 logger.warning("run %s was changed by another invocation; skipped", record.run_id)
                 return None
-            if ctx._suspended and ctx._fatal is None:
-                record.status = "paused"  # the workflow raised after swallowing its pause
+            if isinstance(fatal, BackendError):
+                raise fatal from None  # storage is failing: stop, leave the run as stored
+            if fatal is not None:
+                failure: BaseException | None = fatal  # whatever the workflow made of it
+            elif ctx._suspended and all(isinstance(e, Exception | Suspend) for e in _leaves(exc)):
+                # Paused; the workflow may have wrapped the pause in an exception group (a task
+                # group in its code) or raised something else after swallowing it.
+                record.status = "paused"
+                failure = None
+            elif isinstance(exc, Exception):
+                failure = exc
             else:
-                failure = ctx._fatal or exc
+                raise  # cancellation, KeyboardInterrupt: not the run's outcome
+            if failure is not None:
                 record.status = "failed"
                 record.error = f"{type(failure).__name__}: {failure}"
                 logger.info("run %s of %s failed: %s", record.run_id, workflow.name, record.error)
@@ -114,6 +127,14 @@ async def read_state(backend: Backend, name: str, default: Any) -> Any:
     if entry is None:
         return default
     return decode_state(entry.data, name, backend.locate(key))
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 async def finish(backend: Backend, record: RunRecord, version: str | None) -> None:

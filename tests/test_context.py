@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 
 import asyncflow
@@ -446,3 +447,43 @@ async def test_context_attributes(make_flow: MakeFlow) -> None:
 
     [result] = await flow.run("t", {"k": [1]})
     assert seen == [(result.run_id, "wf", {"k": [1]})]
+
+
+async def test_steps_awaited_concurrently_are_refused(make_flow: MakeFlow) -> None:
+    flow = make_flow()
+    executed: list[str] = []
+
+    @flow.sideeffect()
+    async def fetch(c: Context, name: str) -> str:
+        executed.append(name)
+        return name
+
+    @flow.workflow()
+    async def wf(c: Context) -> None:
+        await fetch(c, "first")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fetch, c, "a")
+            tg.start_soon(fetch, c, "b")
+
+    [result] = await flow.run("wf")
+    assert result.status == "failed"
+    assert result.error is not None
+    assert "UsageError" in result.error and "one at a time" in result.error
+    assert executed == ["first"], "no step ran from the other tasks"
+
+
+async def test_a_pause_inside_a_task_group_body_pauses(make_flow: MakeFlow) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def wf(c: Context) -> str:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.sleep_forever)  # a helper task, not a step
+            await c.pause_once()
+            tg.cancel_scope.cancel()
+        return "resumed"
+
+    [result] = await flow.run("wf")
+    assert result.status == "paused"
+    [result] = await flow.run()
+    assert (result.status, result.result) == ("succeeded", "resumed")
