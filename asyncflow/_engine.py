@@ -210,6 +210,8 @@ async def advance(
         if new is not None:
             execution = Execution(backend, clock, new, None)
             workflow = workflows[new.workflow]
+            # Stored before it executes, so that a crash from here on cannot lose it.
+            await execution.save()
         else:
             # Read again under the claim: another invocation may have advanced it since the
             # listing.

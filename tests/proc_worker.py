@@ -5,7 +5,7 @@
     python tests/proc_worker.py STORE JOURNALS crash             # one invocation whose side
         # effects block for good at a chosen step (the test kills the process there)
     python tests/proc_worker.py STORE JOURNALS race I            # write JOURNALS/ready-I, wait
-        # for JOURNALS/go, then one invocation, print results
+        # for JOURNALS/go, then one invocation (at most 4 runs at a time), print results
     python tests/proc_worker.py STORE JOURNALS inspect           # print every run
 
 The backend is `file:STORE`. Every real execution of the side effect `step` appends a line
@@ -27,7 +27,9 @@ from asyncflow import Context
 STORE, JOURNALS, MODE = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 STEPS = 5
 
-flow = asyncflow.setup(f"file:{STORE}")
+# Racing invocations each hold only a few runs at a time, so they take turns over the same
+# runs (and meet runs another one has just finished) instead of one grabbing all of them.
+flow = asyncflow.setup(f"file:{STORE}", max_concurrency=4 if MODE == "race" else 256)
 
 
 def block_at(k: int) -> int | None:
@@ -41,6 +43,8 @@ async def step(c: Context, n: int, block: int | None) -> int:
         await journal.write(f"step{n}\n")
     if MODE == "crash" and n == block:
         await anyio.sleep_forever()
+    if MODE == "race":
+        await anyio.sleep(0.002)  # a little real work, so that the racers overlap
     return n * n
 
 
