@@ -31,7 +31,7 @@ def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
     session.install("--quiet", "ruff")
     session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", "asyncflow")
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session

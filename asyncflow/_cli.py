@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import anyio
 
@@ -33,6 +33,7 @@ def main(flow: Flow, argv: Sequence[str] | None = None) -> int:
 
             flow = copy.copy(flow)
             flow.backend = open_backend(args.backend)
+        flow.backend  # noqa: B018  (a bad ASYNCFLOW_BACKEND is reported here, as bad input)
         return int(anyio.run(_COMMANDS[args.command], flow, args, backend=args.loop))
     except AsyncflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -42,8 +43,14 @@ def main(flow: Flow, argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, like every other bad input, instead of argparse's usage block.
+        self.exit(BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--backend", metavar="URL", help="where runs are kept, e.g. file:.asyncflow or memory:"
     )
@@ -51,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--loop", choices=("asyncio", "trio"), default="asyncio", help="async library to run on"
     )
-    parser = argparse.ArgumentParser(description="Run and inspect this script's workflows.")
+    parser = _Parser(description="Run and inspect this script's workflows.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run",

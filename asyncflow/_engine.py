@@ -175,20 +175,16 @@ async def invoke(
     keys = [(ACTIVE, run_id) for run_id in due]
     # Read and check every due record before anything executes: a damaged file stops the
     # invocation here, before it changed anything.
-    entries = await backend.read_many(keys)
-    for key, entry in zip(keys, entries, strict=True):
+    jobs: list[tuple[RunRecord, str | None]] = [(record, None) for record in new]
+    for key, entry in zip(keys, await backend.read_many(keys), strict=True):
         if entry is not None:
-            RunRecord.decode(entry.data, backend.locate(key))
-
-    jobs: list[tuple[RunRecord | None, str]] = [(r, r.run_id) for r in new]
-    jobs += [(None, run_id) for run_id, e in zip(due, entries, strict=True) if e is not None]
+            jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
     results: list[RunResult | None] = [None] * len(jobs)
     queue = iter(range(len(jobs)))
 
     async def worker() -> None:
         for i in queue:
-            record, run_id = jobs[i]
-            results[i] = await advance(backend, clock, workflows, run_id, record)
+            results[i] = await advance(backend, clock, workflows, *jobs[i])
 
     async with anyio.create_task_group() as tg:
         for _ in range(min(max_concurrency, len(jobs))):
@@ -200,36 +196,33 @@ async def advance(
     backend: Backend,
     clock: Callable[[], float],
     workflows: dict[str, Workflow],
-    run_id: str,
-    new: RunRecord | None,
+    record: RunRecord,
+    version: str | None,
 ) -> RunResult | None:
-    key = (ACTIVE, run_id)
+    """Advance one run: a new one (``version`` is ``None``) or a due one as it was listed."""
+    key = (ACTIVE, record.run_id)
     async with backend.claim(key) as held:
         if not held:
             return None  # another invocation is advancing it
-        if new is not None:
-            execution = Execution(backend, clock, new, None)
-            workflow = workflows[new.workflow]
+        execution = Execution(backend, clock, record, version)
+        if version is None:
             # Stored before it executes, so that a crash from here on cannot lose it.
             await execution.save()
         else:
-            # Read again under the claim: another invocation may have advanced it since the
-            # listing.
+            # Another invocation may have advanced it between the listing and the claim; then
+            # its new state was not due when this invocation began.
             entry = await backend.read(key)
-            if entry is None:
+            if entry is None or entry.version != version:
                 return None
-            record = RunRecord.decode(entry.data, backend.locate(key))
             if record.status in FINISHED:
-                await finish(backend, record, entry.version)  # complete an interrupted move
+                await finish(backend, record, version)  # complete an interrupted move
                 return None
-            found = workflows.get(record.workflow)
-            if found is None:
-                logger.warning(
-                    "run %s belongs to workflow %r, which this flow does not define; left as is",
-                    run_id,
-                    record.workflow,
-                )
-                return None
-            execution = Execution(backend, clock, record, entry.version)
-            workflow = found
+        workflow = workflows.get(record.workflow)
+        if workflow is None:
+            logger.warning(
+                "run %s belongs to workflow %r, which this flow does not define; left as is",
+                record.run_id,
+                record.workflow,
+            )
+            return None
         return await execution.execute(workflow)

@@ -56,7 +56,13 @@ def open_backend(spec: str | Backend | None) -> Backend:
     if isinstance(spec, Backend):
         return spec
     if spec is None:
-        spec = os.environ.get("ASYNCFLOW_BACKEND") or DEFAULT_BACKEND
+        from_env = os.environ.get("ASYNCFLOW_BACKEND")
+        if not from_env:
+            return open_backend(DEFAULT_BACKEND)
+        try:
+            return open_backend(from_env)
+        except ConfigError as exc:
+            raise ConfigError(f"ASYNCFLOW_BACKEND: {exc}") from None
     if not isinstance(spec, str):
         raise ConfigError(f"backend must be {_FORMS}, not {type(spec).__name__}")
     scheme, sep, rest = spec.partition(":")
@@ -94,14 +100,41 @@ class Flow:
             raise ConfigError("max_concurrency must be a positive integer")
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1, not {max_concurrency}")
-        self.backend = open_backend(backend)
+        self._backend: Backend | None = None
+        self._backend_error: ConfigError | None = None
+        if backend is None:
+            # A bad ASYNCFLOW_BACKEND is reported when the backend is first needed, so that a
+            # script can still be given another one (``--backend``) or print its help.
+            try:
+                self._backend = open_backend(None)
+            except ConfigError as exc:
+                self._backend_error = exc
+        else:
+            self._backend = open_backend(backend)
         self.max_concurrency = max_concurrency
         self.clock = clock or time.time
         self._workflows: dict[str, Workflow] = {}
         self._opened = 0
 
     def __repr__(self) -> str:
-        return f"<Flow backend={self.backend!r} workflows={list(self._workflows)!r}>"
+        backend = self._backend or "(invalid)"
+        return f"<Flow backend={backend!r} workflows={list(self._workflows)!r}>"
+
+    @property
+    def backend(self) -> Backend:
+        """The backend keeping this flow's runs and state.
+
+        Raises:
+            ConfigError: ``ASYNCFLOW_BACKEND`` names no usable backend.
+        """
+        if self._backend is None:
+            assert self._backend_error is not None
+            raise self._backend_error
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: Backend) -> None:
+        self._backend = backend
 
     # -- registration --------------------------------------------------------------------------
 

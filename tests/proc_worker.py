@@ -2,8 +2,9 @@
 
     python tests/proc_worker.py STORE JOURNALS start TRIGGER N   # start N runs, print their ids
     python tests/proc_worker.py STORE JOURNALS run               # one invocation, print results
-    python tests/proc_worker.py STORE JOURNALS crash             # one invocation whose side
-        # effects block for good at a chosen step (the test kills the process there)
+    python tests/proc_worker.py STORE JOURNALS crash K           # one invocation that also
+        # triggers `job` with k=K, whose side effects block for good at a chosen step (the test
+        # kills the process there)
     python tests/proc_worker.py STORE JOURNALS race I            # write JOURNALS/ready-I, wait
         # for JOURNALS/go, then one invocation (at most 4 runs at a time), print results
     python tests/proc_worker.py STORE JOURNALS inspect           # print every run
@@ -79,7 +80,9 @@ async def main() -> None:
             for k in range(n):
                 ids += await flow.start(trigger, {"k": k} if trigger == "job" else None)
         print(json.dumps(ids))
-    elif MODE in ("run", "crash", "race"):
+    elif MODE == "crash":
+        dump(await flow.run("job", {"k": int(sys.argv[4])}))
+    elif MODE in ("run", "race"):
         dump(await flow.run())
     elif MODE == "inspect":
         dump(await flow.list_runs())

@@ -240,3 +240,19 @@ def test_bad_input_exits_2_with_one_error_line(
 ) -> None:
     assert_usage_error(cli(*argv), *mentions)
     assert cli.json("runs") == []  # nothing was recorded
+
+
+def test_bad_backend_in_the_environment_is_bad_input(cli: Cli) -> None:
+    cli.backend = "nonsense"
+    assert_usage_error(cli("runs"), "ASYNCFLOW_BACKEND", "nonsense")
+    # --backend wins over a broken environment.
+    proc = cli("runs", "--backend", "memory:")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv", [["runs", "--status", "bogus"], [], ["frobnicate"], ["show"]], ids=str
+)
+def test_command_line_mistakes_exit_2_with_one_error_line(cli: Cli, argv: list[str]) -> None:
+    line = assert_usage_error(cli(*argv))
+    assert "--help" in line

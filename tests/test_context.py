@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -93,7 +94,7 @@ async def test_unstorable_value_fails_the_run_naming_the_side_effect(make_flow: 
 
     @flow.workflow()
     async def wf(c: Context) -> None:
-        try:
+        try:  # noqa: SIM105  (written as users write it)
             await make_object(c)
         except Exception:
             pass  # a user's broad except must not turn this into success
@@ -162,7 +163,11 @@ async def test_uncaught_sideeffect_failure_fails_only_its_run(make_flow: MakeFlo
         ("second", "failed"),
     ]
     assert results[0].result == 1
-    assert results[1].error == "SideEffectError: side effect 'test_uncaught_sideeffect_failure_fails_only_its_run.<locals>.boom' raised RuntimeError: boom"  # noqa: E501
+    assert results[1].error == (
+        "SideEffectError: side effect"
+        " 'test_uncaught_sideeffect_failure_fails_only_its_run.<locals>.boom'"
+        " raised RuntimeError: boom"
+    )
     assert await flow.run() == [], "finished runs are not executed again"
 
 
@@ -297,10 +302,8 @@ async def test_a_caught_pause_still_pauses(make_flow: MakeFlow) -> None:
 
     @flow.workflow()
     async def wf(c: Context) -> str:
-        try:
+        with contextlib.suppress(BaseException):
             await c.pause_once()
-        except BaseException:  # noqa: BLE001  (the point of the test)
-            pass
         reached.append("after")
         await c.log("must not be logged in the pausing invocation")
         return "too early"
@@ -369,7 +372,7 @@ async def test_changed_code_under_a_paused_run_fails_loudly(make_flow: MakeFlow)
 
     @v2.workflow()  # type: ignore[no-redef]
     async def wf(c: Context) -> None:  # noqa: F811
-        try:
+        try:  # noqa: SIM105  (written as users write it)
             await notify(c)
         except Exception:
             pass  # a broad except must not hide the mismatch
@@ -378,7 +381,8 @@ async def test_changed_code_under_a_paused_run_fails_loudly(make_flow: MakeFlow)
     assert result.status == "failed"
     assert result.error is not None
     assert result.error.startswith("NonDeterminismError:")
-    assert "fetch" in result.error and "notify" in result.error
+    assert "fetch" in result.error
+    assert "notify" in result.error
     after = await v2.get_run(paused.run_id)
     assert after.steps == stored.steps, "the recorded journal is kept as it was"
 
@@ -400,7 +404,8 @@ async def test_removed_steps_are_detected(make_flow: MakeFlow) -> None:
 
     [result] = await v2.run()
     assert result.status == "failed"
-    assert result.error is not None and "NonDeterminismError" in result.error
+    assert result.error is not None
+    assert "NonDeterminismError" in result.error
 
 
 async def test_sideeffect_needs_the_context_first(make_flow: MakeFlow) -> None:
@@ -416,7 +421,8 @@ async def test_sideeffect_needs_the_context_first(make_flow: MakeFlow) -> None:
 
     [result] = await flow.run("wf")
     assert result.status == "failed"
-    assert result.error is not None and result.error.startswith("UsageError:")
+    assert result.error is not None
+    assert result.error.startswith("UsageError:")
 
 
 def test_sideeffect_definition_errors() -> None:
@@ -468,7 +474,8 @@ async def test_steps_awaited_concurrently_are_refused(make_flow: MakeFlow) -> No
     [result] = await flow.run("wf")
     assert result.status == "failed"
     assert result.error is not None
-    assert "UsageError" in result.error and "one at a time" in result.error
+    assert "UsageError" in result.error
+    assert "one at a time" in result.error
     assert executed == ["first"], "no step ran from the other tasks"
 
 

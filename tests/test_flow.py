@@ -15,7 +15,7 @@ from asyncflow import Context
 MakeFlow = Callable[..., asyncflow.Flow]
 
 
-# -- setup ---------------------------------------------------------------------------------------
+# -- setup -------------------------------------------------------------------------------------
 
 
 def test_setup_defaults_to_a_folder_in_the_working_directory(
@@ -52,7 +52,7 @@ def test_setup_rejects_other_types_and_bad_concurrency() -> None:
         asyncflow.setup("memory:", max_concurrency=0)
 
 
-# -- registration ----------------------------------------------------------------------------------
+# -- registration ------------------------------------------------------------------------------
 
 
 def test_workflow_registration_errors() -> None:
@@ -64,7 +64,7 @@ def test_workflow_registration_errors() -> None:
     with pytest.raises(asyncflow.UsageError, match="already registered"):
 
         @flow.workflow(trigger="other")
-        async def twice(c: Context) -> None: ...  # noqa: F811
+        async def twice(c: Context) -> None: ...
 
     with pytest.raises(asyncflow.UsageError, match="async def"):
 
@@ -84,7 +84,7 @@ def test_workflow_registration_errors() -> None:
     assert flow.workflows == {"twice": "twice"}
 
 
-# -- invocations -------------------------------------------------------------------------------------
+# -- invocations -------------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
@@ -97,7 +97,7 @@ async def test_unknown_trigger_changes_nothing(make_flow: MakeFlow) -> None:
 
     await flow.run("known")
     before = await flow.list_runs()
-    with pytest.raises(asyncflow.UnknownTriggerError, match="'nope'.*'known'"):
+    with pytest.raises(asyncflow.UnknownTriggerError, match=r"'nope'.*'known'"):
         await flow.run("nope")
     with pytest.raises(asyncflow.UnknownTriggerError):
         await flow.start("nope")
@@ -254,10 +254,11 @@ async def test_unstorable_result_fails_the_run(make_flow: MakeFlow) -> None:
 
     [result] = await flow.run("wf")
     assert result.status == "failed"
-    assert result.error is not None and "SerializationError" in result.error
+    assert result.error is not None
+    assert "SerializationError" in result.error
 
 
-# -- inspection ---------------------------------------------------------------------------------
+# -- inspection --------------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
@@ -308,3 +309,64 @@ async def test_async_with_keeps_the_flow_usable(make_flow: MakeFlow) -> None:
         async with flow:
             [r] = await flow.run("wf")
         assert (await flow.get_run(r.run_id)).status == "succeeded"
+
+
+class _HeldAfterListing(asyncflow.Backend):
+    """Another backend object over the same store whose invocation stops after reading the
+    due runs, until the test lets it go on: so two invocations overlap in a known order."""
+
+    def __init__(self, inner: asyncflow.Backend) -> None:
+        self.inner = inner
+        self.listed = anyio.Event()
+        self.go_on = anyio.Event()
+
+    async def read(self, key: asyncflow.Key) -> asyncflow.Entry | None:
+        return await self.inner.read(key)
+
+    async def read_many(self, keys: Any) -> list[asyncflow.Entry | None]:
+        entries = await self.inner.read_many(keys)
+        self.listed.set()
+        await self.go_on.wait()
+        return entries
+
+    async def write(self, key: asyncflow.Key, data: bytes, **conditions: Any) -> str:
+        return await self.inner.write(key, data, **conditions)
+
+    async def delete(self, key: asyncflow.Key, **conditions: Any) -> None:
+        await self.inner.delete(key, **conditions)
+
+    async def list(self, namespace: str) -> list[str]:
+        return await self.inner.list(namespace)
+
+    def claim(self, key: asyncflow.Key) -> Any:
+        return self.inner.claim(key)
+
+
+@pytest.mark.anyio
+async def test_overlapping_invocations_advance_a_run_once_each(tmp_path: Path) -> None:
+    def define(flow: asyncflow.Flow) -> asyncflow.Flow:
+        @flow.workflow()
+        async def wf(c: Context) -> None:
+            for i in range(3):
+                await c.log(f"lap {i}")
+                await c.pause_once()
+
+        return flow
+
+    first = define(asyncflow.setup(f"file:{tmp_path}"))
+    held = _HeldAfterListing(asyncflow.FileBackend(tmp_path))
+    late = define(asyncflow.setup(held))
+    [run] = await first.run("wf")
+    late_results: list[asyncflow.RunResult] = []
+
+    async def invoke_late() -> None:
+        late_results.extend(await late.run())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(invoke_late)
+        await held.listed.wait()  # the late invocation saw the run paused at lap 0
+        [advanced] = await first.run()  # meanwhile another invocation advances it
+        assert advanced.logs == ["lap 0", "lap 1"]
+        held.go_on.set()
+    assert late_results == [], "the run had moved on since the listing: not due any more"
+    assert (await first.get_run(run.run_id)).logs == ["lap 0", "lap 1"]

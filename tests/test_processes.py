@@ -66,18 +66,26 @@ def test_kill_9_mid_invocation_loses_no_run_and_repeats_at_most_the_side_effect_
 
     # Run k blocks for good inside its side effect number k % 5 (every 6th one never blocks).
     blocked = {ids[k]: k % STEPS for k in range(n_runs) if k % 6 != 5}
+    # The crashing invocation also triggers one more run, k = 50: it blocks in its first step.
     with open(w.logs / "crash.txt", "w") as stderr:
-        crash = subprocess.Popen(w.argv("crash"), stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        wait_for(
-            lambda: all(f"step{b}" in w.journal(rid) for rid, b in blocked.items()),
-            "every run to reach its blocking side effect",
-            [crash],
+        crash = subprocess.Popen(
+            w.argv("crash", str(n_runs)), stdout=subprocess.DEVNULL, stderr=stderr
         )
+
+    def every_run_is_blocked() -> bool:
+        new = {p.stem for p in w.journals.glob("*.log")} - set(ids)
+        return len(new) == 1 and all(f"step{b}" in w.journal(r) for r, b in blocked.items())
+
+    try:
+        wait_for(every_run_is_blocked, "every run to reach its blocking side effect", [crash])
     finally:
         os.kill(crash.pid, signal.SIGKILL)
         crash.wait(timeout=30)
     assert crash.returncode == -signal.SIGKILL, (w.logs / "crash.txt").read_text()
+    [new_id] = {p.stem for p in w.journals.glob("*.log")} - set(ids)
+    ids.append(new_id)
+    blocked[new_id] = n_runs % STEPS
+    assert blocked[new_id] == 0
 
     # While the crashed invocation ran, nothing executed past the blocking side effects.
     for rid, b in blocked.items():
