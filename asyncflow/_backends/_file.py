@@ -191,6 +191,8 @@ class FileBackend(Backend):
     async def claim(self, key: Key) -> AsyncIterator[bool]:
         folder = self.folder / ".claims" / key[0]
         path = folder / (encode_name(key[1]) + ".lock")
+        # The lock file is never removed: a holder that unlinked it on release could leave a
+        # waiter locking the unlinked file while a newcomer locks a new one, both "holding".
         # Opening and a non-blocking flock of a local file take microseconds: done here rather
         # than in a worker thread, whose hop would cost more than the call.
         try:
