@@ -260,7 +260,7 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
     return "\n".join(lines)
 
 
-def machine_info() -> str:
+def machine_info(load_before: float) -> str:
     def ver(pkg: str) -> str:
         try:
             return version(pkg)
@@ -283,12 +283,15 @@ def machine_info() -> str:
         f"nproc {usable if usable is not None else os.cpu_count()}, "
         f"{platform.python_implementation()} {platform.python_version()}; "
         f"asyncflow {ver('asyncflow')} ({commit or 'no commit yet'}), anyio {ver('anyio')}, "
-        f"trio {ver('trio')}, ttflow {ver('ttflow')}."
+        f"trio {ver('trio')}, ttflow {ver('ttflow')}. "
+        # Other work on the machine (a test suite, a build) inflates every figure: say so.
+        f"Load average (1 min) {load_before:.2f} before the run, "
+        f"{os.getloadavg()[0]:.2f} after."
     )
 
 
-def report(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
-    kind = "quick run (`--quick`, scaled down; targets not applied)" if quick else "full run"
+def report(out: dict[str, Outcome], sizes: Sizes, quick: bool, load_before: float) -> str:
+    kind = "quick run (`--quick`, scaled down; time targets not applied)" if quick else "full run"
     return "\n".join(
         [
             f"Benchmarks, {kind}: `python benchmarks/run.py{' --quick' if quick else ''}` "
@@ -299,34 +302,45 @@ def report(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
             "Result: median wall time of the measured invocation, each scenario in its own "
             "process; Peak RSS: `ru_maxrss` of that process (interpreter, setup and measured "
             "part together).",
-            machine_info(),
+            "",
+            machine_info(load_before),
         ]
     )
 
 
-def write_readme(text: str) -> None:
-    content = README.read_text(encoding="utf-8") if README.exists() else ""
+def write_readme(text: str, readme: Path = README) -> None:
+    """Replace what is between the markers; leave the file alone if they are missing."""
+    content = readme.read_text(encoding="utf-8") if readme.exists() else ""
     start, end = content.find(START), content.find(END)
     if start == -1 or end == -1 or end < start:
-        log(f"warning: {README} has no {START} ... {END} section; README left unchanged")
+        log(f"warning: {readme} has no {START} ... {END} section; README left unchanged")
         return
     new = content[: start + len(START)] + "\n" + text + "\n" + content[end:]
-    README.write_text(new, encoding="utf-8")
-    log(f"wrote the benchmarks section of {README}")
+    readme.write_text(new, encoding="utf-8")
+    log(f"wrote the benchmarks section of {readme}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="scaled-down sizes, for a smoke test")
-    p.add_argument("--write-readme", action="store_true", help=f"update {START} in README.md")
-    p.add_argument("--skip", action="append", default=[], metavar="SCENARIO",
-                   help="leave a scenario out (repeatable), e.g. --skip fanout-trio")  # fmt: skip
+    p.add_argument(
+        "--write-readme", action="store_true", help="replace the README's benchmarks section"
+    )
+    p.add_argument("--readme", type=Path, default=README, help="the file --write-readme updates")
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="SCENARIO",
+        help="leave a scenario out (repeatable), e.g. --skip fanout-trio",
+    )
     p.add_argument("--timeout", type=float, default=900, help="seconds per scenario process")
     a = p.parse_args()
 
     sizes = QUICK if a.quick else FULL
+    load_before = os.getloadavg()[0]
     out = run_all(sizes, a.timeout, set(a.skip))
-    text = report(out, sizes, a.quick)
+    text = report(out, sizes, a.quick, load_before)
     print(text)
 
     failures = [o for o in out.values() if not o.ok]
@@ -334,7 +348,7 @@ def main() -> None:
         if failures:
             log("warning: some scenarios failed; README left unchanged")
         else:
-            write_readme(text)
+            write_readme(text, a.readme)
     if failures:
         for o in failures:
             log(f"FAILED {o.name}: {o.error or '; '.join(o.problems)}")
