@@ -5,11 +5,11 @@ effects, shared state and pauses are recorded in a backend, so a run behaves as 
 suspended and resumed. Works on asyncio and trio.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._backend import Backend as Backend
 from ._backend import Entry as Entry
 from ._backend import Key as Key
-from ._backends._file import FileBackend as FileBackend
-from ._backends._memory import MemoryBackend as MemoryBackend
 from ._context import Context as Context
 from ._exceptions import AsyncflowError as AsyncflowError
 from ._exceptions import BackendError as BackendError
@@ -27,6 +27,10 @@ from ._results import Run as Run
 from ._results import RunResult as RunResult
 from ._results import RunStatus as RunStatus
 from ._results import Step as Step
+
+if TYPE_CHECKING:
+    from ._backends._file import FileBackend as FileBackend
+    from ._backends._memory import MemoryBackend as MemoryBackend
 
 __version__ = "0.1.0"
 
@@ -55,9 +59,28 @@ __all__ = [
     "setup",
 ]
 
+# Backends load on first use: a Lambda cold start that keeps its runs in S3 should not pay for
+# the file backend's imports (nor anyone for a backend they do not use).
+_LAZY = {
+    "FileBackend": "._backends._file",
+    "MemoryBackend": "._backends._memory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value.__module__ = __name__
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Show the public names as asyncflow's own (in reprs, tracebacks and docs), as httpx does.
 for _name in __all__:
-    _obj = globals()[_name]
+    _obj = globals().get(_name)
     if getattr(_obj, "__module__", "").startswith("asyncflow."):
         _obj.__module__ = "asyncflow"
 del _name, _obj

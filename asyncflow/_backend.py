@@ -49,6 +49,15 @@ class Backend(abc.ABC):
     async def read(self, key: Key) -> Entry | None:
         """Return the object stored at ``key``, or ``None`` if there is none."""
 
+    async def version(self, key: Key) -> str | None:
+        """Return the current version of ``key``, or ``None`` if nothing is stored there.
+
+        Backends that can tell it without fetching the data (a stat, a HEAD request) override
+        this; the default reads the object.
+        """
+        entry = await self.read(key)
+        return None if entry is None else entry.version
+
     async def read_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         """Return :meth:`read` of each key, in order.
 

@@ -83,6 +83,17 @@ async def check_write_read(b: Backend) -> None:
 
 
 @_check
+async def check_version(b: Backend) -> None:
+    _require(await b.version(("ns", "k")) is None, "a missing key has no version")
+    v1 = await b.write(("ns", "k"), b"one")
+    _require(await b.version(("ns", "k")) == v1, "version must be what write returned")
+    v2 = await b.write(("ns", "k"), b"two")
+    _require(await b.version(("ns", "k")) == v2, "version must follow every write")
+    await b.delete(("ns", "k"))
+    _require(await b.version(("ns", "k")) is None, "a deleted key has no version")
+
+
+@_check
 async def check_if_absent(b: Backend) -> None:
     await b.write(("ns", "k"), b"first", if_absent=True)
     await _conflicts(

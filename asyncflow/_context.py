@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -245,10 +244,14 @@ class Context:
 
 def _current_task_getter() -> Callable[[], object]:
     """The cheapest way to ask "which task is this?" under the running async library."""
+    # Imported here: the running library is loaded already, and a trio user (or a plain
+    # `import asyncflow` on a cold start) should not pay for importing asyncio.
     if sniffio.current_async_library() == "trio":
         import trio
 
         return trio.lowlevel.current_task
+    import asyncio
+
     return asyncio.current_task
 
 

@@ -211,8 +211,7 @@ async def advance(
         else:
             # Another invocation may have advanced it between the listing and the claim; then
             # its new state was not due when this invocation began.
-            entry = await backend.read(key)
-            if entry is None or entry.version != version:
+            if await backend.version(key) != version:
                 return None
             if record.status in FINISHED:
                 await finish(backend, record, version)  # complete an interrupted move

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import secrets
+import os
 import time
 from typing import Any
 
@@ -64,7 +64,7 @@ def new_run_id() -> str:
     else:
         seq = 0
     _last_id[:] = [ms, seq]
-    return f"{ms:011x}{seq:03x}{secrets.token_hex(3)}"
+    return f"{ms:011x}{seq:03x}{os.urandom(3).hex()}"
 
 
 class RunRecord:

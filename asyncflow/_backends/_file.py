@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
+import threading
 import zlib
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import unquote
 
 import anyio
@@ -26,8 +27,10 @@ __all__ = ["FileBackend"]
 _UNSAFE = frozenset('/\\%:*?"<>|') | frozenset(map(chr, range(0x20))) | {"\x7f"}
 _UNSAFE |= frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _MAX_NAME_BYTES = 200  # file systems cap a name at 255 bytes; leave room for suffixes
-_LOCK_STRIPES = 64
 _SUFFIX = ".json"
+_LOCK_FILE = ".lock"
+_CLAIM_SPACE = 1 << 56  # claims lock one byte at a hash of the key, below this offset
+_STRIPES = 64  # conditional writes lock one of these bytes, above it
 
 
 def encode_name(name: str) -> str:
@@ -49,14 +52,18 @@ class FileBackend(Backend):
 
     Layout: ``<folder>/<namespace>/<encoded name>.json``. Writes go to a temporary file in the
     same folder, are fsynced, then renamed over the target, so a reader or a crash sees the
-    old content or the new, never a mix. Conditional writes check the current version under a
-    short ``flock`` (one of 64 striped lock files), so they are atomic across processes.
-    Claims are ``flock`` locks on a per-key file under ``.claims/``: the kernel drops them when
-    the holder dies, even by ``kill -9``.
+    old content or the new, never a mix.
+
+    Locking uses POSIX record locks on one file, ``<folder>/.lock``, which the kernel drops
+    when the process dies, even by ``kill -9``. A claim locks one byte at an offset hashed from
+    the key (no file per run, and no file to clean up); a conditional write locks one of 64
+    striped bytes above those, only for its version check and rename. Record locks belong to
+    the process, so a per-process table keeps claims exclusive between tasks and backend
+    objects of the same process too.
 
     Versions are ``inode-mtime-size`` of the file: every write makes a new inode.
 
-    POSIX only (it relies on ``flock`` and atomic ``rename``).
+    POSIX only (record locks and atomic ``rename``).
 
     Args:
         folder: the folder to use; created on first write.
@@ -67,6 +74,7 @@ class FileBackend(Backend):
         self.folder = Path(folder)
         self._limiter = anyio.CapacityLimiter(threads)
         self._made: set[Path] = set()
+        self._lock_table: _Locks | None = None
 
     def __repr__(self) -> str:
         return f"FileBackend({str(self.folder)!r})"
@@ -97,15 +105,25 @@ class FileBackend(Backend):
                 raise _error("cannot create folder", path, exc) from exc
             self._made.add(path)
 
-    def _stripe(self, key: Key) -> Path:
-        n = zlib.crc32(f"{key[0]}/{key[1]}".encode()) % _LOCK_STRIPES
-        return self.folder / ".locks" / f"{n:02d}.lock"
+    def _locks(self) -> _Locks:
+        if self._lock_table is None:
+            self._mkdir(self.folder)
+            self._lock_table = _Locks.of(self.folder / _LOCK_FILE)
+        return self._lock_table
 
     # -- operations ----------------------------------------------------------------------------
 
     async def read(self, key: Key) -> Entry | None:
         path = self._path(key)
         return await anyio.to_thread.run_sync(_read, path, limiter=self._limiter)
+
+    async def version(self, key: Key) -> str | None:
+        # One stat of a local file: cheaper done here than the hop to a worker thread.
+        path = self._path(key)
+        try:
+            return _version_of(path)
+        except OSError as exc:
+            raise _error("cannot stat", path, exc) from exc
 
     async def read_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         # One worker-thread hop per batch instead of per file: on a many-run invocation the
@@ -128,27 +146,25 @@ class FileBackend(Backend):
         self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
     ) -> str:
         path = self._path(key)
-        stripe = self._stripe(key) if (if_version is not None or if_absent) else None
+        conditional = if_version is not None or if_absent
+        locks = self._locks() if conditional else None
 
         def work() -> str:
             self._mkdir(path.parent)
-            if stripe is not None:
-                self._mkdir(stripe.parent)
-            return _write(path, data, stripe, if_version, if_absent, self.locate(key))
+            return _write(path, data, locks, key, if_version, if_absent)
 
         return await anyio.to_thread.run_sync(work, limiter=self._limiter)
 
     async def delete(self, key: Key, *, if_version: str | None = None) -> None:
         path = self._path(key)
-        stripe = self._stripe(key)
+        locks = self._locks() if if_version is not None else None
 
         def work() -> None:
             try:
-                if if_version is None:
+                if locks is None:
                     _unlink(path)
                     return
-                self._mkdir(stripe.parent)
-                with _locked(stripe):
+                with locks.stripe(key):
                     _expect(path, _version_of(path), if_version, False)
                     _unlink(path)
             except OSError as exc:
@@ -189,28 +205,86 @@ class FileBackend(Backend):
 
     @asynccontextmanager
     async def claim(self, key: Key) -> AsyncIterator[bool]:
-        folder = self.folder / ".claims" / key[0]
-        path = folder / (encode_name(key[1]) + ".lock")
-        # The lock file is never removed: a holder that unlinked it on release could leave a
-        # waiter locking the unlinked file while a newcomer locks a new one, both "holding".
-        # Opening and a non-blocking flock of a local file take microseconds: done here rather
-        # than in a worker thread, whose hop would cost more than the call.
+        # A non-blocking record lock takes microseconds: done here rather than in a worker
+        # thread, whose hop would cost more than the call.
+        locks = self._locks()
         try:
-            self._mkdir(folder)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            held = locks.try_claim(key)
         except OSError as exc:
-            raise _error("cannot open claim file", path, exc) from exc
+            raise _error("cannot lock", locks.path, exc) from exc
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            except OSError as exc:
-                raise _error("cannot lock claim file", path, exc) from exc
-            yield True
+            yield held
         finally:
-            os.close(fd)  # closing releases the flock
+            if held:
+                locks.release(key)
+
+
+class _Locks:
+    """The record locks of one folder's lock file, as held by this process.
+
+    One open file per folder for the whole process: POSIX drops every record lock a process
+    holds on a file as soon as it closes *any* descriptor of that file, so it is opened once
+    and never closed.
+    """
+
+    _by_path: ClassVar[dict[str, _Locks]] = {}
+    _made: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def of(cls, path: Path) -> _Locks:
+        real = os.path.realpath(path)
+        with cls._made:
+            if real not in cls._by_path:
+                cls._by_path[real] = cls(Path(real))
+            return cls._by_path[real]
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _error("cannot open lock file", path, exc) from exc
+        self.claimed: set[Key] = set()
+        self.offsets: dict[int, int] = {}  # claimed offset -> how many keys hashed to it
+        self.stripes = [threading.Lock() for _ in range(_STRIPES)]
+
+    def try_claim(self, key: Key) -> bool:
+        if key in self.claimed:
+            return False  # held by this process
+        offset = _hash(key) % _CLAIM_SPACE
+        if offset not in self.offsets:
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+            except (BlockingIOError, PermissionError):
+                return False  # held by another process
+        self.offsets[offset] = self.offsets.get(offset, 0) + 1
+        self.claimed.add(key)
+        return True
+
+    def release(self, key: Key) -> None:
+        self.claimed.discard(key)
+        offset = _hash(key) % _CLAIM_SPACE
+        self.offsets[offset] -= 1
+        if not self.offsets[offset]:
+            del self.offsets[offset]
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, offset)
+
+    @contextmanager
+    def stripe(self, key: Key) -> Iterator[None]:
+        """Exclusive, across threads and processes, among the keys of one stripe (blocking)."""
+        n = _hash(key) % _STRIPES
+        with self.stripes[n]:  # record locks do not exclude threads of one process
+            fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, _CLAIM_SPACE + n)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, _CLAIM_SPACE + n)
+
+
+def _hash(key: Key) -> int:
+    # Two checksums make 64 bits; not Python's hash(), which differs between processes.
+    data = f"{key[0]}\0{key[1]}".encode()
+    return zlib.crc32(data) << 32 | zlib.adler32(data)
 
 
 # -- blocking helpers, run in worker threads ---------------------------------------------------
@@ -251,20 +325,6 @@ def _expect(path: Path, current: str | None, if_version: str | None, if_absent: 
         )
 
 
-class _locked:
-    """Hold an exclusive flock on ``path`` (blocking; only ever held for a stat and a rename)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
-
-
 def _unlink(path: Path) -> None:
     with suppress(FileNotFoundError):
         os.unlink(path)
@@ -273,12 +333,12 @@ def _unlink(path: Path) -> None:
 def _write(
     path: Path,
     data: bytes,
-    stripe: Path | None,
+    locks: _Locks | None,
+    key: Key,
     if_version: str | None,
     if_absent: bool,
-    location: str,
 ) -> str:
-    tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
+    tmp = path.parent / f".tmp-{os.urandom(8).hex()}"
     try:
         # Write and fsync outside the lock: the lock is held only for the check and the rename.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -290,10 +350,10 @@ def _write(
             version = _version(os.fstat(fd))
         finally:
             os.close(fd)
-        if stripe is None:
+        if locks is None:
             os.replace(tmp, path)
         else:
-            with _locked(stripe):
+            with locks.stripe(key):
                 _expect(path, _version_of(path), if_version, if_absent)
                 os.replace(tmp, path)
         return version
@@ -301,8 +361,6 @@ def _write(
         _unlink(tmp)
         if isinstance(exc, OSError):
             if exc.errno == errno.ENOSPC:
-                raise BackendError(
-                    f"no space left to write {location}", location=location
-                ) from exc
+                raise BackendError(f"no space left to write {path}", location=str(path)) from exc
             raise _error("cannot write", path, exc) from exc
         raise
