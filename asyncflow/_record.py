@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -37,11 +38,17 @@ def dumps(value: Any, what: str) -> str:
         raise SerializationError(f"{what} cannot be stored as JSON: {exc}") from None
 
 
+@functools.lru_cache(maxsize=1024)
+def _name_json(name: str) -> str:
+    # Side effect and state names repeat on every step: encode each once.
+    return _encoder.encode(name)
+
+
 def step_text(kind: str, name: str | None = None, **fields: str) -> str:
     """The JSON text of a journal step; ``fields`` are given as JSON text already."""
     parts = [f'"kind":"{kind}"']
     if name is not None:
-        parts.append(f'"name":{_encoder.encode(name)}')
+        parts.append(f'"name":{_name_json(name)}')
     parts += [f'"{key}":{text}' for key, text in fields.items()]
     return "{" + ",".join(parts) + "}"
 
@@ -70,16 +77,20 @@ def new_run_id() -> str:
 class RunRecord:
     """One run: what started it, its status and its journal of steps.
 
-    Each step is kept twice: as a dict (to replay) and as its JSON text (to write). The text is
+    Each step is kept twice: as a dict (to replay) and as JSON text (to write). The text is
     made once, when the step is recorded or loaded, so a checkpoint joins strings instead of
     encoding the whole journal again, and a workflow that mutates a value it was handed cannot
-    change what is stored.
+    change what is stored. Loaded steps are encoded in one call, as one text (``loaded_json``);
+    steps recorded since have a text each (``step_json``), since the last of them may still
+    change (a side effect that finishes).
     """
 
     __slots__ = (
         "args",
         "created_at",
         "error",
+        "loaded",
+        "loaded_json",
         "result",
         "run_id",
         "status",
@@ -110,7 +121,9 @@ class RunRecord:
         self.result: Any = None
         self.error: str | None = None
         self.steps: list[dict[str, Any]] = []
-        self.step_json: list[str] = []
+        self.loaded = 0  # how many of the steps loaded_json holds
+        self.loaded_json = ""
+        self.step_json: list[str] = []  # the text of steps[loaded:]
 
     # -- journal -----------------------------------------------------------------------------
 
@@ -121,8 +134,15 @@ class RunRecord:
         return len(self.steps) - 1
 
     def replace(self, index: int, step: dict[str, Any], text: str) -> None:
+        if index < self.loaded:
+            # A loaded step changes (a side effect that paused inside finishes): split the
+            # loaded text into one text per step. Decoded afresh from the text, not taken from
+            # the dicts, which the workflow may have mutated through the values it was given.
+            fresh = json.loads(f"[{self.loaded_json}]")
+            self.step_json = [_encoder.encode(s) for s in fresh] + self.step_json
+            self.loaded, self.loaded_json = 0, ""
         self.steps[index] = step
-        self.step_json[index] = text
+        self.step_json[index - self.loaded] = text
 
     @property
     def logs(self) -> list[str]:
@@ -146,7 +166,8 @@ class RunRecord:
         }
         # args and result were checked when they were set; the steps are already text.
         text = _encoder.encode(head)
-        return f'{text[:-1]},"steps":[{",".join(self.step_json)}]}}'.encode()
+        steps = ",".join([self.loaded_json, *self.step_json] if self.loaded else self.step_json)
+        return f'{text[:-1]},"steps":[{steps}]}}'.encode()
 
     @classmethod
     def decode(cls, data: bytes, location: str) -> RunRecord:
@@ -179,7 +200,9 @@ class RunRecord:
         except (KeyError, TypeError, ValueError) as exc:
             raise _foreign(location, f"it is damaged: {exc}") from None
         record.steps = steps
-        record.step_json = [_encoder.encode(s) for s in steps]
+        if steps:
+            record.loaded = len(steps)
+            record.loaded_json = _encoder.encode(steps)[1:-1]
         return record
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from .._backend import Backend, Entry, Key
@@ -29,6 +29,9 @@ class MemoryBackend(Backend):
 
     async def read(self, key: Key) -> Entry | None:
         return self._data.get(key)
+
+    async def read_many(self, keys: Sequence[Key]) -> list[Entry | None]:
+        return [self._data.get(key) for key in keys]
 
     async def write(
         self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
