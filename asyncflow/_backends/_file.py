@@ -67,7 +67,8 @@ class FileBackend(Backend):
 
     Args:
         folder: the folder to use; created on first write.
-        threads: how many blocking file operations may run at once in worker threads.
+        threads: how many worker threads do the blocking file operations. On a 2-core machine
+            4 to 8 measured best: more threads fight over the GIL with the event loop.
     """
 
     def __init__(self, folder: str | os.PathLike[str], *, threads: int = 8) -> None:
