@@ -370,3 +370,59 @@ async def test_overlapping_invocations_advance_a_run_once_each(tmp_path: Path) -
         held.go_on.set()
     assert late_results == [], "the run had moved on since the listing: not due any more"
     assert (await first.get_run(run.run_id)).logs == ["lap 0", "lap 1"]
+
+
+@pytest.mark.anyio
+async def test_runs_of_a_workflow_the_code_no_longer_defines_are_left_alone(
+    make_flow: MakeFlow, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = make_flow()
+
+    @old.workflow()
+    async def retired(c: Context) -> None:
+        await c.pause_once()
+
+    [run] = await old.run("retired")
+    new = make_flow()
+
+    @new.workflow()
+    async def current(c: Context) -> None: ...
+
+    assert await new.run() == []
+    assert "retired" in caplog.text
+    assert (await new.get_run(run.run_id)).status == "paused", "kept for code that defines it"
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_invocation_leaves_runs_resumable(make_flow: MakeFlow) -> None:
+    flow = make_flow()
+    executions: list[str] = []
+    started = anyio.Event()
+
+    @flow.sideeffect()
+    async def first(c: Context) -> str:
+        executions.append("first")
+        return "done"
+
+    @flow.sideeffect()
+    async def slow(c: Context) -> None:
+        executions.append("slow")
+        if executions.count("slow") == 1:
+            started.set()
+            await anyio.sleep_forever()  # until the invocation is cancelled
+
+    @flow.workflow()
+    async def wf(c: Context) -> str:
+        await first(c)
+        await slow(c)
+        return "finished"
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(flow.run, "wf")
+        await started.wait()
+        tg.cancel_scope.cancel()  # e.g. a timeout around flow.run()
+    # The same process invokes again: the claim was released, the stored step replays, and
+    # only the side effect that was in flight runs again.
+    [result] = await flow.run()
+    assert (result.status, result.result) == ("succeeded", "finished")
+    assert executions == ["first", "slow", "slow"]
