@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-
-import sniffio
 
 from ._exceptions import AsyncflowError, NonDeterminismError, SideEffectError, UsageError
 from ._record import dumps, step_text
@@ -244,12 +243,11 @@ class Context:
 
 def _current_task_getter() -> Callable[[], object]:
     """The cheapest way to ask "which task is this?" under the running async library."""
-    # Imported here: the running library is loaded already, and a trio user (or a plain
+    # Imported lazily: the running library is loaded already, and a trio user (or a plain
     # `import asyncflow` on a cold start) should not pay for importing asyncio.
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        return trio.lowlevel.current_task
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_run():
+        return trio.lowlevel.current_task  # type: ignore[no-any-return]
     import asyncio
 
     return asyncio.current_task

@@ -49,3 +49,23 @@ def test_import_loads_no_aws_or_http_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_the_package_imports_only_what_it_declares() -> None:
+    """A module imported but not declared works here (the dev group brings it) and fails
+    on a user's machine: sniffio once came in that way."""
+    import ast
+    from pathlib import Path
+
+    declared = {"anyio", "exceptiongroup"}
+    optional = {"trio"}  # only used when it is the running library, found in sys.modules
+    package = Path(asyncflow.__file__).parent
+    found: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    third_party = {m for m in found if m not in sys.stdlib_module_names and m != "asyncflow"}
+    assert third_party <= declared | optional, third_party - declared - optional
