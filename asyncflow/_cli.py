@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import anyio
 
-from ._exceptions import AsyncflowError, UsageError
+from ._exceptions import AsyncflowError, ConfigError, UsageError
 from ._results import Run, RunResult, Step
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ def main(flow: Flow, argv: Sequence[str] | None = None) -> int:
             flow = copy.copy(flow)
             flow.backend = open_backend(args.backend)
         flow.backend  # noqa: B018  (a bad ASYNCFLOW_BACKEND is reported here, as bad input)
+        if args.loop == "trio" and importlib.util.find_spec("trio") is None:
+            raise ConfigError("--loop trio needs trio: pip install 'asyncflow[trio]'")
         return int(anyio.run(_COMMANDS[args.command], flow, args, backend=args.loop))
     except AsyncflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
