@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import threading
 import zlib
@@ -16,8 +15,13 @@ from urllib.parse import unquote
 import anyio
 
 from .._backend import Backend, Entry, Key
-from .._exceptions import BackendError, ConflictError
+from .._exceptions import BackendError, ConfigError, ConflictError
 from ._threads import ThreadBatcher
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["FileBackend"]
 
@@ -72,6 +76,11 @@ class FileBackend(Backend):
     """
 
     def __init__(self, folder: str | os.PathLike[str], *, threads: int = 8) -> None:
+        if fcntl is None:
+            raise ConfigError(
+                "the file backend needs POSIX file locks (Linux, macOS); on this system use"
+                " 'memory:' or a backend of your own"
+            )
         self.folder = Path(folder)
         self._root = os.fspath(folder)  # paths are built as strings: pathlib costs on a hot path
         self._threads = ThreadBatcher(threads)
