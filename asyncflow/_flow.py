@@ -32,7 +32,7 @@ _FORMS = "'memory:', 'file:<folder>' or an asyncflow.Backend instance"
 def setup(
     backend: str | Backend | None = None,
     *,
-    max_concurrency: int = 256,
+    max_concurrency: int = 1000,
     clock: Callable[[], float] | None = None,
 ) -> Flow:
     """Create a :class:`Flow`: the place a script registers its workflows.
@@ -41,7 +41,10 @@ def setup(
         backend: where runs and state are kept: ``"memory:"``, ``"file:<folder>"`` or a
             :class:`Backend`. Default: the ``ASYNCFLOW_BACKEND`` environment variable if set,
             else ``"file:.asyncflow"`` (a folder in the working directory).
-        max_concurrency: how many runs one invocation advances at once.
+        max_concurrency: how many runs one invocation advances at once. Runs mostly wait
+            (on their side effects' I/O, on storage), so many at once is what makes an
+            invocation over thousands of runs fast; lower it if your side effects must not
+            all call out at the same time.
         clock: returns the current time in seconds since the epoch (default
             :func:`time.time`); :class:`asyncflow.testing.MockClock` controls it in tests.
 
@@ -93,7 +96,7 @@ class Flow:
         self,
         backend: str | Backend | None = None,
         *,
-        max_concurrency: int = 256,
+        max_concurrency: int = 1000,
         clock: Callable[[], float] | None = None,
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
