@@ -49,15 +49,6 @@ class Backend(abc.ABC):
     async def read(self, key: Key) -> Entry | None:
         """Return the object stored at ``key``, or ``None`` if there is none."""
 
-    async def version(self, key: Key) -> str | None:
-        """Return the current version of ``key``, or ``None`` if nothing is stored there.
-
-        Backends that can tell it without fetching the data (a stat, a HEAD request) override
-        this; the default reads the object.
-        """
-        entry = await self.read(key)
-        return None if entry is None else entry.version
-
     async def read_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         """Return :meth:`read` of each key, in order.
 
@@ -98,8 +89,12 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def list(self, namespace: str) -> list[str]:
-        """Return the names stored in ``namespace``, in any order."""
+    async def list(self, namespace: str) -> dict[str, str]:
+        """Return what is stored in ``namespace``: each name with its current version.
+
+        The versions let a caller that claims an object later tell whether it changed since
+        the listing (S3 lists ETags, a folder its files' stat).
+        """
 
     @abc.abstractmethod
     def claim(self, key: Key) -> AbstractAsyncContextManager[bool]:

@@ -320,7 +320,7 @@ class Flow:
             runs: dict[str, Run] = {}
             # Finished last: a run caught between the two namespaces counts as finished.
             for namespace in (ACTIVE, DONE):
-                keys = [(namespace, n) for n in await backend.list(namespace)]
+                keys = [(namespace, name) for name in await backend.list(namespace)]
                 for key, entry in zip(keys, await backend.read_many(keys), strict=True):
                     if entry is not None:
                         record = RunRecord.decode(entry.data, backend.locate(key))

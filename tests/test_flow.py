@@ -312,7 +312,7 @@ async def test_async_with_keeps_the_flow_usable(make_flow: MakeFlow) -> None:
 
 
 class _HeldAfterListing(asyncflow.Backend):
-    """Another backend object over the same store whose invocation stops after reading the
+    """Another backend object over the same store whose invocation stops after listing the
     due runs, until the test lets it go on: so two invocations overlap in a known order."""
 
     def __init__(self, inner: asyncflow.Backend) -> None:
@@ -324,10 +324,7 @@ class _HeldAfterListing(asyncflow.Backend):
         return await self.inner.read(key)
 
     async def read_many(self, keys: Any) -> list[asyncflow.Entry | None]:
-        entries = await self.inner.read_many(keys)
-        self.listed.set()
-        await self.go_on.wait()
-        return entries
+        return await self.inner.read_many(keys)
 
     async def write(self, key: asyncflow.Key, data: bytes, **conditions: Any) -> str:
         return await self.inner.write(key, data, **conditions)
@@ -335,8 +332,11 @@ class _HeldAfterListing(asyncflow.Backend):
     async def delete(self, key: asyncflow.Key, **conditions: Any) -> None:
         await self.inner.delete(key, **conditions)
 
-    async def list(self, namespace: str) -> list[str]:
-        return await self.inner.list(namespace)
+    async def list(self, namespace: str) -> dict[str, str]:
+        listed = await self.inner.list(namespace)
+        self.listed.set()
+        await self.go_on.wait()
+        return listed
 
     def claim(self, key: asyncflow.Key) -> Any:
         return self.inner.claim(key)

@@ -32,9 +32,9 @@ _UNSAFE = frozenset('/\\%:*?"<>|') | frozenset(map(chr, range(0x20))) | {"\x7f"}
 _UNSAFE |= frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _MAX_NAME_BYTES = 200  # file systems cap a name at 255 bytes; leave room for suffixes
 _SUFFIX = ".json"
-_LOCK_FILE = ".lock"
-_CLAIM_SPACE = 1 << 56  # claims lock one byte at a hash of the key, below this offset
-_STRIPES = 64  # conditional writes lock one of these bytes, above it
+_LOCK_FOLDER = ".locks"
+_CLAIM_SPACE = 1 << 56  # a claim locks one byte at a hash of the key, below this offset
+_STRIPES = 64  # conditional writes lock one of these bytes of another file
 
 
 def encode_name(name: str) -> str:
@@ -58,11 +58,11 @@ class FileBackend(Backend):
     same folder, are fsynced, then renamed over the target, so a reader or a crash sees the
     old content or the new, never a mix.
 
-    Locking uses POSIX record locks on one file, ``<folder>/.lock``, which the kernel drops
-    when the process dies, even by ``kill -9``. A claim locks one byte at an offset hashed from
-    the key (no file per run, and no file to clean up); a conditional write locks one of 64
-    striped bytes above those, only for its version check and rename. Record locks belong to
-    the process, so a per-process table keeps claims exclusive between tasks and backend
+    Locking uses POSIX record locks, which the kernel drops when the process dies, even by
+    ``kill -9``, on files in ``<folder>/.locks/``. A claim locks one byte at an offset hashed
+    from the key (no file per run, nothing to clean up); a conditional write locks one of 64
+    striped bytes of another file, only for its version check and rename. Record locks belong
+    to the process, so a per-process table keeps claims exclusive between tasks and backend
     objects of the same process too.
 
     Versions are ``inode-mtime-size`` of the file: every write makes a new inode.
@@ -119,7 +119,7 @@ class FileBackend(Backend):
     def _locks(self) -> _Locks:
         if self._lock_table is None:
             self._mkdir(self._root)
-            self._lock_table = _Locks.of(os.path.join(self._root, _LOCK_FILE))
+            self._lock_table = _Locks.of(os.path.join(self._root, _LOCK_FOLDER))
         return self._lock_table
 
     # -- operations ----------------------------------------------------------------------------
@@ -127,14 +127,6 @@ class FileBackend(Backend):
     async def read(self, key: Key) -> Entry | None:
         path = self._path(key)
         return await self._threads.run(lambda: _read(path))
-
-    async def version(self, key: Key) -> str | None:
-        # One stat of a local file: cheaper done here than the hop to a worker thread.
-        path = self._path(key)
-        try:
-            return _version_of(path)
-        except OSError as exc:
-            raise _error("cannot stat", path, exc) from exc
 
     async def read_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         # One call per chunk: the reads of a chunk share a worker-thread hop.
@@ -180,18 +172,18 @@ class FileBackend(Backend):
 
         await self._threads.run(work)
 
-    async def list(self, namespace: str) -> list[str]:
+    async def list(self, namespace: str) -> dict[str, str]:
         folder = os.path.join(self._root, namespace)
 
-        def work() -> list[str]:
+        def work() -> dict[str, str]:
             try:
                 with os.scandir(folder) as it:
                     names = [e.name for e in it]
             except FileNotFoundError:
-                return []
+                return {}
             except OSError as exc:
                 raise _error("cannot list", folder, exc) from exc
-            found = []
+            found = {}
             for n in names:
                 if not n.endswith(_SUFFIX) or n.startswith("."):
                     continue  # temporary files and files that are not ours by name
@@ -206,7 +198,9 @@ class FileBackend(Backend):
                         " not one asyncflow would give); move it out of the folder",
                         location=os.path.join(folder, n),
                     )
-                found.append(name)
+                version = _version_of(os.path.join(folder, n))
+                if version is not None:  # else deleted since the scan
+                    found[name] = version
             return found
 
         return await self._threads.run(work)
@@ -229,11 +223,13 @@ class FileBackend(Backend):
 
 
 class _Locks:
-    """The record locks of one folder's lock file, as held by this process.
+    """The record locks of one folder's lock files, as held by this process.
 
-    One open file per folder for the whole process: POSIX drops every record lock a process
-    holds on a file as soon as it closes *any* descriptor of that file, so it is opened once
-    and never closed.
+    Claims are spread over 64 files, because the kernel keeps a file's record locks in one
+    list that every lock call walks: an invocation holding 10,000 claims on one file made each
+    call slow. Conditional writes lock bytes of one more file. Each file is opened once per
+    process and never closed: POSIX drops every record lock a process holds on a file as soon
+    as it closes *any* descriptor of that file.
     """
 
     _by_path: ClassVar[dict[str, _Locks]] = {}
@@ -248,49 +244,61 @@ class _Locks:
             return cls._by_path[real]
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self.path = path  # the folder of lock files
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.makedirs(path, exist_ok=True)
+            self.claim_fds = [_open_lock(os.path.join(path, f"claims-{n:02d}")) for n in range(64)]
+            self.write_fd = _open_lock(os.path.join(path, "writes"))
         except OSError as exc:
-            raise _error("cannot open lock file", path, exc) from exc
+            raise _error("cannot open lock files in", path, exc) from exc
         self.claimed: set[Key] = set()
-        self.offsets: dict[int, int] = {}  # claimed offset -> how many keys hashed to it
+        self.offsets: dict[tuple[int, int], int] = {}  # (file, offset) -> keys hashed there
         self.stripes = [threading.Lock() for _ in range(_STRIPES)]
         self.mutex = threading.Lock()  # over claimed and offsets: claims come from threads
 
+    def _place(self, key: Key) -> tuple[int, int]:
+        h = _hash(key)
+        return h % len(self.claim_fds), h // len(self.claim_fds) % _CLAIM_SPACE
+
     def try_claim(self, key: Key) -> bool:
-        offset = _hash(key) % _CLAIM_SPACE
+        place = self._place(key)
         with self.mutex:
             if key in self.claimed:
                 return False  # held by this process
-            if offset not in self.offsets:
+            if place not in self.offsets:
                 try:
-                    fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                    fcntl.lockf(
+                        self.claim_fds[place[0]], fcntl.LOCK_EX | fcntl.LOCK_NB, 1, place[1]
+                    )
                 except (BlockingIOError, PermissionError):
                     return False  # held by another process
-            self.offsets[offset] = self.offsets.get(offset, 0) + 1
+            self.offsets[place] = self.offsets.get(place, 0) + 1
             self.claimed.add(key)
             return True
 
     def release(self, key: Key) -> None:
-        offset = _hash(key) % _CLAIM_SPACE
+        place = self._place(key)
         with self.mutex:
             self.claimed.discard(key)
-            self.offsets[offset] -= 1
-            if not self.offsets[offset]:
-                del self.offsets[offset]
-                fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, offset)
+            self.offsets[place] -= 1
+            if not self.offsets[place]:
+                del self.offsets[place]
+                fcntl.lockf(self.claim_fds[place[0]], fcntl.LOCK_UN, 1, place[1])
 
     @contextmanager
     def stripe(self, key: Key) -> Iterator[None]:
         """Exclusive, across threads and processes, among the keys of one stripe (blocking)."""
         n = _hash(key) % _STRIPES
         with self.stripes[n]:  # record locks do not exclude threads of one process
-            fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, _CLAIM_SPACE + n)
+            fcntl.lockf(self.write_fd, fcntl.LOCK_EX, 1, n)
             try:
                 yield
             finally:
-                fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, _CLAIM_SPACE + n)
+                fcntl.lockf(self.write_fd, fcntl.LOCK_UN, 1, n)
+
+
+def _open_lock(path: str) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
 def _hash(key: Key) -> int:

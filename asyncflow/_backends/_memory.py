@@ -48,8 +48,8 @@ class MemoryBackend(Backend):
             _check(self, key, current, if_version=if_version, if_absent=False)
         self._data.pop(key, None)
 
-    async def list(self, namespace: str) -> list[str]:
-        return [name for (ns, name) in self._data if ns == namespace]
+    async def list(self, namespace: str) -> dict[str, str]:
+        return {name: entry.version for (ns, name), entry in self._data.items() if ns == namespace}
 
     @asynccontextmanager
     async def claim(self, key: Key) -> AsyncIterator[bool]:
