@@ -326,13 +326,23 @@ def _version_of(path: str) -> str | None:
 
 
 def _read(path: str) -> Entry | None:
+    # os-level calls, not open(): the io layer's objects cost more than these small reads.
     try:
-        with open(path, "rb") as f:
-            return Entry(f.read(), _version(os.fstat(f.fileno())))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise _error("cannot read", path, exc) from exc
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, st.st_size + 1)
+        if len(data) > st.st_size:  # it grew since the fstat (a writer not using asyncflow)
+            data += b"".join(iter(lambda: os.read(fd, 65536), b""))
+        return Entry(data, _version(st))
+    except OSError as exc:
+        raise _error("cannot read", path, exc) from exc
+    finally:
+        os.close(fd)
 
 
 def _expect(path: str, current: str | None, if_version: str | None, if_absent: bool) -> None:
