@@ -494,3 +494,21 @@ async def test_a_pause_inside_a_task_group_body_pauses(make_flow: MakeFlow) -> N
     assert result.status == "paused"
     [result] = await flow.run()
     assert (result.status, result.result) == ("succeeded", "resumed")
+
+
+async def test_log_lines_go_to_the_asyncflow_logger_once(
+    make_flow: MakeFlow, caplog: pytest.LogCaptureFixture
+) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def wf(c: Context) -> None:
+        await c.log("hello from the run")
+        await c.pause_once()
+
+    caplog.set_level("INFO", logger="asyncflow")
+    [run] = await flow.run("wf")
+    await flow.run()
+    lines = [r for r in caplog.records if r.getMessage().endswith("hello from the run")]
+    assert len(lines) == 1, "the replay did not log it again"
+    assert run.run_id in lines[0].getMessage()

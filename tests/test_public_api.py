@@ -69,3 +69,23 @@ def test_the_package_imports_only_what_it_declares() -> None:
                 found.add(node.module.split(".")[0])
     third_party = {m for m in found if m not in sys.stdlib_module_names and m != "asyncflow"}
     assert third_party <= declared | optional, third_party - declared - optional
+
+
+def test_results_are_frozen_dataclasses() -> None:
+    import dataclasses
+
+    result = asyncflow.RunResult(workflow="w", run_id="r", status="paused")
+    assert [f.name for f in dataclasses.fields(result)] == [
+        "workflow",
+        "run_id",
+        "status",
+        "logs",
+        "result",
+        "error",
+    ]
+    try:
+        result.status = "failed"  # type: ignore[misc]
+    except dataclasses.FrozenInstanceError:
+        pass
+    else:
+        raise AssertionError("RunResult must be frozen")
