@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import asyncflow
 import asyncflow.testing
 
@@ -83,9 +85,5 @@ def test_results_are_frozen_dataclasses() -> None:
         "result",
         "error",
     ]
-    try:
+    with pytest.raises(dataclasses.FrozenInstanceError):
         result.status = "failed"  # type: ignore[misc]
-    except dataclasses.FrozenInstanceError:
-        pass
-    else:
-        raise AssertionError("RunResult must be frozen")
