@@ -6,7 +6,7 @@
         # triggers `job` with k=K, whose side effects block for good at a chosen step (the test
         # kills the process there)
     python tests/proc_worker.py STORE JOURNALS race I            # write JOURNALS/ready-I, wait
-        # for JOURNALS/go, then one invocation (at most 4 runs at a time), print results
+        # for JOURNALS/go, then one invocation (4 runs at a time), print results
     python tests/proc_worker.py STORE JOURNALS inspect           # print every run
 
 The backend is `file:STORE`. Every real execution of the side effect `step` appends a line
@@ -28,8 +28,9 @@ from asyncflow import Context
 STORE, JOURNALS, MODE = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 STEPS = 5
 
-# Racing invocations each hold only a few runs at a time, so they take turns over the same
-# runs (and meet runs another one has just finished) instead of one grabbing all of them.
+# Racing invocations advance only a few runs at a time, so each lasts long enough for the others
+# to overlap it. (Each claims every due run it can in one sweep before executing any, so which
+# racer advances a run is decided by the claims; the test checks that exactly one does.)
 flow = asyncflow.setup(f"file:{STORE}", max_concurrency=4 if MODE == "race" else 256)
 
 
