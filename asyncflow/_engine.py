@@ -183,13 +183,18 @@ async def invoke(
             for run_id in sorted(listed)  # ids sort by creation time
             if await claims.enter_async_context(backend.claim((ACTIVE, run_id)))
         ]
+        jobs: list[tuple[RunRecord, str | None]] = []
         for record in new:
-            # A fresh id: nobody else can hold it.
-            await claims.enter_async_context(backend.claim((ACTIVE, record.run_id)))
+            key = (ACTIVE, record.run_id)
+            if await claims.enter_async_context(backend.claim(key)):
+                jobs.append((record, None))
+            else:
+                # A fresh id held elsewhere can only be a hash collision of the claim (about
+                # one in 2**62): keep the run for the next invocation rather than lose it.
+                await backend.write(key, record.encode(), if_absent=True)
         # Read and check every claimed record before anything executes: a damaged file stops
         # the invocation here, before it changed anything.
         keys = [(ACTIVE, run_id) for run_id in held]
-        jobs: list[tuple[RunRecord, str | None]] = [(record, None) for record in new]
         for key, entry in zip(keys, await backend.read_many(keys), strict=True):
             # Changed since the listing: another invocation advanced it meanwhile, so its new
             # state was not due when this one began.
