@@ -53,13 +53,15 @@ class Execution:
         self.version = version  # None: not stored yet
         self.dirty = False  # steps recorded since the last checkpoint
 
-    async def save(self) -> None:
+    async def save(self) -> bytes:
+        """Store the record (compare-and-swap on the version read); return what was written."""
         self.record.updated_at = self.clock()
         data = self.record.encode()
         self.version = await self.backend.write(
             self.key, data, if_version=self.version, if_absent=self.version is None
         )
         self.dirty = False
+        return data
 
     async def checkpoint_if_dirty(self) -> None:
         if self.dirty:
@@ -112,9 +114,9 @@ class Execution:
             if ctx._suspended:
                 record.status = "paused"  # it caught the Suspend and returned: still paused
         try:
-            await self.save()
+            data = await self.save()
             if record.status in FINISHED:
-                await finish(self.backend, record, self.version)
+                await finish(self.backend, record.run_id, data, self.version)
         except ConflictError:
             logger.warning("run %s was changed by another invocation; skipped", record.run_id)
             return None
@@ -138,14 +140,14 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-async def finish(backend: Backend, record: RunRecord, version: str | None) -> None:
+async def finish(backend: Backend, run_id: str, data: bytes, version: str | None) -> None:
     """Move a finished run from the active namespace to the finished one.
 
     Its final status is already stored in ``active``: a crash here leaves it there, and the
     next invocation that reads it completes the move instead of running it.
     """
-    await backend.write((DONE, record.run_id), record.encode())
-    await backend.delete((ACTIVE, record.run_id), if_version=version)
+    await backend.write((DONE, run_id), data)
+    await backend.delete((ACTIVE, run_id), if_version=version)
 
 
 def create_runs(
@@ -226,7 +228,8 @@ async def advance(
         # Stored before it executes, so that a crash from here on cannot lose it.
         await execution.save()
     elif record.status in FINISHED:
-        await finish(backend, record, version)  # complete an interrupted move
+        # Complete an interrupted move.
+        await finish(backend, record.run_id, record.encode(), version)
         return None
     workflow = workflows.get(record.workflow)
     if workflow is None:

@@ -254,7 +254,7 @@ class _Locks:
         self.claimed: set[Key] = set()
         self.offsets: dict[tuple[int, int], int] = {}  # (file, offset) -> keys hashed there
         self.stripes = [threading.Lock() for _ in range(_STRIPES)]
-        self.mutex = threading.Lock()  # over claimed and offsets: claims come from threads
+        self.mutex = threading.Lock()  # over claimed and offsets: any thread may claim
 
     def _place(self, key: Key) -> tuple[int, int]:
         h = _hash(key)
