@@ -171,9 +171,11 @@ async def invoke(
     workflows: dict[str, Workflow],
     new: list[RunRecord],
     max_concurrency: int,
+    stop_at: float | None = None,
 ) -> list[RunResult]:
     """Advance ``new`` runs and every run due before this call, at most ``max_concurrency``
-    at once; report them new first, then resumed oldest first."""
+    at once; report them new first, then resumed oldest first. No run starts once ``clock()``
+    reaches ``stop_at``: those stay due (new ones are stored) for the next invocation."""
     listed = await backend.list(ACTIVE)
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation
@@ -207,6 +209,13 @@ async def invoke(
 
         async def worker() -> None:
             for i in queue:
+                if stop_at is not None and clock() >= stop_at:
+                    record, version = jobs[i]
+                    if version is None:  # new: stored as it is, so that it stays due
+                        await backend.write(
+                            (ACTIVE, record.run_id), record.encode(), if_absent=True
+                        )
+                    continue
                 results[i] = await advance(backend, clock, workflows, *jobs[i])
 
         async with anyio.create_task_group() as tg:

@@ -264,9 +264,18 @@ class Flow:
 
     # -- invocations ---------------------------------------------------------------------------
 
-    async def run(self, trigger: str | None = None, args: Any = None) -> list[RunResult]:
+    async def run(
+        self, trigger: str | None = None, args: Any = None, *, time_limit: float | None = None
+    ) -> list[RunResult]:
         """One invocation: start new runs for ``trigger`` (if given) and resume every run that
         was due before this call, concurrently.
+
+        Args:
+            trigger: the trigger whose workflows get a new run each (``None``: resume only).
+            args: the new runs' args (JSON-serializable).
+            time_limit: seconds (by the flow's clock) after which no further run is started;
+                runs already started go on to their next pause or end. Runs not started stay
+                due (new ones are stored) for the next invocation. ``None``: no limit.
 
         Returns:
             A result for every run this invocation advanced: new runs first, then resumed runs
@@ -280,8 +289,11 @@ class Flow:
         new: list[RunRecord] = []
         if trigger is not None:
             new = create_runs(self.clock, self._bound(trigger), trigger, args)
+        stop_at = None if time_limit is None else self.clock() + time_limit
         async with self._using() as backend:
-            return await invoke(backend, self.clock, self._workflows, new, self.max_concurrency)
+            return await invoke(
+                backend, self.clock, self._workflows, new, self.max_concurrency, stop_at
+            )
 
     async def start(self, trigger: str, args: Any = None) -> list[str]:
         """Record one new run per workflow bound to ``trigger`` without executing it.

@@ -1,0 +1,298 @@
+"""Run a flow on AWS Lambda: ``handler = asyncflow.aws_lambda.handler(flow)``.
+
+The handler tells the events Lambda passes apart by their shape:
+
+- function URL and API Gateway HTTP API requests (payload 2.0) and REST API requests (1.0):
+  routed like :func:`asyncflow.asgi.app` (``POST /`` runs the JSON body
+  ``{"trigger": ..., "args": ...}``; without a trigger it resumes due runs), answered with an
+  HTTP response;
+- EventBridge (CloudWatch Events) scheduled events: resume due runs;
+- SQS batches: each message body is a trigger request; the failed ones are reported in
+  ``batchItemFailures`` so that only they are retried;
+- a direct invocation with a ``{"trigger": ..., "args": ...}`` object (``{}`` resumes).
+
+One event loop runs in a background thread of the container with the flow entered
+(``async with flow``), so the backend's connections survive warm invocations.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import quote
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+from ._exceptions import AsyncflowError, ConfigError, UsageError
+from ._flow import DEFAULT_BACKEND, Flow
+from ._http import (
+    MAX_BODY_SIZE,
+    Api,
+    BadRequest,
+    Request,
+    Response,
+    decode_json,
+    internal_error,
+    parse_trigger_request,
+    results_list,
+)
+
+__all__ = ["LambdaContext", "LambdaHandler", "handler"]
+
+logger = logging.getLogger("asyncflow")
+
+
+class LambdaContext(Protocol):
+    """What the handler uses of the context object Lambda passes."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+def handler(
+    flow: Flow,
+    *,
+    token: str | None = None,
+    safety_margin: float = 5.0,
+    max_body_size: int = MAX_BODY_SIZE,
+    loop: Literal["asyncio", "trio"] = "asyncio",
+) -> LambdaHandler:
+    """The function Lambda calls, ``handler(event, context)``, for ``flow``.
+
+    Args:
+        flow: the flow to run.
+        token: if given, HTTP requests must carry ``Authorization: Bearer <token>`` (else 401).
+            Other events come from AWS itself and are authorized by IAM.
+        safety_margin: seconds of the invocation's remaining time
+            (``context.get_remaining_time_in_millis()``) kept free: no run is started after
+            that point, so that the runs started can reach their next stop before Lambda's
+            timeout. Runs not started stay due for the next invocation.
+        max_body_size: the largest HTTP request body accepted, in bytes (else 413).
+        loop: the async library to run on.
+
+    Raises:
+        ConfigError: running inside Lambda with no backend configured: the default folder
+            would vanish with the container.
+    """
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and _is_default_backend(flow):
+        raise ConfigError(
+            "no backend configured for AWS Lambda: set ASYNCFLOW_BACKEND=s3://<bucket>/<prefix>"
+            " (the default folder would vanish with the container)"
+        )
+    if isinstance(safety_margin, bool) or not isinstance(safety_margin, int | float):
+        raise UsageError("safety_margin must be a number of seconds")
+    if safety_margin < 0:
+        raise UsageError(f"safety_margin must not be negative, not {safety_margin}")
+    if loop not in ("asyncio", "trio"):
+        raise UsageError(f"loop must be 'asyncio' or 'trio', not {loop!r}")
+    api = Api(flow, token=token, max_body_size=max_body_size)
+    return LambdaHandler(api, safety_margin=float(safety_margin), loop=loop)
+
+
+def _is_default_backend(flow: Flow) -> bool:
+    if os.environ.get("ASYNCFLOW_BACKEND"):
+        return False
+    from ._backends._file import FileBackend
+
+    backend = flow.backend
+    return isinstance(backend, FileBackend) and backend.folder == Path(
+        DEFAULT_BACKEND.removeprefix("file:")
+    )
+
+
+class LambdaHandler:
+    """The callable :func:`handler` returns; Lambda calls it once per event.
+
+    The event loop starts in a background thread at the first call and lives as long as the
+    container; :meth:`close` stops it (Lambda never needs to: it freezes and discards
+    containers).
+    """
+
+    def __init__(self, api: Api, *, safety_margin: float, loop: str) -> None:
+        self._api = api
+        self._safety_margin = safety_margin
+        self._loop = loop
+        self._portal: BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def flow(self) -> Flow:
+        return self._api.flow
+
+    def __call__(self, event: Any, context: LambdaContext | None = None) -> Any:
+        """Handle one Lambda event (see the module's docstring for the kinds)."""
+        time_limit = self._time_limit(context)
+        portal = self._start()
+        if isinstance(event, dict):
+            if _is_http(event):
+                return portal.call(self._http, event, time_limit)
+            if event.get("source") == "aws.events" or "detail-type" in event:
+                return results_list(portal.call(self._run, None, None, time_limit))
+            records = event.get("Records")
+            if isinstance(records, list) and records and _is_sqs(records[0]):
+                return portal.call(self._sqs, records, time_limit)
+        try:
+            trigger, args = parse_trigger_request(event)
+        except BadRequest as exc:
+            raise UsageError(f"unrecognised Lambda event: {exc}") from None
+        return results_list(portal.call(self._run, trigger, args, time_limit))
+
+    def close(self) -> None:
+        """Leave the flow (closing its backend) and stop the event loop thread."""
+        with self._lock:
+            portal, thread = self._portal, self._thread
+            self._portal = self._thread = None
+        if portal is not None and thread is not None:
+            portal.call(portal.stop)
+            thread.join()
+
+    def _time_limit(self, context: LambdaContext | None) -> float | None:
+        if context is None:
+            return None
+        left = context.get_remaining_time_in_millis() / 1000 - self._safety_margin
+        if left <= 0:
+            logger.warning(
+                "%.1f s left in this invocation, less than the safety margin of %.1f s:"
+                " no run is started",
+                left + self._safety_margin,
+                self._safety_margin,
+            )
+        return max(left, 0.0)
+
+    def _start(self) -> BlockingPortal:
+        with self._lock:
+            if self._portal is not None:
+                return self._portal
+            ready: list[BlockingPortal] = []
+            failed: list[BaseException] = []
+            started = threading.Event()
+            # A daemon thread of our own rather than anyio's start_blocking_portal(): its pool
+            # thread would keep the interpreter from exiting until someone stops it.
+            thread = threading.Thread(
+                target=_serve_portal,
+                args=(self.flow, self._loop, ready, failed, started),
+                name="asyncflow-lambda-loop",
+                daemon=True,
+            )
+            thread.start()
+            started.wait()
+            if failed:
+                thread.join()
+                raise failed[0]
+            self._portal, self._thread = ready[0], thread
+            return ready[0]
+
+    async def _run(self, trigger: str | None, args: Any, time_limit: float | None) -> Any:
+        return await self.flow.run(trigger, args, time_limit=time_limit)
+
+    async def _http(self, event: dict[str, Any], time_limit: float | None) -> dict[str, Any]:
+        try:
+            request = _http_request(event)
+        except BadRequest as exc:
+            response = Response(exc.status, {"error": str(exc)})
+        except Exception as exc:
+            response = internal_error(exc)
+        else:
+            response = await self._api.handle(request, time_limit=time_limit)
+        return {
+            "statusCode": response.status,
+            "headers": {"content-type": "application/json", **response.headers},
+            "body": response.encode().decode(),
+            "isBase64Encoded": False,
+        }
+
+    async def _sqs(self, records: list[Any], time_limit: float | None) -> dict[str, Any]:
+        # Each message becomes stored runs first; one invocation then advances them all with
+        # the due ones. A message counts as done once its runs are stored: a failure while
+        # advancing is left to the next invocation, never retried as a duplicate message.
+        failures: list[dict[str, str]] = []
+        for record in records:
+            message_id = record.get("messageId") if isinstance(record, dict) else None
+            try:
+                body = record["body"] if isinstance(record, dict) else None
+                if not isinstance(body, str):
+                    raise BadRequest(400, "an SQS record without a body")
+                trigger, args = parse_trigger_request(decode_json(body.encode()))
+                if trigger is not None:
+                    await self.flow.start(trigger, args)
+            except AsyncflowError as exc:
+                logger.warning("SQS message %s not accepted: %s", message_id, exc)
+                failures.append({"itemIdentifier": str(message_id)})
+            except Exception as exc:
+                internal_error(exc)
+                failures.append({"itemIdentifier": str(message_id)})
+        try:
+            await self.flow.run(time_limit=time_limit)
+        except Exception as exc:
+            internal_error(exc)
+        return {"batchItemFailures": failures}
+
+
+async def _portal_main(flow: Flow, ready: list[BlockingPortal], started: threading.Event) -> None:
+    async with BlockingPortal() as portal, flow:
+        ready.append(portal)
+        started.set()
+        await portal.sleep_until_stopped()
+
+
+def _serve_portal(
+    flow: Flow,
+    loop: str,
+    ready: list[BlockingPortal],
+    failed: list[BaseException],
+    started: threading.Event,
+) -> None:
+    try:
+        anyio.run(_portal_main, flow, ready, started, backend=loop)
+    except BaseException as exc:
+        failed.append(exc)
+    finally:
+        started.set()
+
+
+def _is_http(event: Mapping[str, Any]) -> bool:
+    context = event.get("requestContext")
+    if not isinstance(context, dict):
+        return False
+    return "httpMethod" in event or isinstance(context.get("http"), dict)
+
+
+def _is_sqs(record: Any) -> bool:
+    return isinstance(record, dict) and record.get("eventSource") == "aws:sqs"
+
+
+def _http_request(event: Mapping[str, Any]) -> Request:
+    """A :class:`Request` from a payload 2.0 (HTTP API, function URL) or 1.0 (REST) event."""
+    if "httpMethod" in event:  # 1.0
+        method = event["httpMethod"]
+        path = event.get("path") or "/"
+        multi = event.get("multiValueQueryStringParameters") or {}
+        single = event.get("queryStringParameters") or {}
+        pairs = [(k, v) for k, vs in multi.items() for v in vs] or list(single.items())
+        query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in pairs)
+    else:  # 2.0
+        method = event["requestContext"]["http"]["method"]
+        path = event.get("rawPath") or "/"
+        query = event.get("rawQueryString") or ""
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    body = event.get("body") or ""
+    if not isinstance(body, str):
+        raise BadRequest(400, "the request body is not text")
+    if event.get("isBase64Encoded"):
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except ValueError:
+            raise BadRequest(400, "the request body is not valid base64") from None
+    else:
+        raw = body.encode()
+    return Request(method=str(method), path=str(path), query=query, headers=headers, body=raw)
+
+
+def _quote(value: Any) -> str:
+    return quote(str(value), safe="")

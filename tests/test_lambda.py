@@ -1,0 +1,289 @@
+"""The AWS Lambda handler (`asyncflow.aws_lambda`), fed realistic events in a fresh process
+that imports the handler module by its dotted name, as Lambda's runtime does.
+
+tests/proc_lambda_app.py is the handler module, tests/proc_lambda_driver.py the runtime
+stand-in, tests/lambda_events.py the events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncflow
+import asyncflow.aws_lambda
+from lambda_events import rest, scheduled, sqs, url
+
+TESTS = Path(__file__).resolve().parent
+
+
+class Lambda:
+    """One container: a process that imports the handler once and gets several events."""
+
+    def __init__(self, tmp_path: Path, token: str | None = None) -> None:
+        self.store = tmp_path / "store"
+        self.token = token
+
+    def __call__(self, *events: Any, remaining_ms: int = 60_000) -> list[Any]:
+        items = [
+            e if isinstance(e, tuple) else (e, remaining_ms)  # (event, remaining_ms)
+            for e in events
+        ]
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(TESTS),
+            "TEST_STORE": str(self.store),
+            "TEST_TOKEN": self.token or "",
+            "AWS_LAMBDA_FUNCTION_NAME": "asyncflow-test",
+        }
+        proc = subprocess.run(
+            [sys.executable, str(TESTS / "proc_lambda_driver.py"), "proc_lambda_app.handler"],
+            input=json.dumps([{"event": e, "remaining_ms": ms} for e, ms in items]),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        self.stderr = proc.stderr
+        lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        self.report = lines[-1]["report"]
+        return lines[:-1]
+
+
+@pytest.fixture
+def aws(tmp_path: Path) -> Lambda:
+    return Lambda(tmp_path)
+
+
+def ok(answer: dict[str, Any]) -> Any:
+    assert "ok" in answer, answer
+    return answer["ok"]
+
+
+def http(answer: dict[str, Any]) -> tuple[int, Any]:
+    response = ok(answer)
+    assert response["headers"]["content-type"] == "application/json"
+    assert response["isBase64Encoded"] is False
+    return response["statusCode"], json.loads(response["body"])
+
+
+def test_every_event_kind_on_one_warm_container(aws: Lambda) -> None:
+    answers = aws(
+        url({"trigger": "greet", "args": {"name": "url"}}),
+        rest({"trigger": "wait"}, b64=True),
+        scheduled(),
+        {"trigger": "greet", "args": {"name": "direct"}},
+        {"trigger_name": "greet"},
+        url(method="GET", path="/runs", query="status=succeeded"),
+        {},
+    )
+    status, body = http(answers[0])
+    assert status == 200
+    assert [(r["workflow"], r["status"], r["result"]) for r in body] == [
+        ("greet", "succeeded", {"name": "url"})
+    ]
+    assert body[0]["logs"] == ["hello, url"]
+    status, body = http(answers[1])
+    assert (status, [(r["workflow"], r["status"]) for r in body]) == (200, [("wait", "paused")])
+    # The schedule resumes the paused run.
+    assert [(r["workflow"], r["status"]) for r in ok(answers[2])] == [("wait", "succeeded")]
+    assert [r["result"] for r in ok(answers[3])] == [{"name": "direct"}]
+    assert [r["result"] for r in ok(answers[4])] == [{"name": "world"}]
+    status, runs = http(answers[5])
+    assert status == 200
+    assert sorted(r["workflow"] for r in runs) == ["greet", "greet", "greet", "wait"]
+    assert "steps" not in runs[0]
+    assert ok(answers[6]) == []
+    # One event loop thread opened the backend once for all seven invocations, and nothing
+    # closed it between them.
+    assert aws.report == {"opened": 1, "closed": 0, "open_threads": 1, "main_thread": False}
+
+
+def test_a_function_url_shows_one_run(aws: Lambda) -> None:
+    (first,) = aws(url({"trigger": "wait"}))
+    _, body = http(first)
+    run_id = body[0]["run_id"]
+    found, missing = aws(
+        rest(method="GET", path=f"/runs/{run_id}"), url(method="GET", path="/runs/nope")
+    )
+    status, run = http(found)
+    assert (status, run["run_id"], run["status"]) == (200, run_id, "paused")
+    assert [s["kind"] for s in run["steps"]] == ["log", "pause"]
+    status, body = http(missing)
+    assert (status, body) == (404, {"error": "no run with id 'nope'"})
+
+
+def test_bad_http_requests_get_400_404_405_413_and_change_nothing(aws: Lambda) -> None:
+    answers = aws(
+        url("{not json"),
+        url([1, 2]),
+        url({"trigger": "nope"}),
+        url({"event": "approved", "args": {}}),
+        url({"trigger": "greet", "argz": 1}),
+        {**url("%%%"), "isBase64Encoded": True},
+        url(method="GET", path="/"),
+        url({"trigger": "greet"}, path="/nowhere"),
+        url({"trigger": "greet", "args": "x" * 2_000_000}),
+        url(method="GET", path="/runs"),
+    )
+    codes = [http(a)[0] for a in answers]
+    assert codes == [400, 400, 400, 400, 400, 400, 405, 404, 413, 200]
+    messages = [http(a)[1]["error"] for a in answers[:-1]]
+    assert "not valid JSON" in messages[0]
+    assert "must be a JSON object, not an array" in messages[1]
+    assert "no workflow is bound to trigger 'nope'" in messages[2]
+    assert "'greet'" in messages[2]  # the known triggers are listed
+    assert "events are not supported yet" in messages[3]
+    assert "unknown field(s) 'argz'" in messages[4]
+    assert "base64" in messages[5]
+    assert ok(answers[6])["headers"]["allow"] == "POST"
+    assert http(answers[-1])[1] == []  # none of them stored anything
+
+
+def test_a_token_is_required_when_set(tmp_path: Path) -> None:
+    aws = Lambda(tmp_path, token="s3cret")
+    answers = aws(
+        url({"trigger": "greet"}),
+        url({"trigger": "greet"}, headers={"authorization": "Bearer wrong"}),
+        rest({"trigger": "greet"}, headers={"Authorization": "Bearer s3cret"}),
+        url({"trigger": "greet"}, headers={"authorization": "Bearer s3cret"}),
+        url(method="GET", path="/healthz"),
+        # AWS's own events are authorized by IAM, not by the token.
+        {"trigger": "greet"},
+    )
+    assert [http(a)[0] for a in answers[:5]] == [401, 401, 200, 200, 200]
+    assert ok(answers[0])["headers"]["www-authenticate"] == "Bearer"
+    assert len(ok(answers[5])) == 1
+
+
+def test_an_unexpected_failure_is_a_500_with_an_error_id_and_no_details(aws: Lambda) -> None:
+    (first,) = aws(url({"trigger": "wait"}))
+    run_id = http(first)[1][0]["run_id"]
+    path = Path(asyncflow.FileBackend(aws.store).locate(("active", run_id)))
+    path.write_bytes(b"\x00 not a record")
+    (answer,) = aws(url({}))
+    status, body = http(answer)
+    assert status == 500
+    assert set(body) == {"error", "error_id"}
+    assert body["error"] == "internal error"
+    assert str(path) not in json.dumps(body)
+    # The details are in the function's log, under that id.
+    assert body["error_id"] in aws.stderr
+    assert str(path) in aws.stderr
+    assert path.read_bytes() == b"\x00 not a record"  # left as found
+
+
+def test_sqs_reports_only_the_failed_messages(aws: Lambda) -> None:
+    batch = sqs(
+        {"trigger": "greet", "args": {"name": "sqs"}},
+        "{broken",
+        {"trigger": "nope"},
+        {"trigger": "wait"},
+        {"event": "approved"},
+        [1],
+    )
+    answer, listing = aws(batch, url(method="GET", path="/runs"))
+    assert ok(answer) == {
+        "batchItemFailures": [{"itemIdentifier": m} for m in ("m1", "m2", "m4", "m5")]
+    }
+    runs = {r["workflow"]: r for r in http(listing)[1]}
+    assert set(runs) == {"greet", "wait"}
+    assert runs["greet"]["status"] == "succeeded"
+    assert runs["greet"]["result"] == {"name": "sqs"}
+    assert runs["wait"]["status"] == "paused"
+
+
+def test_direct_invocations_raise_on_bad_input(aws: Lambda) -> None:
+    answers = aws({"trigger": "nope"}, {"foo": 1}, ["trigger"], {"trigger": "greet"})
+    assert answers[0]["raised"].startswith("UnknownTriggerError: no workflow is bound")
+    assert answers[1]["raised"].startswith("UsageError: unrecognised Lambda event: unknown field")
+    assert answers[2]["raised"].startswith("UsageError: unrecognised Lambda event")
+    assert ok(answers[3])[0]["status"] == "succeeded"
+
+
+def test_no_run_starts_when_too_little_time_is_left(aws: Lambda) -> None:
+    # `slow` takes "a minute" (it moves the flow's clock); the safety margin is 1 s and
+    # max_concurrency 1, so each invocation with 5 s left starts one run only.
+    answers = aws(
+        ({"trigger": "slow", "args": 1}, 5_000),
+        ({"trigger": "slow", "args": 2}, 5_000),  # the new run goes first; run 1 waits
+        (scheduled(), 500),  # less than the margin: nothing starts
+        (url({"trigger": "slow", "args": 3}), 900),  # stored, not started
+        (url(method="GET", path="/runs"), 60_000),
+        (scheduled(), 60_000),
+    )
+    assert [r["status"] for r in ok(answers[0])] == ["paused"]
+    assert [r["status"] for r in ok(answers[1])] == ["paused"]
+    assert ok(answers[2]) == []
+    assert http(answers[3]) == (200, [])
+    runs = http(answers[4])[1]
+    assert [(r["args"], r["status"]) for r in runs] == [
+        (1, "paused"),
+        (2, "paused"),
+        (3, "pending"),
+    ]
+    # Given time, every run that was left goes on from where it was.
+    last = ok(answers[5])
+    assert sorted((r["result"], r["status"]) for r in last if r["status"] != "paused") == [
+        (1, "succeeded"),
+        (2, "succeeded"),
+    ]
+    assert [r["status"] for r in last if r["run_id"] == runs[2]["run_id"]] == ["paused"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_the_handler_runs_on_either_library_and_closes(loop: str) -> None:
+    backend = asyncflow.MemoryBackend()
+    flow = asyncflow.setup(backend)
+
+    @flow.workflow()
+    async def hello(c: asyncflow.Context) -> str:
+        return "hi"
+
+    handler = asyncflow.aws_lambda.handler(flow, loop=loop)  # type: ignore[arg-type]
+    assert handler({"trigger": "hello"}, None)[0]["result"] == "hi"
+    status = handler(url(method="GET", path="/runs"), None)["statusCode"]
+    assert status == 200
+    handler.close()
+    handler.close()  # idempotent
+    # Usable again after close: a new loop starts.
+    assert len(handler(url(method="GET", path="/runs"), None)["body"]) > 2
+    handler.close()
+
+
+def test_inside_lambda_the_default_folder_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "fn")
+    monkeypatch.delenv("ASYNCFLOW_BACKEND", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(asyncflow.ConfigError, match=r"set ASYNCFLOW_BACKEND=s3://"):
+        asyncflow.aws_lambda.handler(asyncflow.setup())
+    # Configured either way, it is accepted.
+    asyncflow.aws_lambda.handler(asyncflow.setup("memory:"))
+    monkeypatch.setenv("ASYNCFLOW_BACKEND", f"file:{tmp_path}")
+    asyncflow.aws_lambda.handler(asyncflow.setup())
+    # Outside Lambda the default folder is fine.
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME")
+    monkeypatch.delenv("ASYNCFLOW_BACKEND")
+    asyncflow.aws_lambda.handler(asyncflow.setup())
+
+
+def test_bad_settings_are_refused() -> None:
+    flow = asyncflow.setup("memory:")
+    with pytest.raises(asyncflow.UsageError, match="safety_margin"):
+        asyncflow.aws_lambda.handler(flow, safety_margin=-1)
+    with pytest.raises(asyncflow.UsageError, match="token"):
+        asyncflow.aws_lambda.handler(flow, token="")
+    with pytest.raises(asyncflow.UsageError, match="max_body_size"):
+        asyncflow.aws_lambda.handler(flow, max_body_size=0)
+    with pytest.raises(asyncflow.UsageError, match="loop"):
+        asyncflow.aws_lambda.handler(flow, loop="curio")  # type: ignore[arg-type]
