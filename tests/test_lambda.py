@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lambda_events import rest, scheduled, sqs, url
 
 import asyncflow
 import asyncflow.aws_lambda
-from lambda_events import rest, scheduled, sqs, url
 
 TESTS = Path(__file__).resolve().parent
 
