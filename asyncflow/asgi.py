@@ -1,0 +1,179 @@
+"""Serve a flow over HTTP as a plain ASGI application: ``app = asyncflow.asgi.app(flow)``.
+
+No web framework needed: run it with any ASGI server (``flow.cli()`` has ``serve``, on
+uvicorn), or mount it in a Starlette or FastAPI application. Routes (JSON in and out):
+
+- ``POST /runs``: ``{"trigger": ..., "args": ...}``; runs it now (and every due run) and
+  answers with the results (a body without a trigger only resumes);
+- ``POST /start``: records new runs without running anything; answers ``{"run_ids": [...]}``;
+- ``POST /resume``: resumes due runs; answers with the results;
+- ``GET /runs`` (``?status=paused``, repeatable or comma-separated) and ``GET /runs/{run_id}``;
+- ``GET /healthz``: no token needed.
+
+Bad requests get 400, a missing token 401, unknown runs and routes 404, wrong methods 405,
+bodies over the size limit 413, anything unexpected 500 with an error id (details in the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+
+from ._exceptions import UsageError
+from ._flow import Flow
+from ._http import MAX_BODY_SIZE, Api, Request, Response
+
+__all__ = ["ASGIApp", "app"]
+
+logger = logging.getLogger("asyncflow")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def app(
+    flow: Flow,
+    *,
+    token: str | None = None,
+    max_body_size: int = MAX_BODY_SIZE,
+    resume_every: float | None = None,
+) -> ASGIApp:
+    """An ASGI application serving ``flow``.
+
+    Under a server that runs the ASGI lifespan, the flow is entered (``async with flow``) from
+    startup to shutdown. Mounted inside another application, enter the flow in that
+    application's lifespan instead; without it, each request opens and closes the backend.
+
+    Args:
+        flow: the flow to serve.
+        token: if given, every route but ``/healthz`` needs ``Authorization: Bearer <token>``.
+        max_body_size: the largest request body accepted, in bytes (else 413).
+        resume_every: if given, seconds between resumptions of the due runs, done in the
+            background from lifespan startup to shutdown.
+
+    Raises:
+        UsageError: a setting that cannot work.
+    """
+    if resume_every is not None and (
+        isinstance(resume_every, bool)
+        or not isinstance(resume_every, int | float)
+        or not resume_every > 0
+    ):
+        raise UsageError(f"resume_every must be a positive number of seconds, not {resume_every}")
+    return ASGIApp(Api(flow, token=token, max_body_size=max_body_size), resume_every)
+
+
+class ASGIApp:
+    """The application :func:`app` returns."""
+
+    def __init__(self, api: Api, resume_every: float | None) -> None:
+        self._api = api
+        self._resume_every = resume_every
+
+    @property
+    def flow(self) -> Flow:
+        return self._api.flow
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope.get("headers", [])
+        }
+        body = await _read_body(receive, headers, self._api.max_body_size)
+        if body is None:
+            limit = self._api.max_body_size
+            response = Response(413, {"error": f"the request body exceeds {limit} bytes"})
+        else:
+            request = Request(
+                method=scope["method"],
+                path=_route_path(scope),
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers=headers,
+                body=body,
+            )
+            response = await self._api.handle(request)
+        data = response.encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                    *((k.encode(), v.encode()) for k, v in response.headers.items()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            async with self.flow, anyio.create_task_group() as tg:
+                if self._resume_every is not None:
+                    tg.start_soon(self._resume_periodically, self._resume_every)
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()  # lifespan.shutdown
+                tg.cancel_scope.cancel()
+        except Exception as exc:
+            failed = "startup" if message["type"] == "lifespan.startup" else "shutdown"
+            logger.error("asyncflow %s failed: %s", failed, exc, exc_info=exc)
+            await send({"type": f"lifespan.{failed}.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _resume_periodically(self, period: float) -> None:
+        while True:
+            await anyio.sleep(period)
+            try:
+                results = await self.flow.run()
+            except Exception as exc:  # keep serving; the next period tries again
+                logger.error("resuming due runs failed: %s", exc, exc_info=exc)
+            else:
+                if results:
+                    logger.info("resumed %d due run(s)", len(results))
+
+
+async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes | None:
+    """The request body, or ``None`` as soon as it is known to exceed ``limit``."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _route_path(scope: Scope) -> str:
+    # Mounted under a prefix (Starlette's Mount, a server's --root-path), ``path`` still holds
+    # the full path and ``root_path`` the prefix (ASGI spec); the route is what follows.
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
