@@ -35,6 +35,10 @@ def main(flow: Flow, argv: Sequence[str] | None = None) -> int:
             flow = copy.copy(flow)
             flow.backend = open_backend(args.backend)
         flow.backend  # noqa: B018  (a bad ASYNCFLOW_BACKEND is reported here, as bad input)
+        if args.command == "serve":  # uvicorn runs its own event loop
+            from ._serve import serve
+
+            return serve(flow, args)
         if args.loop == "trio" and importlib.util.find_spec("trio") is None:
             raise ConfigError("--loop trio needs trio: pip install 'asyncflow[trio]'")
         return int(anyio.run(_COMMANDS[args.command], flow, args, backend=args.loop))
@@ -76,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     show = sub.add_parser("show", parents=[common], help="show one run with its steps and logs")
     show.add_argument("run_id")
+    from ._serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

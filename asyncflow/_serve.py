@@ -1,0 +1,95 @@
+"""``flow.cli()``'s ``serve`` command: the ASGI app on uvicorn (the ``server`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from ._flow import Flow
+
+__all__ = ["add_parser", "serve"]
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``serve`` to the CLI's subcommands (``sub`` is argparse's subparsers action)."""
+    serve = sub.add_parser(
+        "serve",
+        help="serve the runs over HTTP (needs asyncflow[server])",
+        description="Serve this script's workflows over HTTP (routes: see asyncflow.asgi).",
+    )
+    serve.add_argument(
+        "--backend", metavar="URL", help="where runs are kept, e.g. file:.asyncflow or memory:"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8000, help="port to bind (default 8000)")
+    serve.add_argument(
+        "--resume-every",
+        metavar="SECONDS",
+        type=_seconds,
+        help="also resume due runs every SECONDS, in this process",
+    )
+    serve.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' (default: $ASYNCFLOW_TOKEN); needed to"
+        " bind to an address other than loopback",
+    )
+
+
+def serve(flow: Flow, args: argparse.Namespace) -> int:
+    """Serve ``flow`` until interrupted; return the exit status.
+
+    Raises:
+        ConfigError: uvicorn is missing, or a non-loopback address has no token.
+    """
+    token = args.token or os.environ.get("ASYNCFLOW_TOKEN") or None
+    if token is None and not _is_loopback(args.host):
+        raise ConfigError(
+            f"refusing to serve on {args.host} without a token: anyone who reaches it could"
+            " start runs; set --token or ASYNCFLOW_TOKEN, or bind to 127.0.0.1"
+        )
+    try:
+        import uvicorn
+    except ImportError:
+        raise ConfigError("serve needs uvicorn: pip install 'asyncflow[server]'") from None
+    from .asgi import app
+
+    application = app(flow, token=token, resume_every=args.resume_every)
+    config = uvicorn.Config(application, host=args.host, port=args.port, lifespan="on")
+    server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on Ctrl-C, then raises it again for its caller: here that
+    # is how serving is meant to end.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    # uvicorn logs why it could not start (a port in use, say) and returns.
+    return 0 if server.started else 1
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: a number from 0 to 65535")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid SECONDS {text!r}: a positive number")
+    return value
