@@ -287,3 +287,36 @@ def test_bad_settings_are_refused() -> None:
         asyncflow.aws_lambda.handler(flow, max_body_size=0)
     with pytest.raises(asyncflow.UsageError, match="loop"):
         asyncflow.aws_lambda.handler(flow, loop="curio")  # type: ignore[arg-type]
+
+
+# -- Flow.run(time_limit=...), which the handler uses ------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_time_limit_starts_no_run_past_it(make_flow: Any, clock: Any) -> None:
+    flow = make_flow(max_concurrency=1)
+
+    @flow.sideeffect()
+    async def work(c: asyncflow.Context, minutes: int) -> int:
+        clock.advance(60 * minutes)
+        return minutes
+
+    @flow.workflow()
+    async def job(c: asyncflow.Context, minutes: int) -> int:
+        done = await work(c, minutes)
+        await c.pause_once()
+        return done
+
+    for minutes in (5, 0, 0):
+        await flow.start("job", minutes)
+    # The new run goes first, then the 5-minute one; after it the limit is past.
+    first = await flow.run("job", 0, time_limit=60)
+    assert [(r.status, r.logs) for r in first] == [("paused", []), ("paused", [])]
+    assert len(await flow.list_runs("pending")) == 2
+    # No time at all: the new run is stored as it is, nothing starts.
+    assert await flow.run("job", 0, time_limit=0) == []
+    pending = await flow.list_runs("pending")
+    assert [r.args for r in pending] == [0, 0, 0]
+    assert all(r.steps == () for r in pending)
+    rest = await flow.run()
+    assert sorted(r.status for r in rest) == ["paused"] * 3 + ["succeeded"] * 2
