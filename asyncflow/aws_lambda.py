@@ -67,7 +67,8 @@ def handler(
     Args:
         flow: the flow to run.
         token: if given, HTTP requests must carry ``Authorization: Bearer <token>`` (else 401).
-            Other events come from AWS itself and are authorized by IAM.
+            Default: the ``ASYNCFLOW_TOKEN`` environment variable, if set. Other events come
+            from AWS itself and are authorized by IAM.
         safety_margin: seconds of the invocation's remaining time
             (``context.get_remaining_time_in_millis()``) kept free: no run is started after
             that point, so that the runs started can reach their next stop before Lambda's
@@ -90,6 +91,8 @@ def handler(
         raise UsageError(f"safety_margin must not be negative, not {safety_margin}")
     if loop not in ("asyncio", "trio"):
         raise UsageError(f"loop must be 'asyncio' or 'trio', not {loop!r}")
+    if token is None:
+        token = os.environ.get("ASYNCFLOW_TOKEN") or None
     api = Api(flow, token=token, max_body_size=max_body_size)
     return LambdaHandler(api, safety_margin=float(safety_margin), loop=loop)
 

@@ -259,6 +259,17 @@ def test_the_handler_runs_on_either_library_and_closes(loop: str) -> None:
     handler.close()
 
 
+def test_the_token_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASYNCFLOW_TOKEN", "from-env")
+    handler = asyncflow.aws_lambda.handler(asyncflow.setup("memory:"))
+    try:
+        assert handler(url(method="GET", path="/runs"), None)["statusCode"] == 401
+        auth = {"authorization": "Bearer from-env"}
+        assert handler(url(method="GET", path="/runs", headers=auth), None)["statusCode"] == 200
+    finally:
+        handler.close()
+
+
 def test_inside_lambda_the_default_folder_is_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
