@@ -64,6 +64,44 @@ def examples(session: nox.Session) -> None:
                     *argv,
                     env={"ASYNCFLOW_BACKEND": f"file:{os.path.join(folder, 'store')}"},
                 )
+    watch_price_http(session)
+
+
+def watch_price_http(session: nox.Session) -> None:
+    """watch_price_http.py against the price service it brings, started for the occasion."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    script = str(ROOT / "examples" / "watch_price_http.py")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    python = os.path.join(session.bin, "python")
+    service = subprocess.Popen([python, script, "price-service", "--port", str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or service.poll() is not None:
+                    session.error("the price service did not start")
+                time.sleep(0.05)
+        with tempfile.TemporaryDirectory() as folder:
+            env = {
+                "ASYNCFLOW_BACKEND": f"file:{os.path.join(folder, 'store')}",
+                "PRICE_SERVICE_URL": f"http://127.0.0.1:{port}",
+            }
+            lemon = '{"item_name": "レモン", "price": 150}'
+            session.run("python", script, "run", "買いたいもの追加", lemon, env=env)
+            session.run("python", script, "run", env=env)
+            session.run("python", script, "run", env=env)
+    finally:
+        service.terminate()
+        service.wait()
 
 
 @nox.session
