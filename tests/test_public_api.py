@@ -45,7 +45,9 @@ def test_import_loads_no_aws_or_http_library() -> None:
     code = (
         "import sys, asyncflow, asyncflow.testing;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in"
-        " ('aiobotocore', 'botocore', 'boto3', 'httpx', 'httpcore', 'aiofiles')))"
+        " ('aiobotocore', 'botocore', 'boto3', 'httpx', 'httpcore', 'aiofiles',"
+        " 'uvicorn', 'starlette')"
+        " or m in ('asyncflow.aws_lambda', 'asyncflow.asgi', 'asyncflow._http')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -60,7 +62,9 @@ def test_the_package_imports_only_what_it_declares() -> None:
     from pathlib import Path
 
     declared = {"anyio", "exceptiongroup"}
-    optional = {"trio"}  # only used when it is the running library, found in sys.modules
+    # trio: only used when it is the running library, found in sys.modules; uvicorn: `serve`
+    # imports it when run, and says to install asyncflow[server] if it is missing.
+    optional = {"trio", "uvicorn"}
     package = Path(asyncflow.__file__).parent
     found: set[str] = set()
     for path in package.rglob("*.py"):
@@ -87,3 +91,27 @@ def test_results_are_frozen_dataclasses() -> None:
     ]
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.status = "failed"  # type: ignore[misc]
+
+
+def test_the_server_and_lambda_modules_load_no_http_or_aws_library() -> None:
+    """asyncflow.aws_lambda is what a Lambda cold start imports; asyncflow.asgi what a server
+    imports before it serves. Neither needs httpx, uvicorn or the AWS libraries."""
+    code = (
+        "import sys, asyncflow.aws_lambda, asyncflow.asgi;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('aiobotocore', 'botocore', 'boto3', 'httpx', 'httpcore', 'uvicorn', 'starlette')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_server_and_lambda_modules_export_what_they_document() -> None:
+    import asyncflow.asgi
+    import asyncflow.aws_lambda
+
+    assert asyncflow.aws_lambda.__all__ == ["LambdaContext", "LambdaHandler", "handler"]
+    assert asyncflow.asgi.__all__ == ["ASGIApp", "app"]
+    for module in (asyncflow.aws_lambda, asyncflow.asgi):
+        assert all(hasattr(module, name) for name in module.__all__)
