@@ -45,10 +45,12 @@ class Sizes:
     replay_reps: int
     tt_replay_steps: int
     import_reps: int
+    lambda_calls: int = 2_000  # invocations timed per rep (lambda_overhead.py)
+    lambda_reps: int = 5
 
 
 FULL = Sizes(10_000, 3, 100, 3, 10_000, 5, 2_000, 10)
-QUICK = Sizes(1_000, 1, 20, 1, 1_000, 3, 300, 5)
+QUICK = Sizes(1_000, 1, 20, 1, 1_000, 3, 300, 5, lambda_calls=300, lambda_reps=2)
 
 
 @dataclass
@@ -116,6 +118,9 @@ def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
             "vs_ttflow.py", "replay", f"--steps={sizes.tt_replay_steps}", "--reps=1",
         ],
         "import": ["importtime.py", f"--reps={sizes.import_reps}"],
+        "lambda": [
+            "lambda_overhead.py", f"--calls={sizes.lambda_calls}", f"--reps={sizes.lambda_reps}",
+        ],
     }  # fmt: skip
     unknown = skip - plan.keys()
     if unknown:
@@ -130,6 +135,10 @@ def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
 
 def secs(s: float) -> str:
     return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def micros(s: float) -> str:
+    return f"{s * 1e6:.0f} µs"
 
 
 def mib(x: float | None) -> str:
@@ -253,6 +262,27 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
             ok = r["median_s"] <= 0.05 and not forbidden
             target = {"target": "≤ 50 ms, no AWS/httpx", "met": met(ok)}
         rows.append(Row(label, "—", secs(r["median_s"]), **target, notes="; ".join(notes)))
+
+    if r := figures("lambda", "Lambda handler", "—"):
+        loaded = ", ".join(r["import_heavy"]) or "no AWS/HTTP library"
+        rows.append(
+            Row("Lambda: `import asyncflow.aws_lambda` (cold start)", "—",
+                secs(r["import_median_s"]),
+                notes=f"median of {len(r['import_times_s'])} fresh interpreters; loads {loaded}")
+        )  # fmt: skip
+        size = f"{r['calls']:,} invocations × {r['reps']} reps, `memory:`"
+        rows.append(
+            Row("Lambda: warm invocation overhead, direct `{\"trigger\": ...}`", size,
+                micros(r["overhead_s"]),
+                notes=f"handler {micros(r['handler_s'])} vs `await flow.run()` "
+                f"{micros(r['direct_s'])} per one-step invocation (medians)")
+        )  # fmt: skip
+        rows.append(
+            Row("Lambda: warm invocation overhead, function URL request", size,
+                micros(r["url_overhead_s"]),
+                notes=f"handler {micros(r['url_s'])}; first call of a container (loop thread, "
+                f"backend opened) {secs(r['first_call_s'])}")
+        )  # fmt: skip
 
     head = ("Benchmark", "Size", "Result", "Peak RSS", "Target", "Met", "Notes")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
