@@ -318,7 +318,9 @@ class Flow:
             RunNotFoundError: there is no such run.
         """
         async with self._using() as backend:
-            for namespace in (DONE, ACTIVE):
+            # Finished again last: a run that finishes meanwhile is written to finished, then
+            # removed from active, and could otherwise be missed in both.
+            for namespace in (DONE, ACTIVE, DONE):
                 key = (namespace, run_id)
                 entry = await backend.read(key)
                 if entry is not None:

@@ -382,3 +382,31 @@ def test_json_bodies_are_utf8() -> None:
     assert json.loads(Response(200, {"名前": "レモン"}).encode().decode("utf-8")) == {
         "名前": "レモン"
     }
+
+
+async def test_a_run_that_finishes_while_it_is_looked_up_is_found() -> None:
+    """GET /runs/{id} racing the move of a finishing run from active to finished (write to
+    finished, then delete from active) must not answer 404."""
+
+    class MovesDuringLookup(CountingBackend):
+        moved = False
+
+        async def read(self, key: asyncflow.Key) -> asyncflow.Entry | None:
+            entry = await super().read(key)
+            if key[0] == "finished" and not self.moved:
+                # The run finishes right after the lookup missed it in finished.
+                self.moved = True
+                active = await super().read(("active", key[1]))
+                assert active is not None
+                await self.write(key, active.data)
+                await self.delete(("active", key[1]))
+            return entry
+
+    backend = MovesDuringLookup()
+    flow = make_flow(backend)
+    (run_id,) = await flow.start("greet")
+    async with client(asyncflow.asgi.app(flow)) as http:
+        r = await http.get(f"/runs/{run_id}")
+    assert backend.moved
+    assert r.status_code == 200, r.text
+    assert r.json()["run_id"] == run_id
