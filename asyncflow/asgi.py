@@ -92,7 +92,10 @@ class ASGIApp:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope.get("headers", [])
         }
-        body = await _read_body(receive, headers, self._api.max_body_size)
+        try:
+            body = await _read_body(receive, headers, self._api.max_body_size)
+        except _Disconnected:
+            return  # the client is gone before it sent its request: nothing to run or answer
         if body is None:
             limit = self._api.max_body_size
             response = Response(413, {"error": f"the request body exceeds {limit} bytes"})
@@ -148,8 +151,16 @@ class ASGIApp:
                     logger.info("resumed %d due run(s)", len(results))
 
 
+class _Disconnected(Exception):
+    """The client left before sending its whole request (never leaves this module)."""
+
+
 async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes | None:
-    """The request body, or ``None`` as soon as it is known to exceed ``limit``."""
+    """The request body, or ``None`` as soon as it is known to exceed ``limit``.
+
+    Raises:
+        _Disconnected: the client left before sending all of it.
+    """
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
@@ -158,7 +169,7 @@ async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> b
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -143,6 +143,28 @@ async def post_in_chunks(app: Any, n: int, chunk: bytes) -> int:
     return int(sent[0]["status"])
 
 
+async def test_a_client_gone_before_its_body_ends_starts_nothing() -> None:
+    flow = make_flow()
+    app = asyncflow.asgi.app(flow)
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"trigger": "gr', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": "POST", "path": "/runs", "headers": []}, receive, send)
+    assert sent == []
+    assert await flow.list_runs() == []
+
+
 async def test_the_token() -> None:
     app = asyncflow.asgi.app(make_flow(), token="s3cret")
     async with client(app) as anonymous, client(app, token="s3cret") as known:

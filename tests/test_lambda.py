@@ -111,9 +111,12 @@ def test_a_function_url_shows_one_run(aws: Lambda) -> None:
     (first,) = aws(url({"trigger": "wait"}))
     _, body = http(first)
     run_id = body[0]["run_id"]
-    found, missing = aws(
-        rest(method="GET", path=f"/runs/{run_id}"), url(method="GET", path="/runs/nope")
+    found, missing, listed = aws(
+        rest(method="GET", path=f"/runs/{run_id}"),
+        url(method="GET", path="/runs/nope"),
+        rest(method="GET", path="/runs", query={"status": ["succeeded", "paused"]}),
     )
+    assert [r["run_id"] for r in http(listed)[1]] == [run_id]
     status, run = http(found)
     assert (status, run["run_id"], run["status"]) == (200, run_id, "paused")
     assert [s["kind"] for s in run["steps"]] == ["log", "pause"]
