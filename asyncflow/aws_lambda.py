@@ -170,7 +170,7 @@ class LambdaHandler:
 
     def _start(self) -> BlockingPortal:
         with self._lock:
-            if self._portal is not None:
+            if self._portal is not None and self._thread is not None and self._thread.is_alive():
                 return self._portal
             ready: list[BlockingPortal] = []
             failed: list[BaseException] = []
@@ -238,7 +238,9 @@ class LambdaHandler:
 
 
 async def _portal_main(flow: Flow, ready: list[BlockingPortal], started: threading.Event) -> None:
-    async with BlockingPortal() as portal, flow:
+    # The flow first: a failure to open the backend then surfaces as itself, not wrapped in
+    # the portal's task group.
+    async with flow, BlockingPortal() as portal:
         ready.append(portal)
         started.set()
         await portal.sleep_until_stopped()

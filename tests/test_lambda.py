@@ -262,6 +262,32 @@ def test_the_handler_runs_on_either_library_and_closes(loop: str) -> None:
     handler.close()
 
 
+def test_a_backend_that_cannot_open_fails_the_call_and_is_retried() -> None:
+    class Flaky(asyncflow.MemoryBackend):
+        opened = 0
+
+        async def open(self) -> None:
+            self.opened += 1
+            if self.opened == 1:
+                raise asyncflow.BackendError("bucket unreachable")
+
+    backend = Flaky()
+    flow = asyncflow.setup(backend)
+
+    @flow.workflow()
+    async def hello(c: asyncflow.Context) -> str:
+        return "hi"
+
+    handler = asyncflow.aws_lambda.handler(flow)
+    with pytest.raises(asyncflow.BackendError, match="bucket unreachable"):
+        handler({"trigger": "hello"}, None)
+    try:
+        assert handler({"trigger": "hello"}, None)[0]["result"] == "hi"
+        assert backend.opened == 2
+    finally:
+        handler.close()
+
+
 def test_the_token_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASYNCFLOW_TOKEN", "from-env")
     handler = asyncflow.aws_lambda.handler(asyncflow.setup("memory:"))
