@@ -3,8 +3,8 @@
 No web framework needed: run it with any ASGI server (``flow.cli()`` has ``serve``, on
 uvicorn), or mount it in a Starlette or FastAPI application. Routes (JSON in and out):
 
-- ``POST /runs``: ``{"trigger": ..., "args": ...}``; runs it now (and every due run) and
-  answers with the results (a body without a trigger only resumes);
+- ``POST /runs`` (or ``POST /``): ``{"trigger": ..., "args": ...}``; runs it now (and every
+  due run) and answers with the results (a body without a trigger only resumes);
 - ``POST /start``: records new runs without running anything; answers ``{"run_ids": [...]}``;
 - ``POST /resume``: resumes due runs; answers with the results;
 - ``GET /runs`` (``?status=paused``, repeatable or comma-separated) and ``GET /runs/{run_id}``;

@@ -6,7 +6,8 @@ The handler tells the events Lambda passes apart by their shape:
   routed like :func:`asyncflow.asgi.app` (``POST /`` runs the JSON body
   ``{"trigger": ..., "args": ...}``; without a trigger it resumes due runs), answered with an
   HTTP response;
-- EventBridge (CloudWatch Events) scheduled events: resume due runs;
+- EventBridge (CloudWatch Events) scheduled events: resume due runs (an EventBridge event
+  whose ``detail`` is a trigger request runs it);
 - SQS batches: each message body is a trigger request; the failed ones are reported in
   ``batchItemFailures`` so that only they are retried;
 - a direct invocation with a ``{"trigger": ..., "args": ...}`` object (``{}`` resumes).
@@ -135,15 +136,15 @@ class LambdaHandler:
         if isinstance(event, dict):
             if _is_http(event):
                 return portal.call(self._http, event, time_limit)
-            if event.get("source") == "aws.events" or "detail-type" in event:
-                return results_list(portal.call(self._run, None, None, time_limit))
+            if "detail-type" in event and "source" in event:
+                # EventBridge: a schedule's detail is empty (resume); another rule's event may
+                # carry a trigger request as its detail.
+                trigger, args = _request(event.get("detail") or {}, "EventBridge detail")
+                return results_list(portal.call(self._run, trigger, args, time_limit))
             records = event.get("Records")
             if isinstance(records, list) and records and _is_sqs(records[0]):
                 return portal.call(self._sqs, records, time_limit)
-        try:
-            trigger, args = parse_trigger_request(event)
-        except BadRequest as exc:
-            raise UsageError(f"unrecognised Lambda event: {exc}") from None
+        trigger, args = _request(event, "Lambda event")
         return results_list(portal.call(self._run, trigger, args, time_limit))
 
     def close(self) -> None:
@@ -259,6 +260,13 @@ def _serve_portal(
         failed.append(exc)
     finally:
         started.set()
+
+
+def _request(value: Any, what: str) -> tuple[str | None, Any]:
+    try:
+        return parse_trigger_request(value)
+    except BadRequest as exc:
+        raise UsageError(f"unrecognised {what}: {exc}") from None
 
 
 def _is_http(event: Mapping[str, Any]) -> bool:

@@ -84,6 +84,7 @@ def test_every_event_kind_on_one_warm_container(aws: Lambda) -> None:
         {"trigger_name": "greet"},
         url(method="GET", path="/runs", query="status=succeeded"),
         {},
+        {**scheduled(), "detail-type": "Order", "detail": {"trigger": "greet", "args": {}}},
     )
     status, body = http(answers[0])
     assert status == 200
@@ -102,7 +103,8 @@ def test_every_event_kind_on_one_warm_container(aws: Lambda) -> None:
     assert sorted(r["workflow"] for r in runs) == ["greet", "greet", "greet", "wait"]
     assert "steps" not in runs[0]
     assert ok(answers[6]) == []
-    # One event loop thread opened the backend once for all seven invocations, and nothing
+    assert [r["result"] for r in ok(answers[7])] == [{"name": "world"}]
+    # One event loop thread opened the backend once for all eight invocations, and nothing
     # closed it between them.
     assert aws.report == {"opened": 1, "closed": 0, "open_threads": 1, "main_thread": False}
 
@@ -205,11 +207,18 @@ def test_sqs_reports_only_the_failed_messages(aws: Lambda) -> None:
 
 
 def test_direct_invocations_raise_on_bad_input(aws: Lambda) -> None:
-    answers = aws({"trigger": "nope"}, {"foo": 1}, ["trigger"], {"trigger": "greet"})
+    answers = aws(
+        {"trigger": "nope"},
+        {"foo": 1},
+        ["trigger"],
+        {"trigger": "greet"},
+        {**scheduled(), "detail": {"trigger": 1}},
+    )
     assert answers[0]["raised"].startswith("UnknownTriggerError: no workflow is bound")
     assert answers[1]["raised"].startswith("UsageError: unrecognised Lambda event: unknown field")
     assert answers[2]["raised"].startswith("UsageError: unrecognised Lambda event")
     assert ok(answers[3])[0]["status"] == "succeeded"
+    assert answers[4]["raised"].startswith("UsageError: unrecognised EventBridge detail")
 
 
 def test_no_run_starts_when_too_little_time_is_left(aws: Lambda) -> None:
