@@ -29,7 +29,19 @@ from ._results import Run, RunResult, RunStatus
 if TYPE_CHECKING:
     from ._flow import Flow
 
-__all__ = ["MAX_BODY_SIZE", "Api", "BadRequest", "Request", "Response", "parse_trigger_request"]
+__all__ = [
+    "MAX_BODY_SIZE",
+    "Api",
+    "BadRequest",
+    "Request",
+    "Response",
+    "decode_json",
+    "internal_error",
+    "log_error",
+    "parse_trigger_request",
+    "results_list",
+    "run_dict",
+]
 
 logger = logging.getLogger("asyncflow")
 
@@ -130,11 +142,16 @@ def results_list(results: list[RunResult]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(r) for r in results]
 
 
-def internal_error(exc: BaseException) -> Response:
-    """Log ``exc`` with a fresh error id; answer 500 with that id and no details."""
+def log_error(exc: BaseException) -> str:
+    """Log ``exc`` with its traceback under a fresh error id; return the id."""
     error_id = uuid.uuid4().hex[:16]
     logger.error("internal error %s: %s", error_id, exc, exc_info=exc)
-    return Response(500, {"error": "internal error", "error_id": error_id})
+    return error_id
+
+
+def internal_error(exc: BaseException) -> Response:
+    """Log ``exc``; answer 500 with its error id and no details."""
+    return Response(500, {"error": "internal error", "error_id": log_error(exc)})
 
 
 class Api:

@@ -40,6 +40,7 @@ from ._http import (
     Response,
     decode_json,
     internal_error,
+    log_error,
     parse_trigger_request,
     results_list,
 )
@@ -229,12 +230,12 @@ class LambdaHandler:
                 logger.warning("SQS message %s not accepted: %s", message_id, exc)
                 failures.append({"itemIdentifier": str(message_id)})
             except Exception as exc:
-                internal_error(exc)
+                log_error(exc)
                 failures.append({"itemIdentifier": str(message_id)})
         try:
             await self.flow.run(time_limit=time_limit)
         except Exception as exc:
-            internal_error(exc)
+            log_error(exc)
         return {"batchItemFailures": failures}
 
 

@@ -206,6 +206,29 @@ def test_sqs_reports_only_the_failed_messages(aws: Lambda) -> None:
     assert runs["wait"]["status"] == "paused"
 
 
+def test_sqs_reports_a_message_whose_runs_could_not_be_stored() -> None:
+    class Refuses(asyncflow.MemoryBackend):
+        async def write(self, key: Any, data: bytes, **kwargs: Any) -> str:
+            if b"poison" in data:
+                raise asyncflow.BackendError("storage refused the write")
+            return await super().write(key, data, **kwargs)
+
+    flow = asyncflow.setup(Refuses())
+
+    @flow.workflow()
+    async def take(c: asyncflow.Context, args: Any) -> Any:
+        return args
+
+    handler = asyncflow.aws_lambda.handler(flow)
+    try:
+        batch = sqs({"trigger": "take", "args": "ok"}, {"trigger": "take", "args": "poison"})
+        assert handler(batch, None) == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+        runs = handler(url(method="GET", path="/runs"), None)
+        assert [r["result"] for r in json.loads(runs["body"])] == ["ok"]
+    finally:
+        handler.close()
+
+
 def test_direct_invocations_raise_on_bad_input(aws: Lambda) -> None:
     answers = aws(
         {"trigger": "nope"},
