@@ -25,8 +25,8 @@ def free_port() -> int:
 
 
 def env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    full = {**os.environ, "ASYNCFLOW_BACKEND": f"file:{tmp_path / 'store'}", **extra}
-    full.pop("ASYNCFLOW_TOKEN", None) if "ASYNCFLOW_TOKEN" not in extra else None
+    full = {k: v for k, v in os.environ.items() if k != "ASYNCFLOW_TOKEN"}
+    full.update(extra, ASYNCFLOW_BACKEND=f"file:{tmp_path / 'store'}")
     return full
 
 
