@@ -51,6 +51,12 @@ def test_the_template_wires_the_function_to_the_bucket_schedule_and_url() -> Non
     assert props["FunctionUrlConfig"] == {"AuthType": {"Ref": "UrlAuthType"}}
     assert template["Parameters"]["UrlAuthType"]["Default"] == "AWS_IAM"
     assert template["Resources"]["RunsBucket"]["DeletionPolicy"] == "Retain"
+    # A public URL needs the token; with IAM auth the signature holds the Authorization header.
+    rule = template["Rules"]["PublicUrlNeedsToken"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "UrlAuthType"}, "NONE"]}
+    assert env["ASYNCFLOW_TOKEN"] == {
+        "Fn::If": ["UseToken", {"Ref": "Token"}, {"Ref": "AWS::NoValue"}]
+    }
 
 
 def run_app(**env: str) -> subprocess.CompletedProcess[str]:
