@@ -8,14 +8,12 @@ shapes, status codes, the token check, the size limit) is decided here, once.
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import json
 import logging
-import uuid
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
-from urllib.parse import parse_qs
 
 from ._exceptions import (
     AsyncflowError,
@@ -144,7 +142,7 @@ def results_list(results: list[RunResult]) -> list[dict[str, Any]]:
 
 def log_error(exc: BaseException) -> str:
     """Log ``exc`` with its traceback under a fresh error id; return the id."""
-    error_id = uuid.uuid4().hex[:16]
+    error_id = os.urandom(8).hex()
     logger.error("internal error %s: %s", error_id, exc, exc_info=exc)
     return error_id
 
@@ -178,6 +176,10 @@ class Api:
         """Whether the request carries the token (always, when there is none to carry)."""
         if self._token is None:
             return True
+        # Imported here, as the other modules used by some requests only: a Lambda cold start
+        # pays for every import at module level.
+        import hmac
+
         scheme, _, given = headers.get("authorization", "").partition(" ")
         # Constant time: a comparison that stops at the first difference tells an attacker,
         # by its timing, how much of a guess was right.
@@ -239,6 +241,8 @@ class Api:
         return Response(200, results_list(results))
 
     async def _list(self, request: Request) -> list[Run]:
+        from urllib.parse import parse_qs
+
         query = parse_qs(request.query, keep_blank_values=True)
         unknown = sorted(set(query) - {"status"})
         if unknown:

@@ -18,14 +18,11 @@ One event loop runs in a background thread of the container with the flow entere
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal, Protocol
-from urllib.parse import quote
 
 import anyio
 from anyio.from_thread import BlockingPortal
@@ -105,9 +102,8 @@ def _is_default_backend(flow: Flow) -> bool:
     from ._backends._file import FileBackend
 
     backend = flow.backend
-    return isinstance(backend, FileBackend) and backend.folder == Path(
-        DEFAULT_BACKEND.removeprefix("file:")
-    )
+    default = os.path.normpath(DEFAULT_BACKEND.removeprefix("file:"))
+    return isinstance(backend, FileBackend) and os.path.normpath(backend.folder) == default
 
 
 class LambdaHandler:
@@ -283,13 +279,19 @@ def _is_sqs(record: Any) -> bool:
 
 def _http_request(event: Mapping[str, Any]) -> Request:
     """A :class:`Request` from a payload 2.0 (HTTP API, function URL) or 1.0 (REST) event."""
+    # Modules that only some events need are imported where needed: a Lambda cold start pays
+    # for every import at module level.
     if "httpMethod" in event:  # 1.0
         method = event["httpMethod"]
         path = event.get("path") or "/"
         multi = event.get("multiValueQueryStringParameters") or {}
         single = event.get("queryStringParameters") or {}
         pairs = [(k, v) for k, vs in multi.items() for v in vs] or list(single.items())
-        query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in pairs)
+        query = ""
+        if pairs:
+            from urllib.parse import urlencode
+
+            query = urlencode(pairs)
     else:  # 2.0
         method = event["requestContext"]["http"]["method"]
         path = event.get("rawPath") or "/"
@@ -299,6 +301,8 @@ def _http_request(event: Mapping[str, Any]) -> Request:
     if not isinstance(body, str):
         raise BadRequest(400, "the request body is not text")
     if event.get("isBase64Encoded"):
+        import base64
+
         try:
             raw = base64.b64decode(body, validate=True)
         except ValueError:
@@ -306,7 +310,3 @@ def _http_request(event: Mapping[str, Any]) -> Request:
     else:
         raw = body.encode()
     return Request(method=str(method), path=str(path), query=query, headers=headers, body=raw)
-
-
-def _quote(value: Any) -> str:
-    return quote(str(value), safe="")
