@@ -147,3 +147,12 @@ def test_as_a_lambda_handler(env: dict[str, str]) -> None:
         ("買いたいもの追加: みかん", "succeeded", 100),
     ]
     assert [r["logs"][-1] for r in answers[3]] == ["2回目: レモンは300で買えませんでした"]
+
+
+def test_a_price_service_that_is_down_is_asked_again_next_time(env: dict[str, str]) -> None:
+    down = {**env, "PRICE_SERVICE_URL": f"http://127.0.0.1:{free_port()}"}
+    (first,) = cli(down, "run", "買いたいもの追加", json.dumps(LEMON))
+    assert first["status"] == "paused"
+    assert first["logs"][-1] == "1回目: 値段を取得できませんでした (ConnectError)"
+    (second,) = cli(env, "run")  # the service is back
+    assert second["logs"][-1] == "2回目: レモンは200で買えませんでした"
