@@ -57,10 +57,11 @@ class Execution:
         """Store the record (compare-and-swap on the version read); return what was written."""
         self.record.updated_at = self.clock()
         data = self.record.encode()
+        # Before the write: branches of the run may record steps while it is under way.
+        self.dirty = False
         self.version = await self.backend.write(
             self.key, data, if_version=self.version, if_absent=self.version is None
         )
-        self.dirty = False
         return data
 
     async def checkpoint_if_dirty(self) -> None:
@@ -113,6 +114,7 @@ class Execution:
         else:
             if ctx._suspended:
                 record.status = "paused"  # it caught the Suspend and returned: still paused
+        record.wake_at = ctx._run.resume_at() if record.status == "paused" else None
         try:
             data = await self.save()
             if record.status in FINISHED:
@@ -174,6 +176,7 @@ async def invoke(
 ) -> list[RunResult]:
     """Advance ``new`` runs and every run due before this call, at most ``max_concurrency``
     at once; report them new first, then resumed oldest first."""
+    now = clock()  # runs suspended until later than this are not due
     listed = await backend.list(ACTIVE)
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation
@@ -201,7 +204,9 @@ async def invoke(
             # Changed since the listing: another invocation advanced it meanwhile, so its new
             # state was not due when this one began.
             if entry is not None and entry.version == listed[key[1]]:
-                jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
+                record = RunRecord.decode(entry.data, backend.locate(key))
+                if record.wake_at is None or record.wake_at <= now:
+                    jobs.append((record, entry.version))
         results: list[RunResult | None] = [None] * len(jobs)
         queue = iter(range(len(jobs)))
 
