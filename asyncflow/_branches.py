@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,6 +43,8 @@ async def gather(
             f"the limit of gather() and map() must be a positive integer, not {limit!r}"
         )
     for branch in branches:
+        if inspect.iscoroutine(branch):
+            branch.close()  # never to run: close it rather than leave a "never awaited" warning
         if not callable(branch):
             raise UsageError(
                 f"a branch of gather() must be an async callable taking a Context, not"
