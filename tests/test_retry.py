@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -61,7 +62,7 @@ def test_sideeffect_settings_are_checked_where_declared() -> None:
     async def fx(c: Context) -> None:
         pass
 
-    with pytest.raises(asyncflow.ConfigError, match="asyncflow.Retry"):
+    with pytest.raises(asyncflow.ConfigError, match=r"asyncflow\.Retry"):
         flow.sideeffect(retry=3)(fx)  # type: ignore[arg-type]
     for bad in (0, -1, math.nan, "10", True):
         with pytest.raises(asyncflow.ConfigError, match="timeout"):
@@ -129,7 +130,7 @@ async def test_waits_follow_the_jittered_schedule(make_flow: MakeFlow, clock: Mo
 
     [result] = await flow.run("wf")
     assert result.status == "failed"
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     bases = [1, 3, 9, 20, 20]
     assert len(gaps) == len(bases)
     for gap, base in zip(gaps, bases, strict=True):
