@@ -46,9 +46,16 @@ class _Run:
         # Every context (the workflow's, each branch's, each retried attempt's) replays its own
         # steps: the indices of the journal steps recorded with its branch path. One pass here
         # keeps replay linear however branches interleaved when they were recorded.
-        self.index: dict[str, list[int]] = {"": []}
-        for i, step in enumerate(self.record.steps):
-            self.index.setdefault(step.get("branch", ""), []).append(i)
+        steps = self.record.steps
+        record = self.record
+        if record.step_json or '"branch":' in record.loaded_json:
+            self.index: dict[str, list[int]] = {"": []}
+            for i, step in enumerate(steps):
+                self.index.setdefault(step.get("branch", ""), []).append(i)
+        else:
+            # The text of a branch's step holds this key; without it (the common case), every
+            # step is the workflow's own. (A value may hold it too: then the loop above.)
+            self.index = {"": list(range(len(steps)))}
         self.current_task = _current_task_getter()
         self.wake_at: float | None = None  # earliest time a suspended context asked for
         self.due_now = False  # a context suspended until the next invocation
@@ -89,6 +96,7 @@ class Context:
     """
 
     __slots__ = (
+        "_current_task",
         "_exec",
         "_own",
         "_path",
@@ -116,7 +124,8 @@ class Context:
         # Steps are identified by their position in their context, so they must come one at a
         # time from the task that runs the context (side effects nest by being awaited, in
         # that same task; concurrency needs a context per branch: gather, map).
-        self._task = run.current_task()
+        self._current_task = run.current_task
+        self._task = self._current_task()
         self.run_id = self._record.run_id
         self.workflow = self._record.workflow
         self.args = self._record.args
@@ -439,8 +448,9 @@ class Context:
     def _replay(self, kind: str, name: str | None) -> dict[str, Any] | None:
         """Return the recorded step at the current position (and move past it), or ``None``
         when the run reaches this point for the first time."""
-        self._check_live()
-        if self._run.current_task() is not self._task:
+        if self._suspended or self._run.fatal is not None:
+            self._check_live()
+        if self._current_task() is not self._task:
             self._fatal = UsageError(
                 f"run {self.run_id} of workflow {self.workflow!r}: a step was awaited from"
                 " another task. Steps are recorded by their position, so a workflow must await"

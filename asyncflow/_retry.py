@@ -51,7 +51,7 @@ class Retry:
     backoff: float = 2.0
     max_delay: float = 60.0
     jitter: float = 0.5
-    on: type[BaseException] | tuple[type[BaseException], ...] = Exception
+    on: type[Exception] | tuple[type[Exception], ...] = Exception
     durable_after: float = 5.0
 
     def __post_init__(self) -> None:
@@ -78,7 +78,10 @@ class Retry:
 
     def delay(self, failed: int, seed: str) -> float:
         """The wait after the ``failed``-th failed attempt, jittered from ``seed``."""
-        base = min(self.max_delay, self.initial * self.backoff ** (failed - 1))
+        try:
+            base = min(self.max_delay, self.initial * self.backoff ** (failed - 1))
+        except OverflowError:  # many attempts with a steep backoff: long past max_delay
+            base = self.max_delay
         # Seeded with text, random.Random hashes it with SHA-512: the same draw in every
         # process, whatever PYTHONHASHSEED says.
         return base * (1 - self.jitter * random.Random(f"{seed}#{failed}").random())

@@ -80,6 +80,7 @@ def test_the_schedule_backs_off_caps_and_jitters_within_bounds() -> None:
     assert delays != [retry.delay(n, "other/seed") for n in range(1, 6)], "runs draw apart"
     exact = Retry(initial=1, backoff=3, max_delay=20, jitter=0)
     assert [exact.delay(n, "s") for n in range(1, 6)] == bases
+    assert Retry(attempts=10_000, backoff=10, jitter=0).delay(9_999, "s") == 60
 
 
 async def test_failed_attempts_are_retried_after_backing_off(
