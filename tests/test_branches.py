@@ -422,3 +422,31 @@ async def test_retries_in_branches_wait_durably_while_a_sibling_resumes(
     [result] = await flow.run()
     assert (result.status, result.result) == ("succeeded", ["up", "resumed"])
     assert attempts == [start, start + 100]
+
+
+def test_show_tags_branch_steps_and_says_when_a_retry_is_due(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow = asyncflow.setup(f"file:{tmp_path}", clock=MockClock())
+
+    @flow.sideeffect(retry=Retry(attempts=3, initial=600, durable_after=0))
+    async def flaky(c: Context) -> None:
+        raise ConnectionError("down")
+
+    @flow.sideeffect()
+    async def fine(c: Context) -> int:
+        return 1
+
+    @flow.workflow()
+    async def wf(c: Context) -> None:
+        await c.gather(flaky, fine)
+
+    [result] = anyio.run(flow.run, "wf")
+    with pytest.raises(SystemExit) as exit_:
+        flow.cli(["show", result.run_id])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "1. gather of 2 branches" in out
+    assert "[0.0] sideeffect " in out
+    assert "flaky failed 1 time(s), last with ConnectionError: down; next attempt at" in out
+    assert "[0.1] sideeffect " in out
