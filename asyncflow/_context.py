@@ -343,7 +343,14 @@ class Context:
                 error = {"type": type(exc).__qualname__, "message": str(exc)}
                 if retry is not None and failed < retry.attempts and retry.retries(exc):
                     seed = f"{self.run_id}/{self._path}/{pos}"
-                    retry_at = self._exec.clock() + retry.delay(failed, seed)
+                    now = self._exec.clock()
+                    retry_at = now + retry.delay(failed, seed)
+                    # Stored with the attempt below: should this invocation die during the
+                    # wait, the run is not due before the retry time. (The earliest of the
+                    # waits under way; the run's end sets it anew.)
+                    record = self._record
+                    if record.wake_at is None or not now < record.wake_at <= retry_at:
+                        record.wake_at = retry_at
                     self._replace(
                         pos,
                         {

@@ -34,7 +34,7 @@ async def test_gather_returns_results_in_the_order_given(make_flow: MakeFlow) ->
     async def wf(c: Context) -> list[Any]:
         first = await c.gather(fetch_a, lambda b: fetch(b, "b"))
         second = await c.map(fetch, ["x", "y", "z"])
-        empty = await c.gather()
+        empty: list[None] = await c.gather()
         return [first, second, empty]
 
     [result] = await flow.run("wf")
@@ -349,8 +349,8 @@ async def test_bad_gather_arguments_are_refused(make_flow: MakeFlow) -> None:
         for call in (
             lambda: c.gather(fx, limit=0),
             lambda: c.map(fx, [], limit=True),  # type: ignore[arg-type]
-            lambda: c.gather(fx(c)),  # type: ignore[arg-type]
-            lambda: c.gather(3),  # type: ignore[arg-type]
+            lambda: c.gather(fx(c)),  # type: ignore[call-overload]
+            lambda: c.gather(3),  # type: ignore[call-overload]
         ):
             try:
                 await call()

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -321,8 +326,6 @@ async def test_a_short_remaining_wait_is_slept_on_resume(
 
 
 async def test_short_waits_sleep_for_real_without_a_mock_clock(make_flow: MakeFlow) -> None:
-    import time
-
     flow = make_flow(clock=time.time)
     calls: list[float] = []
 
@@ -391,3 +394,41 @@ def test_wake_at_is_stored_and_checked() -> None:
     damaged = record.encode().replace(b'"wake_at":123.5', b'"wake_at":"soon"')
     with pytest.raises(asyncflow.BackendError, match="wake_at"):
         RunRecord.decode(damaged, "x")
+
+
+def test_a_failed_attempt_is_stored_before_the_wait_and_survives_kill_9(tmp_path: Any) -> None:
+    script = Path(__file__).resolve().parent / "proc_retry_flow.py"
+    store, journal = tmp_path / "store", tmp_path / "journal.txt"
+
+    def argv(*extra: str) -> list[str]:
+        return [sys.executable, str(script), str(store), str(journal), "run", *extra]
+
+    def stored_attempts() -> int | None:
+        if not store.exists():
+            return None
+        runs = anyio.run(asyncflow.setup(f"file:{store}").list_runs)
+        return runs[0].steps[0].attempts if runs and runs[0].steps else None
+
+    proc = subprocess.Popen(argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while stored_attempts() != 1:  # the attempt failed and the process waits an hour
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the failed attempt was never stored"
+            time.sleep(0.01)
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+    def invoke(*extra: str) -> list[dict[str, Any]]:
+        done = subprocess.run(argv(*extra), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    assert invoke() == [], "before the retry time, the run is not due"
+    [result] = invoke("7200")
+    assert (result["status"], result["result"]) == ("succeeded", "fetched")
+    assert journal.read_text().splitlines() == ["attempt", "attempt"]
+    assert stored_attempts() == 2, "the count went on from the stored attempt"
