@@ -342,43 +342,7 @@ class Context:
                 failed += 1
                 error = {"type": type(exc).__qualname__, "message": str(exc)}
                 if retry is not None and failed < retry.attempts and retry.retries(exc):
-                    seed = f"{self.run_id}/{self._path}/{pos}"
-                    now = self._exec.clock()
-                    retry_at = now + retry.delay(failed, seed)
-                    # Stored with the attempt below: should this invocation die during the
-                    # wait, the run is not due before the retry time. (The earliest of the
-                    # waits under way; the run's end sets it anew.)
-                    record = self._record
-                    if record.wake_at is None or not now < record.wake_at <= retry_at:
-                        record.wake_at = retry_at
-                    self._replace(
-                        pos,
-                        {
-                            "kind": "sideeffect",
-                            "name": name,
-                            "attempts": failed,
-                            "last_error": error,
-                            "retry_at": retry_at,
-                        },
-                        step_text(
-                            "sideeffect",
-                            name,
-                            attempts=str(failed),
-                            last_error=dumps(error, ""),
-                            retry_at=dumps(retry_at, "the retry time"),
-                        ),
-                    )
-                    logger.info(
-                        "%s %s: side effect %r failed (attempt %d of %d), retried at %.3f: %s: %s",
-                        self.workflow,
-                        self.run_id,
-                        name,
-                        failed,
-                        retry.attempts,
-                        retry_at,
-                        error["type"],
-                        error["message"],
-                    )
+                    retry_at = self._schedule_retry(name, pos, retry, failed, error)
                     # Stored before the wait: a crash meanwhile must not forget the attempt.
                     await self._checkpoint()
                     continue
@@ -392,6 +356,42 @@ class Context:
                 ) from exc
             else:
                 return self._record_value(name, pos, value, None if retry is None else failed + 1)
+
+    def _schedule_retry(
+        self, name: str, pos: int, retry: Retry, failed: int, error: dict[str, str]
+    ) -> float:
+        """Record the ``failed``-th failed attempt of the side effect at ``pos``; return when
+        the next attempt is due."""
+        now = self._exec.clock()
+        retry_at = now + retry.delay(failed, f"{self.run_id}/{self._path}/{pos}")
+        # Stored with the attempt: should this invocation die during the wait, the run is not
+        # due before the retry time. (The earliest of the waits under way; the run's end sets
+        # it anew.)
+        record = self._record
+        if record.wake_at is None or not now < record.wake_at <= retry_at:
+            record.wake_at = retry_at
+        step = {"kind": "sideeffect", "name": name, "attempts": failed}
+        step.update(last_error=error, retry_at=retry_at)
+        text = step_text(
+            "sideeffect",
+            name,
+            attempts=str(failed),
+            last_error=dumps(error, ""),
+            retry_at=dumps(retry_at, "the retry time"),
+        )
+        self._replace(pos, step, text)
+        logger.info(
+            "%s %s: side effect %r failed (attempt %d of %d), next attempt at %.3f: %s: %s",
+            self.workflow,
+            self.run_id,
+            name,
+            failed,
+            retry.attempts,
+            retry_at,
+            error["type"],
+            error["message"],
+        )
+        return retry_at
 
     def _record_value(self, name: str, pos: int, value: Any, attempts: int | None) -> Any:
         """Record what the side effect at ``pos`` returned; return it as replays will."""
