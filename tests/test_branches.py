@@ -450,3 +450,93 @@ def test_show_tags_branch_steps_and_says_when_a_retry_is_due(
     assert "[0.0] sideeffect " in out
     assert "flaky failed 1 time(s), last with ConnectionError: down; next attempt at" in out
     assert "[0.1] sideeffect " in out
+
+
+async def test_a_pause_wins_over_a_failure_until_the_branches_settle(make_flow: MakeFlow) -> None:
+    flow = make_flow()
+    outcomes: list[str] = []
+
+    @flow.sideeffect()
+    async def broken(c: Context) -> None:
+        raise ValueError("broken")
+
+    async def pausing(b: Context) -> str:
+        await b.pause_once()
+        return "resumed"
+
+    @flow.workflow()
+    async def wf(c: Context) -> None:
+        try:
+            await c.gather(broken, pausing)
+        except asyncflow.SideEffectError as exc:
+            outcomes.append(exc.message)
+
+    [result] = await flow.run("wf")
+    assert result.status == "paused"
+    assert outcomes == [], "the failure waits for the paused branch"
+    [result] = await flow.run()
+    assert result.status == "succeeded"
+    assert outcomes == ["broken"]
+
+
+async def test_a_branch_outcome_is_stored_before_a_sibling_starts_its_next_side_effect(
+    make_flow: MakeFlow,
+) -> None:
+    flow = make_flow()
+    stored: list[list[Any]] = []
+
+    @flow.sideeffect()
+    async def first(c: Context) -> str:
+        return "first done"
+
+    @flow.sideeffect()
+    async def second(c: Context) -> None:
+        run = await flow.get_run(c.run_id)  # what a crash now would leave
+        stored.append([s.value for s in run.steps if s.kind == "sideeffect" and s.done])
+
+    @flow.workflow()
+    async def wf(c: Context) -> None:
+        first_done = anyio.Event()
+
+        async def a(b: Context) -> None:
+            await first(b)
+            first_done.set()
+
+        async def b(x: Context) -> None:
+            await first_done.wait()
+            await second(x)
+
+        await c.gather(a, b)
+
+    async with flow:
+        [result] = await flow.run("wf")
+    assert result.status == "succeeded"
+    assert stored == [["first done"]]
+
+
+async def test_a_branch_that_stops_short_of_its_recorded_steps_is_detected(
+    make_flow: MakeFlow,
+) -> None:
+    steps = [2]
+
+    def define(flow: asyncflow.Flow) -> None:
+        @flow.workflow()
+        async def wf(c: Context) -> None:
+            async def branch(b: Context) -> None:
+                for i in range(steps[0]):
+                    await b.log(f"line {i}")
+                if steps[0]:
+                    await b.pause_once()
+
+            await c.gather(branch)
+
+    flow = make_flow()
+    define(flow)
+    await flow.run("wf")
+    steps[0] = 0
+    flow = make_flow()
+    define(flow)
+    [result] = await flow.run()
+    assert result.error is not None
+    assert result.error.startswith("NonDeterminismError:")
+    assert "the branch returned at step 1 of branch 0.0, where log() and 2 more" in result.error
