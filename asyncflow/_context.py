@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
-import anyio
-
 from ._exceptions import AsyncflowError, NonDeterminismError, SideEffectError, UsageError
-from ._record import dumps, name_json, step_text
+from ._journal import Journal, with_branch
+from ._record import dumps, step_text
+from ._retry import Retry, attempt, schedule, wait_until
 
 if TYPE_CHECKING:
     from ._engine import Execution
-    from ._retry import Retry
 
 __all__ = ["Context", "Suspend"]
 
@@ -33,56 +31,6 @@ class Suspend(BaseException):
     """
 
 
-class _Run:
-    """What the contexts of one run share: its execution, the journal indexed by branch, a
-    fatal error, and when the run asked to be resumed."""
-
-    __slots__ = ("current_task", "due_now", "exec", "fatal", "index", "lock", "record", "wake_at")
-
-    def __init__(self, execution: Execution) -> None:
-        self.exec = execution
-        self.record = execution.record
-        self.fatal: AsyncflowError | None = None
-        # Every context (the workflow's, each branch's, each retried attempt's) replays its own
-        # steps: the indices of the journal steps recorded with its branch path. One pass here
-        # keeps replay linear however branches interleaved when they were recorded.
-        steps = self.record.steps
-        record = self.record
-        if record.step_json or '"branch":' in record.loaded_json:
-            self.index: dict[str, list[int]] = {"": []}
-            for i, step in enumerate(steps):
-                self.index.setdefault(step.get("branch", ""), []).append(i)
-        else:
-            # The text of a branch's step holds this key; without it (the common case), every
-            # step is the workflow's own. (A value may hold it too: then the loop above.)
-            self.index = {"": list(range(len(steps)))}
-        self.current_task = _current_task_getter()
-        self.wake_at: float | None = None  # earliest time a suspended context asked for
-        self.due_now = False  # a context suspended until the next invocation
-        self.lock: anyio.Lock | None = None
-
-    def resume_at(self) -> float | None:
-        """When the suspended run is due again (``None``: at the next invocation)."""
-        return None if self.due_now else self.wake_at
-
-    async def checkpoint(self) -> None:
-        """Store the record if steps were recorded since it was last stored.
-
-        Branches checkpoint concurrently: one write at a time, each carrying the version the
-        last one returned. Shielded: a timeout cancelling a side effect mid-write must not
-        lose the version of a write that happened.
-        """
-        execution = self.exec
-        if not execution.dirty:
-            return
-        if self.lock is None:
-            self.lock = anyio.Lock()
-        with anyio.CancelScope(shield=True):
-            async with self.lock:
-                if execution.dirty:
-                    await execution.save()
-
-
 class Context:
     """What a workflow (and each side effect and branch) receives as its first argument.
 
@@ -98,11 +46,11 @@ class Context:
     __slots__ = (
         "_current_task",
         "_exec",
+        "_journal",
         "_own",
         "_path",
         "_pos",
         "_record",
-        "_run",
         "_suspended",
         "_task",
         "args",
@@ -111,20 +59,20 @@ class Context:
     )
 
     def __init__(self, execution: Execution) -> None:
-        self._setup(_Run(execution), "")
+        self._setup(Journal(execution), "")
 
-    def _setup(self, run: _Run, path: str) -> None:
-        self._run = run
-        self._exec = run.exec
-        self._record = run.record
+    def _setup(self, journal: Journal, path: str) -> None:
+        self._journal = journal
+        self._exec = journal.exec
+        self._record = journal.record
         self._path = path  # "" for the workflow; see _child
-        self._own = run.index.setdefault(path, [])  # journal indices of this context's steps
+        self._own = journal.index.setdefault(path, [])  # journal indices of this context's steps
         self._pos = 0  # index in _own of the next step to replay
         self._suspended = False
         # Steps are identified by their position in their context, so they must come one at a
         # time from the task that runs the context (side effects nest by being awaited, in
         # that same task; concurrency needs a context per branch: gather, map).
-        self._current_task = run.current_task
+        self._current_task = journal.current_task
         self._task = self._current_task()
         self.run_id = self._record.run_id
         self.workflow = self._record.workflow
@@ -137,7 +85,7 @@ class Context:
         the same on every replay, whatever order concurrent branches ran in.
         """
         child = Context.__new__(Context)
-        child._setup(self._run, f"{self._path}/{label}" if self._path else label)
+        child._setup(self._journal, f"{self._path}/{label}" if self._path else label)
         return child
 
     def __repr__(self) -> str:
@@ -147,11 +95,11 @@ class Context:
     @property
     def _fatal(self) -> AsyncflowError | None:
         """An error that stops the whole run (shared by all its contexts)."""
-        return self._run.fatal
+        return self._journal.fatal
 
     @_fatal.setter
     def _fatal(self, error: AsyncflowError | None) -> None:
-        self._run.fatal = error
+        self._journal.fatal = error
 
     # -- the primitives -----------------------------------------------------------------------
 
@@ -325,13 +273,13 @@ class Context:
             pos = self._pos - 1
         while True:
             if retry_at is not None:
-                await self._wait_to_retry(retry, retry_at)
+                await wait_until(self, retry, retry_at)
             # A retried side effect runs each attempt in a journal of its own: the next attempt
             # must not replay the steps of one that failed.
             ctx = self if retry is None else self._child(f"{pos}#{failed + 1}")
             try:
                 try:
-                    value = await _attempt(name, fn, ctx, args, kwargs, time_limit)
+                    value = await attempt(name, fn, ctx, args, kwargs, time_limit)
                 finally:
                     if ctx._suspended:
                         self._suspended = True
@@ -342,7 +290,7 @@ class Context:
                 failed += 1
                 error = {"type": type(exc).__qualname__, "message": str(exc)}
                 if retry is not None and failed < retry.attempts and retry.retries(exc):
-                    retry_at = self._schedule_retry(name, pos, retry, failed, error)
+                    retry_at = schedule(self, name, pos, retry, failed, error)
                     # Stored before the wait: a crash meanwhile must not forget the attempt.
                     await self._checkpoint()
                     continue
@@ -356,42 +304,6 @@ class Context:
                 ) from exc
             else:
                 return self._record_value(name, pos, value, None if retry is None else failed + 1)
-
-    def _schedule_retry(
-        self, name: str, pos: int, retry: Retry, failed: int, error: dict[str, str]
-    ) -> float:
-        """Record the ``failed``-th failed attempt of the side effect at ``pos``; return when
-        the next attempt is due."""
-        now = self._exec.clock()
-        retry_at = now + retry.delay(failed, f"{self.run_id}/{self._path}/{pos}")
-        # Stored with the attempt: should this invocation die during the wait, the run is not
-        # due before the retry time. (The earliest of the waits under way; the run's end sets
-        # it anew.)
-        record = self._record
-        if record.wake_at is None or not now < record.wake_at <= retry_at:
-            record.wake_at = retry_at
-        step = {"kind": "sideeffect", "name": name, "attempts": failed}
-        step.update(last_error=error, retry_at=retry_at)
-        text = step_text(
-            "sideeffect",
-            name,
-            attempts=str(failed),
-            last_error=dumps(error, ""),
-            retry_at=dumps(retry_at, "the retry time"),
-        )
-        self._replace(pos, step, text)
-        logger.info(
-            "%s %s: side effect %r failed (attempt %d of %d), next attempt at %.3f: %s: %s",
-            self.workflow,
-            self.run_id,
-            name,
-            failed,
-            retry.attempts,
-            retry_at,
-            error["type"],
-            error["message"],
-        )
-        return retry_at
 
     def _record_value(self, name: str, pos: int, value: Any, attempts: int | None) -> Any:
         """Record what the side effect at ``pos`` returned; return it as replays will."""
@@ -409,25 +321,9 @@ class Context:
         self._replace(pos, outcome, _outcome_text(outcome, value_json))
         return value
 
-    async def _wait_to_retry(self, retry: Retry | None, retry_at: float) -> None:
-        """Wait until ``retry_at``: in the invocation if the wait is short, else suspend the
-        run until then (a replay before then comes back here and suspends again)."""
-        clock = self._exec.clock
-        remaining = retry_at - clock()
-        if remaining <= 0:
-            return
-        # Without a policy now (the code changed), retry without waiting any longer.
-        if retry is None:
-            return
-        if remaining > retry.durable_after:
-            self._suspend(retry_at)
-        from ._retry import pause_for
-
-        await pause_for(clock, remaining)
-
     async def _checkpoint(self) -> None:
         try:
-            await self._run.checkpoint()
+            await self._journal.checkpoint()
         except AsyncflowError as exc:
             self._fatal = exc  # not the workflow's to handle: the run cannot go on
             raise
@@ -435,7 +331,7 @@ class Context:
     # -- journal -----------------------------------------------------------------------------
 
     def _check_live(self) -> None:
-        fatal = self._run.fatal
+        fatal = self._journal.fatal
         if fatal is not None:
             raise fatal
         if self._suspended:
@@ -444,18 +340,18 @@ class Context:
     def _suspend(self, until: float | None) -> NoReturn:
         """Suspend this context (and, once it unwinds, the run) until ``until`` (seconds since
         the epoch; ``None``: the next invocation)."""
-        run = self._run
+        journal = self._journal
         if until is None:
-            run.due_now = True
-        elif run.wake_at is None or until < run.wake_at:
-            run.wake_at = until
+            journal.due_now = True
+        elif journal.wake_at is None or until < journal.wake_at:
+            journal.wake_at = until
         self._suspended = True
         raise Suspend
 
     def _replay(self, kind: str, name: str | None) -> dict[str, Any] | None:
         """Return the recorded step at the current position (and move past it), or ``None``
         when the run reaches this point for the first time."""
-        if self._suspended or self._run.fatal is not None:
+        if self._suspended or self._journal.fatal is not None:
             self._check_live()
         if self._current_task() is not self._task:
             self._fatal = UsageError(
@@ -486,7 +382,7 @@ class Context:
         run's journal."""
         if self._path:
             step["branch"] = self._path
-            text = _with_branch(text, self._path)
+            text = with_branch(text, self._path)
         index = self._record.append(step, text)
         self._own.append(index)
         self._pos = len(self._own)
@@ -497,7 +393,7 @@ class Context:
         """Replace the step at ``pos`` in this context's journal (a side effect's outcome)."""
         if self._path:
             step["branch"] = self._path
-            text = _with_branch(text, self._path)
+            text = with_branch(text, self._path)
         self._record.replace(self._own[pos], step, text)
         self._exec.dirty = True
 
@@ -521,23 +417,6 @@ class Context:
             raise self._fatal
 
 
-async def _attempt(
-    name: str,
-    fn: Callable[..., Awaitable[Any]],
-    ctx: Context,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    time_limit: float | None,
-) -> Any:
-    """One attempt of a side effect's body, failed with TimeoutError past ``time_limit``."""
-    if time_limit is None:
-        return await fn(ctx, *args, **kwargs)
-    with anyio.move_on_after(time_limit) as scope:
-        return await fn(ctx, *args, **kwargs)
-    assert scope.cancelled_caught
-    raise TimeoutError(f"side effect {name!r} did not finish within {time_limit:g} s")
-
-
 def _outcome_text(step: dict[str, Any], value_json: str | None = None) -> str:
     fields = {"span": str(step["span"])}
     if "error" in step:
@@ -547,22 +426,6 @@ def _outcome_text(step: dict[str, Any], value_json: str | None = None) -> str:
     if value_json is not None:
         fields["value"] = value_json
     return step_text("sideeffect", step["name"], **fields)
-
-
-def _with_branch(text: str, path: str) -> str:
-    return f'{text[:-1]},"branch":{name_json(path)}}}'
-
-
-def _current_task_getter() -> Callable[[], object]:
-    """The cheapest way to ask "which task is this?" under the running async library."""
-    # Imported lazily: the running library is loaded already, and a trio user (or a plain
-    # `import asyncflow` on a cold start) should not pay for importing asyncio.
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
-        return trio.lowlevel.current_task  # type: ignore[no-any-return]
-    import asyncio
-
-    return asyncio.current_task
 
 
 def _describe(kind: str, name: str | None) -> str:

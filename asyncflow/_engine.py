@@ -114,7 +114,7 @@ class Execution:
         else:
             if ctx._suspended:
                 record.status = "paused"  # it caught the Suspend and returned: still paused
-        record.wake_at = ctx._run.resume_at() if record.status == "paused" else None
+        record.wake_at = ctx._journal.resume_at() if record.status == "paused" else None
         try:
             data = await self.save()
             if record.status in FINISHED:
