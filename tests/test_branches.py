@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -540,3 +541,60 @@ async def test_a_branch_that_stops_short_of_its_recorded_steps_is_detected(
     assert result.error is not None
     assert result.error.startswith("NonDeterminismError:")
     assert "the branch returned at step 1 of branch 0.0, where log() and 2 more" in result.error
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_interleavings_that_change_every_invocation_replay_the_same(
+    make_flow: MakeFlow, seed: int
+) -> None:
+    """Five branches with nested maps and pauses; each invocation lets the branches' tasks
+    take turns in another order (a different number of scheduler turns before each step).
+    Whatever the interleaving, every side effect executes once and the result is the same."""
+    executed: Counter[str] = Counter()
+    turns = random.Random(seed)
+
+    def define(flow: asyncflow.Flow) -> None:
+        @flow.sideeffect()
+        async def work(c: Context, label: str) -> str:
+            for _ in range(turns.randrange(4)):
+                await anyio.lowlevel.checkpoint()
+            executed[label] += 1
+            return label
+
+        async def leaf(c: Context, label: str) -> str:
+            for _ in range(turns.randrange(4)):
+                await anyio.lowlevel.checkpoint()
+            return await work(c, label)
+
+        async def branch(c: Context, i: int) -> list[Any]:
+            got: list[Any] = []
+            for j in range(3):
+                for _ in range(turns.randrange(4)):
+                    await anyio.lowlevel.checkpoint()
+                got.append(await work(c, f"{i}.{j}"))
+                if (i + j) % 2:
+                    await c.pause_once()
+            got.append(await c.map(leaf, [f"{i}.leaf{k}" for k in range(i % 3)]))
+            return got
+
+        @flow.workflow()
+        async def wf(c: Context) -> list[Any]:
+            return await c.map(branch, range(5), limit=3 if seed == 2 else None)
+
+    statuses = []
+    flow = make_flow()
+    define(flow)
+    [result] = await flow.run("wf")
+    while result.status == "paused":
+        statuses.append(result.status)
+        assert len(statuses) < 10
+        flow = make_flow()
+        define(flow)
+        [result] = await flow.run()
+    assert result.status == "succeeded", result.error
+    expected = [
+        [f"{i}.0", f"{i}.1", f"{i}.2", [f"{i}.leaf{k}" for k in range(i % 3)]] for i in range(5)
+    ]
+    assert result.result == expected
+    assert set(executed.values()) == {1}
+    assert len(executed) == 5 * 3 + sum(i % 3 for i in range(5))
