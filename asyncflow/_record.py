@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 from typing import Any
@@ -202,7 +203,9 @@ class RunRecord:
             record.error = raw.get("error")
             wake_at = raw.get("wake_at")
             if wake_at is not None and (
-                isinstance(wake_at, bool) or not isinstance(wake_at, int | float)
+                isinstance(wake_at, bool)
+                or not isinstance(wake_at, int | float)
+                or not math.isfinite(wake_at)
             ):
                 raise TypeError("field 'wake_at' has the wrong type")
             record.wake_at = None if wake_at is None else float(wake_at)

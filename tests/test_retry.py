@@ -391,9 +391,10 @@ def test_wake_at_is_stored_and_checked() -> None:
     assert RunRecord.decode(record.encode(), "x").wake_at is None
     record.wake_at = 123.5
     assert RunRecord.decode(record.encode(), "x").wake_at == 123.5
-    damaged = record.encode().replace(b'"wake_at":123.5', b'"wake_at":"soon"')
-    with pytest.raises(asyncflow.BackendError, match="wake_at"):
-        RunRecord.decode(damaged, "x")
+    for bad in (b'"soon"', b"NaN", b"true"):
+        damaged = record.encode().replace(b'"wake_at":123.5', b'"wake_at":' + bad)
+        with pytest.raises(asyncflow.BackendError, match="wake_at"):
+            RunRecord.decode(damaged, "x")
 
 
 def test_a_failed_attempt_is_stored_before_the_wait_and_survives_kill_9(tmp_path: Any) -> None:
