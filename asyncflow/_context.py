@@ -323,7 +323,7 @@ class Context:
 
     async def _checkpoint(self) -> None:
         try:
-            await self._journal.checkpoint()
+            await self._exec.checkpoint_if_dirty()
         except AsyncflowError as exc:
             self._fatal = exc  # not the workflow's to handle: the run cannot go on
             raise

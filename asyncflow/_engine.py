@@ -41,7 +41,7 @@ class Workflow:
 class Execution:
     """One run being advanced: its record, the version stored, and its checkpoints."""
 
-    __slots__ = ("backend", "clock", "dirty", "key", "record", "version")
+    __slots__ = ("backend", "clock", "dirty", "key", "lock", "record", "version")
 
     def __init__(
         self, backend: Backend, clock: Callable[[], float], record: RunRecord, version: str | None
@@ -52,6 +52,7 @@ class Execution:
         self.key: Key = (ACTIVE, record.run_id)
         self.version = version  # None: not stored yet
         self.dirty = False  # steps recorded since the last checkpoint
+        self.lock: anyio.Lock | None = None  # made when first needed
 
     async def save(self) -> bytes:
         """Store the record (compare-and-swap on the version read); return what was written."""
@@ -65,8 +66,20 @@ class Execution:
         return data
 
     async def checkpoint_if_dirty(self) -> None:
-        if self.dirty:
-            await self.save()
+        """Store the record if steps were recorded since it was last stored.
+
+        Branches of a run checkpoint concurrently: one write at a time, each carrying the
+        version the last one returned. Shielded: a timeout cancelling a side effect mid-write
+        must not lose the version of a write that happened.
+        """
+        if not self.dirty:
+            return
+        if self.lock is None:
+            self.lock = anyio.Lock()
+        with anyio.CancelScope(shield=True):
+            async with self.lock:
+                if self.dirty:
+                    await self.save()
 
     async def read_state(self, name: str, default: Any) -> str:
         """Return the JSON text of state ``name``, or of ``default`` if it is not set."""

@@ -7,8 +7,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import anyio
-
 from ._record import name_json
 
 if TYPE_CHECKING:
@@ -20,9 +18,9 @@ __all__ = ["Journal", "with_branch"]
 
 class Journal:
     """What the contexts of one run share: its execution, its steps indexed by branch path, a
-    fatal error, when the run asked to be resumed, and the lock of its checkpoints."""
+    fatal error, and when the run asked to be resumed."""
 
-    __slots__ = ("current_task", "due_now", "exec", "fatal", "index", "lock", "record", "wake_at")
+    __slots__ = ("current_task", "due_now", "exec", "fatal", "index", "record", "wake_at")
 
     def __init__(self, execution: Execution) -> None:
         self.exec = execution
@@ -44,28 +42,10 @@ class Journal:
         self.current_task = current_task_getter()
         self.wake_at: float | None = None  # earliest time a suspended context asked for
         self.due_now = False  # a context suspended until the next invocation
-        self.lock: anyio.Lock | None = None
 
     def resume_at(self) -> float | None:
         """When the suspended run is due again (``None``: at the next invocation)."""
         return None if self.due_now else self.wake_at
-
-    async def checkpoint(self) -> None:
-        """Store the record if steps were recorded since it was last stored.
-
-        Branches checkpoint concurrently: one write at a time, each carrying the version the
-        last one returned. Shielded: a timeout cancelling a side effect mid-write must not
-        lose the version of a write that happened.
-        """
-        execution = self.exec
-        if not execution.dirty:
-            return
-        if self.lock is None:
-            self.lock = anyio.Lock()
-        with anyio.CancelScope(shield=True):
-            async with self.lock:
-                if execution.dirty:
-                    await execution.save()
 
 
 def with_branch(text: str, path: str) -> str:
