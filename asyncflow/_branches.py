@@ -88,9 +88,13 @@ async def gather(
 
     # Siblings of a failing branch are not cancelled: each branch settles on its own, so its
     # journal holds all it did and a replay reproduces every branch the same way.
-    async with anyio.create_task_group() as tg:
-        for _ in range(n if limit is None else min(limit, n)):
-            tg.start_soon(worker)
+    ctx._journal.gathers += 1
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(n if limit is None else min(limit, n)):
+                tg.start_soon(worker)
+    finally:
+        ctx._journal.gathers -= 1
     fatal = ctx._fatal
     if fatal is not None:
         raise fatal

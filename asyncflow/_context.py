@@ -299,11 +299,24 @@ class Context:
                 if retry is not None:
                     outcome["attempts"] = failed
                 self._replace(pos, outcome, _outcome_text(outcome))
+                await self._store_outcome()
                 raise SideEffectError(
                     name, error["type"], error["message"], attempts=failed or 1
                 ) from exc
             else:
-                return self._record_value(name, pos, value, None if retry is None else failed + 1)
+                value = self._record_value(name, pos, value, None if retry is None else failed + 1)
+                await self._store_outcome()
+                return value
+
+    async def _store_outcome(self) -> None:
+        """Store a side effect's outcome now if branches are running.
+
+        Alone, a run stores an outcome when its next side effect starts (or the run stops), so
+        a crash re-executes only the side effect in flight. With branches, "next" may be far
+        off (a sibling in a long call): stored now, or a crash would execute it again.
+        """
+        if self._journal.gathers:
+            await self._checkpoint()
 
     def _record_value(self, name: str, pos: int, value: Any, attempts: int | None) -> Any:
         """Record what the side effect at ``pos`` returned; return it as replays will."""

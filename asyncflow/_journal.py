@@ -20,7 +20,16 @@ class Journal:
     """What the contexts of one run share: its execution, its steps indexed by branch path, a
     fatal error, and when the run asked to be resumed."""
 
-    __slots__ = ("current_task", "due_now", "exec", "fatal", "index", "record", "wake_at")
+    __slots__ = (
+        "current_task",
+        "due_now",
+        "exec",
+        "fatal",
+        "gathers",
+        "index",
+        "record",
+        "wake_at",
+    )
 
     def __init__(self, execution: Execution) -> None:
         self.exec = execution
@@ -42,6 +51,7 @@ class Journal:
         self.current_task = current_task_getter()
         self.wake_at: float | None = None  # earliest time a suspended context asked for
         self.due_now = False  # a context suspended until the next invocation
+        self.gathers = 0  # gathers under way: branches are running concurrently
 
     def resume_at(self) -> float | None:
         """When the suspended run is due again (``None``: at the next invocation)."""

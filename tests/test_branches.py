@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -598,3 +603,43 @@ async def test_interleavings_that_change_every_invocation_replay_the_same(
     assert result.result == expected
     assert set(executed.values()) == {1}
     assert len(executed) == 5 * 3 + sum(i % 3 for i in range(5))
+
+
+def test_kill_9_mid_gather_re_executes_only_the_side_effect_in_flight(tmp_path: Path) -> None:
+    """Branches 0-2 finish while branch 3 is in a long call; the process dies. Their outcomes
+    were stored as they finished, so the next invocation executes only branch 3 again."""
+    script = Path(__file__).resolve().parent / "proc_crash_flow.py"
+    store, journal = tmp_path / "store", tmp_path / "journal.txt"
+    argv = [sys.executable, str(script), str(store), str(journal), "fan"]
+
+    def stored_done() -> int:
+        if not store.exists():
+            return 0
+        runs = anyio.run(asyncflow.setup(f"file:{store}").list_runs)
+        return sum(s.kind == "sideeffect" and s.done for r in runs for s in r.steps)
+
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while stored_done() < 3:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the finished branches were never stored"
+            time.sleep(0.01)
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    assert sorted(journal.read_text().splitlines()) == ["step0", "step1", "step2", "step3"]
+
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    [result] = json.loads(done.stdout)
+    assert (result["status"], result["result"]) == ("succeeded", [0, 1, 4, 9])
+    assert sorted(journal.read_text().splitlines()) == [
+        "step0",
+        "step1",
+        "step2",
+        "step3",
+        "step3",
+    ], "only the side effect in flight ran again"
