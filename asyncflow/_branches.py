@@ -45,6 +45,7 @@ async def gather(
     for branch in branches:
         if inspect.iscoroutine(branch):
             branch.close()  # never to run: close it rather than leave a "never awaited" warning
+    for branch in branches:
         if not callable(branch):
             raise UsageError(
                 f"a branch of gather() must be an async callable taking a Context, not"

@@ -355,7 +355,7 @@ async def test_bad_gather_arguments_are_refused(make_flow: MakeFlow) -> None:
         for call in (
             lambda: c.gather(fx, limit=0),
             lambda: c.map(fx, [], limit=True),  # type: ignore[arg-type]
-            lambda: c.gather(fx(c)),  # type: ignore[call-overload]
+            lambda: c.gather(fx(c), fx(c)),  # type: ignore[call-overload]
             lambda: c.gather(3),  # type: ignore[call-overload]
         ):
             try:
