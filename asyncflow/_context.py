@@ -269,7 +269,12 @@ class Context:
         else:
             # The previous side effect's outcome must be stored before this one starts.
             await self._checkpoint()
+            dirty = self._exec.dirty
             self._append({"kind": "sideeffect", "name": name}, step_text("sideeffect", name))
+            # Its start alone need not be stored: should the run crash before its outcome is,
+            # the replay executes it again either way. (Branches starting together would
+            # otherwise write the record once each.)
+            self._exec.dirty = dirty
             pos = self._pos - 1
         while True:
             if retry_at is not None:

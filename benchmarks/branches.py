@@ -1,6 +1,6 @@
 """Branches: one run mapping a side effect with I/O over N items, with ``c.map``.
 
-What it measures, on the ``memory:`` backend (storage out of the figure):
+What it measures, on the ``memory:`` backend by default (storage out of the figure):
 
 - ``first_s``: the invocation that executes the N side effects, each waiting ``--io`` seconds
   (a stand-in for a call to a service), concurrently; ``limit`` bounds how many at once.
@@ -8,12 +8,13 @@ What it measures, on the ``memory:`` backend (storage out of the figure):
 - ``times_s``: invocations replaying the N branches (nothing executes again), which should cost
   about what replaying N plain side effects does (see replay.py).
 
-    python benchmarks/branches.py --items 1000 --io 0.05 --reps 5
+    python benchmarks/branches.py --items 1000 --io 0.05 --reps 5 [--backend file:/tmp/b]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from typing import Any
 
@@ -25,8 +26,8 @@ import asyncflow
 calls = 0
 
 
-def make_flow(io_s: float, limit: int | None) -> Any:
-    flow = asyncflow.setup("memory:")
+def make_flow(url: str, io_s: float, limit: int | None) -> Any:
+    flow = asyncflow.setup(url)
 
     @flow.sideeffect()
     async def fetch(c: asyncflow.Context, i: int) -> int:
@@ -45,10 +46,12 @@ def make_flow(io_s: float, limit: int | None) -> Any:
     return flow
 
 
-async def measure(items: int, io_s: float, limit: int | None, reps: int) -> dict[str, Any]:
+async def measure(
+    url: str, items: int, io_s: float, limit: int | None, reps: int
+) -> dict[str, Any]:
     global calls
     problems: list[str] = []
-    flow = make_flow(io_s, limit)
+    flow = make_flow(url, io_s, limit)
     await flow.start("fan", {"n": items})
     t0 = time.perf_counter()
     results = await flow.run()
@@ -85,9 +88,13 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--loop", choices=["asyncio", "trio"], default="asyncio")
+    p.add_argument("--backend", default="memory:", help="e.g. file:/tmp/folder (made empty)")
     a = p.parse_args()
-    result = anyio.run(measure, a.items, a.io, a.limit, a.reps, backend=a.loop)
+    if a.backend.startswith("file:"):
+        shutil.rmtree(a.backend[5:], ignore_errors=True)
+    result = anyio.run(measure, a.backend, a.items, a.io, a.limit, a.reps, backend=a.loop)
     result["loop"] = a.loop
+    result["backend"] = a.backend
     emit(result)
 
 
