@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -90,7 +89,10 @@ class Retry:
         except OverflowError:  # many attempts with a steep backoff: long past max_delay
             base = self.max_delay
         # Seeded with text, random.Random hashes it with SHA-512: the same draw in every
-        # process, whatever PYTHONHASHSEED says.
+        # process, whatever PYTHONHASHSEED says. (Imported here: only failures need it, and
+        # `import asyncflow` should not pay for it.)
+        import random
+
         return base * (1 - self.jitter * random.Random(f"{seed}#{failed}").random())
 
 
