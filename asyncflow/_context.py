@@ -451,4 +451,4 @@ def _describe(kind: str, name: str | None) -> str:
         return f"side effect {name!r}"
     if kind in ("get_state", "set_state"):
         return f"{kind}({name!r})"
-    return {"log": "log()", "pause": "pause_once()"}.get(kind, kind)
+    return {"log": "log()", "pause": "pause_once()", "gather": "gather()"}.get(kind, kind)
