@@ -54,6 +54,7 @@ def examples(session: nox.Session) -> None:
             ["run"],
         ],
         "cli.py": [["run", "hello"], ["runs"]],
+        "compare_prices.py": [["run", "値段比較", '{"item_name": "レモン"}'], ["run"]],
     }
     for script, invocations in runs.items():
         with tempfile.TemporaryDirectory() as folder:

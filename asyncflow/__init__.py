@@ -27,6 +27,7 @@ from ._results import Run as Run
 from ._results import RunResult as RunResult
 from ._results import RunStatus as RunStatus
 from ._results import Step as Step
+from ._retry import Retry as Retry
 
 if TYPE_CHECKING:
     from ._backends._file import FileBackend as FileBackend
@@ -47,6 +48,7 @@ __all__ = [
     "Key",
     "MemoryBackend",
     "NonDeterminismError",
+    "Retry",
     "Run",
     "RunNotFoundError",
     "RunResult",

@@ -165,18 +165,31 @@ def format_summary(results: Sequence[RunResult]) -> str:
 
 
 def _describe(step: Step) -> str:
+    # A branch's steps are listed where they were recorded, tagged with the branch's path.
+    return f"[{step.branch}] {_what(step)}" if step.branch else _what(step)
+
+
+def _what(step: Step) -> str:
     if step.kind == "log":
         return f"log {_compact(step.value)}"
     if step.kind == "pause":
         return "pause_once"
+    if step.kind == "gather":
+        return f"gather of {step.value} branches"
     text = f"{step.kind} {step.name}"
+    if step.retry_at is not None and not step.done:
+        return (
+            f"{text} failed {step.attempts} time(s), last with {step.error};"
+            f" next attempt at {_time(step.retry_at)}"
+        )
+    tried = f" (attempt {step.attempts})" if step.attempts and step.attempts > 1 else ""
     if step.error is not None:
-        return f"{text} raised {step.error}"
+        return f"{text} raised {step.error}{tried}"
     if not step.done:
         return f"{text} (started, not finished)"
     if step.kind == "set_state":
         return f"{text} = {_compact(step.value)}"
-    return f"{text} -> {_compact(step.value)}"
+    return f"{text} -> {_compact(step.value)}{tried}"
 
 
 def _run_dict(run: Run, *, steps: bool) -> dict[str, Any]:

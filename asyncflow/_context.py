@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
 from ._exceptions import AsyncflowError, NonDeterminismError, SideEffectError, UsageError
+from ._journal import Journal, with_branch
 from ._record import dumps, step_text
+from ._retry import Retry, attempt, schedule, wait_until
 
 if TYPE_CHECKING:
     from ._engine import Execution
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 __all__ = ["Context", "Suspend"]
 
 logger = logging.getLogger("asyncflow")
+
+T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741
 
 
 class Suspend(BaseException):
@@ -28,7 +32,7 @@ class Suspend(BaseException):
 
 
 class Context:
-    """What a workflow (and each side effect) receives as its first argument.
+    """What a workflow (and each side effect and branch) receives as its first argument.
 
     Every awaitable on it is replay-safe: the first time a run reaches it, it does its work and
     records the outcome; when the run is replayed, it returns the recorded outcome instead.
@@ -42,7 +46,9 @@ class Context:
     __slots__ = (
         "_current_task",
         "_exec",
-        "_fatal",
+        "_journal",
+        "_own",
+        "_path",
         "_pos",
         "_record",
         "_suspended",
@@ -53,21 +59,47 @@ class Context:
     )
 
     def __init__(self, execution: Execution) -> None:
-        self._exec = execution
-        self._record = execution.record
-        self._pos = 0  # index of the next journal step to replay
+        self._setup(Journal(execution), "")
+
+    def _setup(self, journal: Journal, path: str) -> None:
+        self._journal = journal
+        self._exec = journal.exec
+        self._record = journal.record
+        self._path = path  # "" for the workflow; see _child
+        self._own = journal.index.setdefault(path, [])  # journal indices of this context's steps
+        self._pos = 0  # index in _own of the next step to replay
         self._suspended = False
-        self._fatal: AsyncflowError | None = None
-        # Steps are identified by their position, so they must come one at a time from the
-        # task running the workflow (side effects nest by being awaited, in that same task).
-        self._current_task = _current_task_getter()
+        # Steps are identified by their position in their context, so they must come one at a
+        # time from the task that runs the context (side effects nest by being awaited, in
+        # that same task; concurrency needs a context per branch: gather, map).
+        self._current_task = journal.current_task
         self._task = self._current_task()
         self.run_id = self._record.run_id
         self.workflow = self._record.workflow
         self.args = self._record.args
 
+    def _child(self, label: str) -> Context:
+        """A context with a journal of its own, for a branch or a retried attempt.
+
+        Its path names where it was made (``label`` holds the parent's step position), so it is
+        the same on every replay, whatever order concurrent branches ran in.
+        """
+        child = Context.__new__(Context)
+        child._setup(self._journal, f"{self._path}/{label}" if self._path else label)
+        return child
+
     def __repr__(self) -> str:
-        return f"<Context workflow={self.workflow!r} run_id={self.run_id!r}>"
+        branch = f" branch={self._path!r}" if self._path else ""
+        return f"<Context workflow={self.workflow!r} run_id={self.run_id!r}{branch}>"
+
+    @property
+    def _fatal(self) -> AsyncflowError | None:
+        """An error that stops the whole run (shared by all its contexts)."""
+        return self._journal.fatal
+
+    @_fatal.setter
+    def _fatal(self, error: AsyncflowError | None) -> None:
+        self._journal.fatal = error
 
     # -- the primitives -----------------------------------------------------------------------
 
@@ -115,12 +147,92 @@ class Context:
         )
 
     async def pause_once(self) -> None:
-        """Suspend the run here, once; a later invocation resumes it past this point."""
+        """Suspend the run here, once; a later invocation resumes it past this point.
+
+        In a branch (:meth:`gather`, :meth:`map`), the branch stops here and the run suspends
+        once every other branch has finished or paused too.
+        """
         if self._replay("pause", None) is not None:
             return
         self._append({"kind": "pause"}, step_text("pause"))
-        self._suspended = True
-        raise Suspend
+        self._suspend(None)
+
+    # -- parallel branches ----------------------------------------------------------------------
+
+    @overload
+    async def gather(
+        self,
+        *branches: Callable[[Context], Awaitable[T]],
+        limit: int | None = None,
+        return_exceptions: Literal[False] = False,
+    ) -> list[T]: ...
+
+    @overload
+    async def gather(
+        self,
+        *branches: Callable[[Context], Awaitable[T]],
+        limit: int | None = None,
+        return_exceptions: Literal[True],
+    ) -> list[T | Exception]: ...
+
+    async def gather(
+        self,
+        *branches: Callable[[Context], Awaitable[T]],
+        limit: int | None = None,
+        return_exceptions: bool = False,
+    ) -> list[T] | list[T | Exception]:
+        """Run ``branches`` concurrently, each as ``await branch(child)``; return their results
+        in the order given.
+
+        Each branch gets a child context with a journal of its own, so its steps replay the
+        same whatever order the branches ran in. A branch is any callable taking the child
+        context: a side effect that takes no other argument, an ``async def f(c)``, or
+        ``lambda c: charge(c, 10)``. The workflow must not use its own context (``self``) in a
+        branch; that would be a step from another task (:class:`UsageError`).
+
+        Every branch runs until it returns, raises or pauses: a failing branch does not cancel
+        the others, so what each branch did is recorded and replays the same. Then:
+
+        - if a branch paused, the run suspends, and a later invocation replays every branch
+          (the finished ones without executing their side effects again);
+        - else if branches raised, the first of them in the order given is raised (or, with
+          ``return_exceptions=True``, every exception takes its branch's place in the list);
+        - else the results are returned.
+
+        Args:
+            branches: the branches, ``async`` callables taking a :class:`Context`.
+            limit: run at most this many branches at once (started in the order given);
+                ``None``: all at once.
+            return_exceptions: return exceptions in the list instead of raising the first.
+
+        Raises:
+            NonDeterminismError: a replay reached this call with another number of branches.
+            UsageError: ``limit`` is not a positive integer.
+        """
+        from ._branches import gather
+
+        return await gather(self, branches, limit, return_exceptions)  # type: ignore[no-any-return]
+
+    async def map(
+        self,
+        fn: Callable[[Context, I], Awaitable[T]],
+        items: Iterable[I],
+        *,
+        limit: int | None = None,
+    ) -> list[T]:
+        """``await fn(child, item)`` for each of ``items`` concurrently, as branches of
+        :meth:`gather`; return the results in the order of ``items``.
+
+        Args:
+            fn: an ``async`` callable taking a child :class:`Context` and an item (a side
+                effect taking one argument is one).
+            items: what to map over, read once. The number of items must be the same on
+                every replay.
+            limit: run at most this many at once; ``None``: all at once.
+        """
+        from ._branches import bind
+
+        return await self.gather(*[bind(fn, item) for item in items], limit=limit)
 
     # -- side effects ---------------------------------------------------------------------------
 
@@ -130,9 +242,12 @@ class Context:
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        retry: Retry | None = None,
+        time_limit: float | None = None,
     ) -> Any:
-        record = self._record
         step = self._replay("sideeffect", name)
+        failed = 0  # attempts that failed so far
+        retry_at: float | None = None
         if step is not None:
             if "value" in step:
                 self._pos += step.get("span", 0)
@@ -140,79 +255,139 @@ class Context:
             if "error" in step:
                 self._pos += step.get("span", 0)
                 error = step["error"]
-                raise SideEffectError(name, str(error.get("type")), str(error.get("message")))
-            # Started but not finished: it paused inside. Enter it again; its inner steps,
-            # recorded after it, replay.
-            index = self._pos - 1
+                raise SideEffectError(
+                    name,
+                    str(error.get("type")),
+                    str(error.get("message")),
+                    attempts=step.get("attempts", 1),
+                )
+            # Started but not finished: it paused inside, or waits to be retried. Enter it
+            # again; its inner steps, recorded after it (or in its attempt's journal), replay.
+            pos = self._pos - 1
+            failed = step.get("attempts", 0)
+            retry_at = step.get("retry_at")
         else:
             # The previous side effect's outcome must be stored before this one starts.
+            await self._checkpoint()
+            dirty = self._exec.dirty
+            self._append({"kind": "sideeffect", "name": name}, step_text("sideeffect", name))
+            # Its start alone need not be stored: should the run crash before its outcome is,
+            # the replay executes it again either way. (Branches starting together would
+            # otherwise write the record once each.)
+            self._exec.dirty = dirty
+            pos = self._pos - 1
+        while True:
+            if retry_at is not None:
+                await wait_until(self, retry, retry_at)
+            # A retried side effect runs each attempt in a journal of its own: the next attempt
+            # must not replay the steps of one that failed.
+            ctx = self if retry is None else self._child(f"{pos}#{failed + 1}")
             try:
-                await self._exec.checkpoint_if_dirty()
-            except AsyncflowError as exc:
-                self._fatal = exc  # not the workflow's to handle: the run cannot go on
-                raise
-            index = self._append(
-                {"kind": "sideeffect", "name": name},
-                step_text("sideeffect", name),
-            )
-        try:
-            value = await fn(self, *args, **kwargs)
-        except Exception as exc:
-            if self._fatal is not None:
-                raise  # the run is broken (non-determinism...): not the side effect's failure
-            span = self._pos - index - 1
-            error = {"type": type(exc).__qualname__, "message": str(exc)}
-            record.replace(
-                index,
-                {"kind": "sideeffect", "name": name, "span": span, "error": error},
-                step_text("sideeffect", name, span=str(span), error=dumps(error, "")),
-            )
-            self._exec.dirty = True
-            raise SideEffectError(name, error["type"], error["message"]) from exc
+                try:
+                    value = await attempt(name, fn, ctx, args, kwargs, time_limit)
+                finally:
+                    if ctx._suspended:
+                        self._suspended = True
+            except Exception as exc:
+                # The run is broken (non-determinism...) or the body swallowed a pause: not
+                # the side effect's failure.
+                self._check_live()
+                failed += 1
+                error = {"type": type(exc).__qualname__, "message": str(exc)}
+                if retry is not None and failed < retry.attempts and retry.retries(exc):
+                    retry_at = schedule(self, name, pos, retry, failed, error)
+                    # Stored before the wait: a crash meanwhile must not forget the attempt.
+                    await self._checkpoint()
+                    continue
+                outcome = {"kind": "sideeffect", "name": name, "span": self._pos - pos - 1}
+                outcome["error"] = error
+                if retry is not None:
+                    outcome["attempts"] = failed
+                self._replace(pos, outcome, _outcome_text(outcome))
+                await self._store_outcome()
+                raise SideEffectError(
+                    name, error["type"], error["message"], attempts=failed or 1
+                ) from exc
+            else:
+                value = self._record_value(name, pos, value, None if retry is None else failed + 1)
+                await self._store_outcome()
+                return value
+
+    async def _store_outcome(self) -> None:
+        """Store a side effect's outcome now if branches are running.
+
+        Alone, a run stores an outcome when its next side effect starts (or the run stops), so
+        a crash re-executes only the side effect in flight. With branches, "next" may be far
+        off (a sibling in a long call): stored now, or a crash would execute it again.
+        """
+        if self._journal.gathers:
+            await self._checkpoint()
+
+    def _record_value(self, name: str, pos: int, value: Any, attempts: int | None) -> Any:
+        """Record what the side effect at ``pos`` returned; return it as replays will."""
         self._check_live()  # the body may have swallowed a pause or a fatal error
         try:
             value_json = dumps(value, f"the value returned by side effect {name!r}")
         except AsyncflowError as exc:
             self._fatal = exc
             raise
-        span = self._pos - index - 1
         value = json.loads(value_json)  # hand back what replays will return
-        record.replace(
-            index,
-            {"kind": "sideeffect", "name": name, "span": span, "value": value},
-            step_text("sideeffect", name, span=str(span), value=value_json),
-        )
-        self._exec.dirty = True
+        outcome = {"kind": "sideeffect", "name": name, "span": self._pos - pos - 1}
+        if attempts is not None:
+            outcome["attempts"] = attempts
+        outcome["value"] = value
+        self._replace(pos, outcome, _outcome_text(outcome, value_json))
         return value
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._exec.checkpoint_if_dirty()
+        except AsyncflowError as exc:
+            self._fatal = exc  # not the workflow's to handle: the run cannot go on
+            raise
 
     # -- journal -----------------------------------------------------------------------------
 
     def _check_live(self) -> None:
-        if self._fatal is not None:
-            raise self._fatal
+        fatal = self._journal.fatal
+        if fatal is not None:
+            raise fatal
         if self._suspended:
             raise Suspend
+
+    def _suspend(self, until: float | None) -> NoReturn:
+        """Suspend this context (and, once it unwinds, the run) until ``until`` (seconds since
+        the epoch; ``None``: the next invocation)."""
+        journal = self._journal
+        if until is None:
+            journal.due_now = True
+        elif journal.wake_at is None or until < journal.wake_at:
+            journal.wake_at = until
+        self._suspended = True
+        raise Suspend
 
     def _replay(self, kind: str, name: str | None) -> dict[str, Any] | None:
         """Return the recorded step at the current position (and move past it), or ``None``
         when the run reaches this point for the first time."""
-        self._check_live()
+        if self._suspended or self._journal.fatal is not None:
+            self._check_live()
         if self._current_task() is not self._task:
             self._fatal = UsageError(
                 f"run {self.run_id} of workflow {self.workflow!r}: a step was awaited from"
                 " another task. Steps are recorded by their position, so a workflow must await"
-                " them one at a time, not concurrently in a task group."
+                " them one at a time, or run them concurrently with c.gather() or c.map(),"
+                " each branch with its own context; not in a task group of its own."
             )
             raise self._fatal
-        steps = self._record.steps
+        own = self._own
         i = self._pos
-        if i >= len(steps):
+        if i >= len(own):
             return None
-        step = steps[i]
+        step = self._record.steps[own[i]]
         if step["kind"] != kind or step.get("name") != name:
             self._fatal = NonDeterminismError(
-                f"run {self.run_id} of workflow {self.workflow!r}: step {i + 1} was recorded as"
-                f" {_describe(step['kind'], step.get('name'))} but the workflow now reached"
+                f"run {self.run_id} of workflow {self.workflow!r}: {self._where(i)} was recorded"
+                f" as {_describe(step['kind'], step.get('name'))} but the workflow now reached"
                 f" {_describe(kind, name)}. The code changed under a paused run; the run's"
                 " record is kept as it was."
             )
@@ -221,36 +396,54 @@ class Context:
         return step
 
     def _append(self, step: dict[str, Any], text: str) -> int:
+        """Record a new step at the end of this context's journal; return its index in the
+        run's journal."""
+        if self._path:
+            step["branch"] = self._path
+            text = with_branch(text, self._path)
         index = self._record.append(step, text)
-        self._pos = index + 1
+        self._own.append(index)
+        self._pos = len(self._own)
         self._exec.dirty = True
         return index
 
+    def _replace(self, pos: int, step: dict[str, Any], text: str) -> None:
+        """Replace the step at ``pos`` in this context's journal (a side effect's outcome)."""
+        if self._path:
+            step["branch"] = self._path
+            text = with_branch(text, self._path)
+        self._record.replace(self._own[pos], step, text)
+        self._exec.dirty = True
+
+    def _where(self, pos: int) -> str:
+        return f"step {pos + 1}" + (f" of branch {self._path}" if self._path else "")
+
     def _finish_check(self) -> None:
-        """Called when the workflow returned: every recorded step must have been reached."""
+        """Called when the workflow (or a branch) returned: every recorded step must have been
+        reached."""
         self._check_live()
-        left = len(self._record.steps) - self._pos
+        left = len(self._own) - self._pos
         if left:
-            step = self._record.steps[self._pos]
+            step = self._record.steps[self._own[self._pos]]
             self._fatal = NonDeterminismError(
-                f"run {self.run_id} of workflow {self.workflow!r}: the workflow returned at step"
-                f" {self._pos + 1}, where {_describe(step['kind'], step.get('name'))} and"
+                f"run {self.run_id} of workflow {self.workflow!r}: the"
+                f" {'branch' if self._path else 'workflow'} returned at {self._where(self._pos)},"
+                f" where {_describe(step['kind'], step.get('name'))} and"
                 f" {left - 1} more steps were recorded. The code changed under a paused run;"
                 " the run's record is kept as it was."
             )
             raise self._fatal
 
 
-def _current_task_getter() -> Callable[[], object]:
-    """The cheapest way to ask "which task is this?" under the running async library."""
-    # Imported lazily: the running library is loaded already, and a trio user (or a plain
-    # `import asyncflow` on a cold start) should not pay for importing asyncio.
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
-        return trio.lowlevel.current_task  # type: ignore[no-any-return]
-    import asyncio
-
-    return asyncio.current_task
+def _outcome_text(step: dict[str, Any], value_json: str | None = None) -> str:
+    fields = {"span": str(step["span"])}
+    if "error" in step:
+        fields["error"] = dumps(step["error"], "")
+    if "attempts" in step:
+        fields["attempts"] = str(step["attempts"])
+    if value_json is not None:
+        fields["value"] = value_json
+    return step_text("sideeffect", step["name"], **fields)
 
 
 def _describe(kind: str, name: str | None) -> str:
@@ -258,4 +451,4 @@ def _describe(kind: str, name: str | None) -> str:
         return f"side effect {name!r}"
     if kind in ("get_state", "set_state"):
         return f"{kind}({name!r})"
-    return {"log": "log()", "pause": "pause_once()"}.get(kind, kind)
+    return {"log": "log()", "pause": "pause_once()", "gather": "gather()"}.get(kind, kind)

@@ -41,7 +41,7 @@ class Workflow:
 class Execution:
     """One run being advanced: its record, the version stored, and its checkpoints."""
 
-    __slots__ = ("backend", "clock", "dirty", "key", "record", "version")
+    __slots__ = ("backend", "clock", "dirty", "key", "lock", "record", "version")
 
     def __init__(
         self, backend: Backend, clock: Callable[[], float], record: RunRecord, version: str | None
@@ -52,20 +52,34 @@ class Execution:
         self.key: Key = (ACTIVE, record.run_id)
         self.version = version  # None: not stored yet
         self.dirty = False  # steps recorded since the last checkpoint
+        self.lock: anyio.Lock | None = None  # made when first needed
 
     async def save(self) -> bytes:
         """Store the record (compare-and-swap on the version read); return what was written."""
         self.record.updated_at = self.clock()
         data = self.record.encode()
+        # Before the write: branches of the run may record steps while it is under way.
+        self.dirty = False
         self.version = await self.backend.write(
             self.key, data, if_version=self.version, if_absent=self.version is None
         )
-        self.dirty = False
         return data
 
     async def checkpoint_if_dirty(self) -> None:
-        if self.dirty:
-            await self.save()
+        """Store the record if steps were recorded since it was last stored.
+
+        Branches of a run checkpoint concurrently: one write at a time, each carrying the
+        version the last one returned. Shielded: a timeout cancelling a side effect mid-write
+        must not lose the version of a write that happened.
+        """
+        if not self.dirty:
+            return
+        if self.lock is None:
+            self.lock = anyio.Lock()
+        with anyio.CancelScope(shield=True):
+            async with self.lock:
+                if self.dirty:
+                    await self.save()
 
     async def read_state(self, name: str, default: Any) -> str:
         """Return the JSON text of state ``name``, or of ``default`` if it is not set."""
@@ -113,6 +127,7 @@ class Execution:
         else:
             if ctx._suspended:
                 record.status = "paused"  # it caught the Suspend and returned: still paused
+        record.wake_at = ctx._journal.resume_at() if record.status == "paused" else None
         try:
             data = await self.save()
             if record.status in FINISHED:
@@ -176,6 +191,7 @@ async def invoke(
     """Advance ``new`` runs and every run due before this call, at most ``max_concurrency``
     at once; report them new first, then resumed oldest first. No run starts once ``clock()``
     reaches ``stop_at``: those stay due (new ones are stored) for the next invocation."""
+    now = clock()  # runs suspended until later than this are not due
     listed = await backend.list(ACTIVE)
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation
@@ -203,7 +219,9 @@ async def invoke(
             # Changed since the listing: another invocation advanced it meanwhile, so its new
             # state was not due when this one began.
             if entry is not None and entry.version == listed[key[1]]:
-                jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
+                record = RunRecord.decode(entry.data, backend.locate(key))
+                if record.wake_at is None or record.wake_at <= now:
+                    jobs.append((record, entry.version))
         results: list[RunResult | None] = [None] * len(jobs)
         queue = iter(range(len(jobs)))
 

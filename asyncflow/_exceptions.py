@@ -76,13 +76,16 @@ class SideEffectError(AsyncflowError):
         name: the side effect's qualified name.
         type_name: the original exception's type name, e.g. ``"ValueError"``.
         message: the original exception's message.
+        attempts: how many attempts were made (more than 1 when it was retried).
     """
 
-    def __init__(self, name: str, type_name: str, message: str) -> None:
-        super().__init__(f"side effect {name!r} raised {type_name}: {message}")
+    def __init__(self, name: str, type_name: str, message: str, *, attempts: int = 1) -> None:
+        tried = f" (attempt {attempts})" if attempts > 1 else ""
+        super().__init__(f"side effect {name!r} raised {type_name}{tried}: {message}")
         self.name = name
         self.type_name = type_name
         self.message = message
+        self.attempts = attempts
 
 
 class NonDeterminismError(AsyncflowError):

@@ -17,6 +17,7 @@ from ._engine import ACTIVE, DONE, Workflow, create_runs, invoke, read_state
 from ._exceptions import ConfigError, RunNotFoundError, UnknownTriggerError, UsageError
 from ._record import RunRecord
 from ._results import Run, RunResult, RunStatus
+from ._retry import Retry, check_timeout
 
 __all__ = ["DEFAULT_BACKEND", "Flow", "setup"]
 
@@ -180,7 +181,12 @@ class Flow:
         return register
 
     def sideeffect(
-        self, _misuse: object = None, /
+        self,
+        _misuse: object = None,
+        /,
+        *,
+        retry: Retry | None = None,
+        timeout: float | None = None,
     ) -> Callable[
         [Callable[Concatenate[Context, P], Awaitable[T]]],
         Callable[Concatenate[Context, P], Awaitable[T]],
@@ -192,13 +198,23 @@ class Flow:
         ``f``. If ``f`` raises, the workflow sees :class:`SideEffectError`, then and on every
         replay. ``f`` may use the context's primitives and other side effects, and pause.
 
+        Args:
+            retry: retry failed attempts as this :class:`asyncflow.Retry` says; each attempt
+                and the last error are recorded. Default: one attempt.
+            timeout: fail an attempt that takes longer than this many seconds with
+                :class:`TimeoutError` (retried if ``retry`` retries it).
+
         Raises:
             UsageError: ``f`` is not ``async def`` or takes no Context parameter; or, at a
                 call, the first argument is not the Context.
+            ConfigError: ``retry`` is not a :class:`asyncflow.Retry` or ``timeout`` is not a
+                positive number.
         """
 
         if _misuse is not None:
             raise UsageError("write @flow.sideeffect() with parentheses")
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigError(f"retry= must be an asyncflow.Retry, not {type(retry).__name__}")
 
         def decorate(
             fn: Callable[Concatenate[Context, P], Awaitable[T]],
@@ -212,6 +228,7 @@ class Flow:
                 inspect.Parameter.POSITIONAL_OR_KEYWORD,
             ):
                 raise UsageError(f"side effect {name!r} must take the Context as first parameter")
+            limit = check_timeout(timeout, f"side effect {name!r}")
 
             @functools.wraps(fn)
             async def wrapper(c: Context, /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -220,7 +237,9 @@ class Flow:
                         f"side effect {name!r} must be called with the Context as its first"
                         f" argument, not {type(c).__name__}"
                     )
-                return await c._sideeffect(name, fn, args, kwargs)  # type: ignore[no-any-return]
+                return await c._sideeffect(  # type: ignore[no-any-return]
+                    name, fn, args, kwargs, retry, limit
+                )
 
             return wrapper
 

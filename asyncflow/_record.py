@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 from typing import Any
@@ -16,6 +17,7 @@ __all__ = [
     "decode_state",
     "dumps",
     "encode_state",
+    "name_json",
     "new_run_id",
     "step_text",
 ]
@@ -39,7 +41,7 @@ def dumps(value: Any, what: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _name_json(name: str) -> str:
+def name_json(name: str) -> str:
     # Side effect and state names repeat on every step: encode each once.
     return _encoder.encode(name)
 
@@ -48,7 +50,7 @@ def step_text(kind: str, name: str | None = None, **fields: str) -> str:
     """The JSON text of a journal step; ``fields`` are given as JSON text already."""
     parts = [f'"kind":"{kind}"']
     if name is not None:
-        parts.append(f'"name":{_name_json(name)}')
+        parts.append(f'"name":{name_json(name)}')
     parts += [f'"{key}":{text}' for key, text in fields.items()]
     return "{" + ",".join(parts) + "}"
 
@@ -98,6 +100,7 @@ class RunRecord:
         "steps",
         "trigger",
         "updated_at",
+        "wake_at",
         "workflow",
     )
 
@@ -120,6 +123,9 @@ class RunRecord:
         self.updated_at = created_at
         self.result: Any = None
         self.error: str | None = None
+        # The earliest time the run may be resumed (seconds since the epoch); None: at the
+        # next invocation.
+        self.wake_at: float | None = None
         self.steps: list[dict[str, Any]] = []
         self.loaded = 0  # how many of the steps loaded_json holds
         self.loaded_json = ""
@@ -163,6 +169,7 @@ class RunRecord:
             "args": self.args,
             "result": self.result,
             "error": self.error,
+            "wake_at": self.wake_at,
         }
         # args and result were checked when they were set; the steps are already text.
         text = _encoder.encode(head)
@@ -194,6 +201,14 @@ class RunRecord:
             record.updated_at = float(_typed(raw, "updated_at", (int, float)))
             record.result = raw.get("result")
             record.error = raw.get("error")
+            wake_at = raw.get("wake_at")
+            if wake_at is not None and (
+                isinstance(wake_at, bool)
+                or not isinstance(wake_at, int | float)
+                or not math.isfinite(wake_at)
+            ):
+                raise TypeError("field 'wake_at' has the wrong type")
+            record.wake_at = None if wake_at is None else float(wake_at)
             steps = _typed(raw, "steps", list)
             if not all(isinstance(s, dict) and isinstance(s.get("kind"), str) for s in steps):
                 raise ValueError("a step is not an object with a kind")

@@ -49,12 +49,22 @@ class Step:
     """One recorded step of a run's journal.
 
     Attributes:
-        kind: ``"sideeffect"``, ``"log"``, ``"get_state"``, ``"set_state"`` or ``"pause"``.
-        name: the side effect's or state's name (``None`` for logs and pauses).
+        kind: ``"sideeffect"``, ``"log"``, ``"get_state"``, ``"set_state"``, ``"pause"`` or
+            ``"gather"``.
+        name: the side effect's or state's name (``None`` for the other kinds).
         value: the recorded value: what a side effect returned, a state value read or
-            written, a log message.
-        error: for a side effect that raised, ``"TypeName: message"``.
-        done: ``False`` for a side effect that has started but not finished (it paused).
+            written, a log message, the number of branches gathered.
+        error: for a side effect that raised, ``"TypeName: message"`` (while it waits to be
+            retried: the error of its last attempt).
+        done: ``False`` for a side effect that has started but not finished (it paused, or
+            waits to be retried).
+        branch: which branch of :meth:`Context.gather` recorded it (``None``: the workflow
+            itself), e.g. ``"3.1"``: branch 1 of the gather at the workflow's step 3 (counting
+            from 0); ``"3.1/0.2"`` a branch within it; ``"5#2"`` the second attempt of the
+            retried side effect at step 5.
+        attempts: for a side effect with a ``retry`` policy, the attempts made (when it is
+            done) or failed so far (while it waits to be retried).
+        retry_at: when a side effect waiting to be retried will be, in seconds since the epoch.
     """
 
     kind: str
@@ -62,6 +72,9 @@ class Step:
     value: Any = None
     error: str | None = None
     done: bool = True
+    branch: str | None = None
+    attempts: int | None = None
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,9 +111,18 @@ class Run:
 
 
 def _step(raw: dict[str, Any]) -> Step:
-    error = raw.get("error")
+    error = raw.get("error", raw.get("last_error"))
     if isinstance(error, dict):
         error = f"{error.get('type')}: {error.get('message')}"
     done = raw["kind"] != "sideeffect" or "value" in raw or "error" in raw
-    value = raw.get("message") if raw["kind"] == "log" else raw.get("value")
-    return Step(kind=raw["kind"], name=raw.get("name"), value=value, error=error, done=done)
+    value = raw.get({"log": "message", "gather": "n"}.get(raw["kind"], "value"))
+    return Step(
+        kind=raw["kind"],
+        name=raw.get("name"),
+        value=value,
+        error=error,
+        done=done,
+        branch=raw.get("branch"),
+        attempts=raw.get("attempts"),
+        retry_at=raw.get("retry_at"),
+    )

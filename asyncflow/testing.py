@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import anyio.lowlevel
+
 from ._backends._memory import MemoryBackend
 from ._conformance import BACKEND_CHECKS, check_backend
 
@@ -34,6 +36,15 @@ class MockClock:
     def now(self) -> float:
         """The current time, in seconds since the epoch."""
         return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        """Advance the clock by ``seconds`` at once, instead of waiting.
+
+        asyncflow sleeps through the flow's clock when it has this method (between the
+        attempts of a retried side effect), so a test never waits for real time.
+        """
+        self.advance(max(0.0, seconds))
+        await anyio.lowlevel.checkpoint()
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward by ``seconds`` (which must not be negative)."""

@@ -45,12 +45,13 @@ class Sizes:
     replay_reps: int
     tt_replay_steps: int
     import_reps: int
+    branch_items: int
     lambda_calls: int = 2_000  # invocations timed per rep (lambda_overhead.py)
     lambda_reps: int = 5
 
 
-FULL = Sizes(10_000, 3, 100, 3, 10_000, 5, 2_000, 10)
-QUICK = Sizes(1_000, 1, 20, 1, 1_000, 3, 300, 5, lambda_calls=300, lambda_reps=2)
+FULL = Sizes(10_000, 3, 100, 3, 10_000, 5, 2_000, 10, 1_000)
+QUICK = Sizes(1_000, 1, 20, 1, 1_000, 3, 300, 5, 200, lambda_calls=300, lambda_reps=2)
 
 
 @dataclass
@@ -116,6 +117,9 @@ def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
         ],
         "replay-ttflow": [
             "vs_ttflow.py", "replay", f"--steps={sizes.tt_replay_steps}", "--reps=1",
+        ],
+        "branches": [
+            "branches.py", f"--items={sizes.branch_items}", f"--reps={sizes.replay_reps}",
         ],
         "import": ["importtime.py", f"--reps={sizes.import_reps}"],
         "lambda": [
@@ -240,6 +244,15 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
             Row("Replay: ttflow 0.6.3, `onmemory`", size, secs(r["median_s"]),
                 mib(r["peak_rss_mib"]),
                 notes=f"{reps_note(r)}; first execution {secs(r['build_s'])}")
+        )  # fmt: skip
+
+    label = "Branches: `c.map()` in one run, memory backend"
+    size = f"{sizes.branch_items:,} branches × 50 ms I/O"
+    if r := figures("branches", label, size):
+        rows.append(
+            Row(label, size, f"first {secs(r['first_s'])}, replay {secs(r['median_s'])}",
+                mib(r["peak_rss_mib"]),
+                notes=f"one after the other: {secs(r['sequential_s'])}; replay {reps_note(r)}")
         )  # fmt: skip
 
     label = "`import asyncflow` (fresh interpreter)"

@@ -159,3 +159,23 @@ def test_cli_example_hello(tmp_path: Path) -> None:
     assert match[1] != world["run_id"]
     assert proc.stdout == summary(("hello", match[1], "succeeded", ["hello, Ada"]))
     assert proc.stderr == "hello, Ada\n"
+
+
+def test_compare_prices_asks_all_shops_at_once_and_replays_without_asking(
+    tmp_path: Path,
+) -> None:
+    args = json.dumps({"item_name": "レモン"}, ensure_ascii=False)
+    [first], asked = run_json(tmp_path, "compare_prices.py", "値段比較", args)
+    assert (first["workflow"], first["status"]) == ("値段比較", "paused")
+    # The branches log as they finish: compare without their order.
+    assert sorted(first["logs"]) == sorted(
+        ["八百屋: 120円", "スーパー: 110円", "コンビニ: 応答なし (TimeoutError, 2回)"]
+    )
+    attempts = [line.split("に")[0] for line in asked.splitlines()]
+    assert sorted(attempts) == sorted(["八百屋", "スーパー", "スーパー", "コンビニ", "コンビニ"])
+
+    [second], asked = run_json(tmp_path, "compare_prices.py")
+    assert (second["run_id"], second["status"]) == (first["run_id"], "succeeded")
+    assert second["result"] == {"shop": "スーパー", "price": 110}
+    assert second["logs"] == [*first["logs"], "スーパーでレモンを110円で買います"]
+    assert asked == "", "the replay asked no shop again"
