@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import random as _random
 import sys
+import uuid as _uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from ._exceptions import AsyncflowError, NonDeterminismError, SideEffectError, UsageError
-from ._record import dumps, step_text
+from ._exceptions import (
+    AsyncflowError,
+    NonDeterminismError,
+    SideEffectError,
+    UsageError,
+    WaitTimeout,
+)
+from ._record import dumps, new_run_id, step_text
 
 if TYPE_CHECKING:
     from ._engine import Execution
@@ -105,14 +115,188 @@ class Context:
         Raises:
             SerializationError: ``value`` cannot be stored as JSON (nothing is written).
         """
-        if self._replay("set_state", name) is not None:
+        step = self._replay("set_state", name)
+        if step is not None:
+            if "change" in step and not step.get("sent"):
+                # Recorded, but the change it made may not have reached its triggers: a crash.
+                await self._deliver(self._pos - 1, step, "state", again=True)
             return
         value_json = dumps(value, f"the value for state {name!r}")
+        if not self._exec.invocation.state_triggered(name):
+            await self._exec.write_state(name, value_json)
+            self._append(
+                {"kind": "set_state", "name": name, "value": json.loads(value_json)},
+                step_text("set_state", name, value=value_json),
+            )
+            return
+        # Workflows run on changes of this state: find out whether this is one, and record
+        # the change (with an id for the runs it starts) before they are started.
+        old = json.loads(await self._exec.read_state(name, None))
+        new = json.loads(value_json)
         await self._exec.write_state(name, value_json)
-        self._append(
-            {"kind": "set_state", "name": name, "value": json.loads(value_json)},
-            step_text("set_state", name, value=value_json),
+        step = {"kind": "set_state", "name": name, "value": new}
+        if old == new:
+            self._append(step, step_text("set_state", name, value=value_json))
+            return
+        step["change"] = {"id": new_run_id(), "args": {"old": old, "new": new}}
+        index = self._append(step, dumps(step, ""))
+        await self._checkpoint()
+        await self._deliver(index, step, "state")
+
+    async def event(self, name: str, args: Any = None) -> None:
+        """Emit event ``name`` with ``args``, once: replays do not emit it again.
+
+        It starts the workflows bound to ``name`` and wakes the runs waiting for it in
+        :meth:`wait_event`, within this invocation: they execute before it returns.
+
+        Raises:
+            SerializationError: ``args`` cannot be stored as JSON.
+        """
+        step = self._replay("event", name)
+        if step is not None:
+            if not step.get("sent"):
+                await self._deliver(self._pos - 1, step, "event", again=True)
+            return
+        _check_name(name, "event")
+        args_json = dumps(args, f"the args of event {name!r}")
+        change = {"id": new_run_id(), "args": json.loads(args_json)}
+        step = {"kind": "event", "name": name, "change": change}
+        index = self._append(step, dumps(step, ""))
+        # Stored before it is delivered: a crash in between delivers it again on replay, with
+        # the same id, which starts no run twice.
+        await self._checkpoint()
+        await self._deliver(index, step, "event")
+
+    async def wait_event(self, name: str, timeout: float | None = None) -> Any:
+        """Suspend the run until event ``name`` is emitted, and return the event's args.
+
+        Only events emitted after the wait began count; each is received once. The run is not
+        replayed while it waits: an emitter finds it through an index.
+
+        Args:
+            name: the event to wait for.
+            timeout: give up after this many seconds (of the flow's clock).
+
+        Raises:
+            WaitTimeout: ``timeout`` passed with no such event (recorded: replays raise it too).
+        """
+        step = self._replay("wait_event", name)
+        if step is None:
+            _check_name(name, "event")
+            now = self._exec.clock()
+            until = None if timeout is None else now + _seconds(timeout, "timeout")
+            step = {"kind": "wait_event", "name": name, "since": new_run_id(), "until": until}
+            index = self._append(step, dumps(step, ""))
+        else:
+            index = self._pos - 1
+            if "event" in step:
+                return step.get("value")
+        until = step.get("until")
+        if step.get("timed_out") or (until is not None and self._exec.clock() >= until):
+            if not step.get("timed_out"):
+                step = {**step, "timed_out": True}
+                self._record.replace(index, step, dumps(step, ""))
+                self._exec.dirty = True
+            raise WaitTimeout(name, float(until or 0))
+        self._record.wait_event = name
+        return self._suspend_until(until)
+
+    # -- time and chance ---------------------------------------------------------------------
+
+    async def sleep(self, seconds: float) -> None:
+        """Suspend the run for ``seconds`` of the flow's clock, durably.
+
+        Invocations before the deadline skip the run without replaying it; the first one after
+        it resumes the run here. :meth:`Flow.next_wakeup` says when that is due.
+        """
+        step = self._replay("sleep", None)
+        if step is None:
+            until = self._exec.clock() + _seconds(seconds, "seconds")
+            step = self._record_sleep(until)
+        await self._sleep_step(step)
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Suspend the run until ``when`` (a timezone-aware datetime), durably; see
+        :meth:`sleep`."""
+        step = self._replay("sleep", None)
+        if step is None:
+            if not isinstance(when, datetime) or when.tzinfo is None:
+                raise UsageError(
+                    f"sleep_until() needs a timezone-aware datetime (such as"
+                    f" datetime.now(timezone.utc) + timedelta(hours=1)), not {when!r}"
+                )
+            step = self._record_sleep(when.timestamp())
+        await self._sleep_step(step)
+
+    async def now(self) -> datetime:
+        """The current time (UTC, from the flow's clock), recorded: replays return the same."""
+        step = self._replay("now", None)
+        if step is not None:
+            value = float(step["value"])
+        else:
+            value = self._exec.clock()
+            self._append({"kind": "now", "value": value}, step_text("now", value=repr(value)))
+        return datetime.fromtimestamp(value, timezone.utc)
+
+    async def random(self) -> float:
+        """A random float in [0, 1), recorded: replays return the same."""
+        step = self._replay("random", None)
+        if step is not None:
+            return float(step["value"])
+        value = _random.random()
+        self._append({"kind": "random", "value": value}, step_text("random", value=repr(value)))
+        return value
+
+    async def uuid(self) -> _uuid.UUID:
+        """A random UUID (version 4), recorded: replays return the same."""
+        step = self._replay("uuid", None)
+        if step is not None:
+            return _uuid.UUID(step["value"])
+        value = _uuid.uuid4()
+        self._append({"kind": "uuid", "value": str(value)}, step_text("uuid", value=f'"{value}"'))
+        return value
+
+    def _record_sleep(self, until: float) -> dict[str, Any]:
+        step = {"kind": "sleep", "until": until}
+        self._append(step, dumps(step, ""))
+        return step
+
+    async def _sleep_step(self, step: dict[str, Any]) -> None:
+        if step.get("done"):
+            return
+        until = float(step["until"])
+        if self._exec.clock() >= until:
+            # Marked, so that a clock set back later cannot put the run to sleep again here.
+            done = {**step, "done": True}
+            self._record.replace(self._pos - 1, done, dumps(done, ""))
+            self._exec.dirty = True
+            return
+        self._suspend_until(until)
+
+    def _suspend_until(self, until: float | None) -> NoReturn:
+        record = self._record
+        if until is not None and (record.wake_at is None or until < record.wake_at):
+            record.wake_at = until
+        self._suspended = True
+        raise Suspend
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._exec.save()
+        except AsyncflowError as exc:
+            self._fatal = exc  # not the workflow's to handle: the run cannot go on
+            raise
+
+    async def _deliver(
+        self, index: int, step: dict[str, Any], kind: str, *, again: bool = False
+    ) -> None:
+        change = step["change"]
+        await self._exec.invocation.deliver(
+            kind, step["name"], change["args"], change["id"], again=again
         )
+        sent = {**step, "sent": True}
+        self._record.replace(index, sent, dumps(sent, ""))
+        self._exec.dirty = True
 
     async def pause_once(self) -> None:
         """Suspend the run here, once; a later invocation resumes it past this point."""
@@ -253,9 +437,28 @@ def _current_task_getter() -> Callable[[], object]:
     return asyncio.current_task
 
 
+def _check_name(name: object, what: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"the {what} name must be a non-empty string, not {name!r}")
+
+
+def _seconds(value: object, what: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise UsageError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
 def _describe(kind: str, name: str | None) -> str:
     if kind == "sideeffect":
         return f"side effect {name!r}"
     if kind in ("get_state", "set_state"):
         return f"{kind}({name!r})"
-    return {"log": "log()", "pause": "pause_once()"}.get(kind, kind)
+    if kind in ("event", "wait_event"):
+        return f"{kind}({name!r})"
+    known = {"log": "log()", "pause": "pause_once()", "sleep": "sleep()", "now": "now()"}
+    return known.get(kind, f"{kind}()")

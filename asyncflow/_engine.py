@@ -17,17 +17,22 @@ if sys.version_info < (3, 11):
 
 from ._backend import Backend, Key
 from ._context import Context, Suspend
-from ._exceptions import BackendError, ConflictError
+from ._cron import Cron
+from ._events import deliver, scheduled_runs
+from ._exceptions import BackendError, ConflictError, EventCycleError
 from ._record import FINISHED, RunRecord, decode_state, dumps, encode_state, new_run_id
 from ._results import RunResult
+from ._waits import WAITS, WaitIndex, sync_index
 
-__all__ = ["Execution", "Workflow", "create_runs", "invoke", "read_state"]
+__all__ = ["Execution", "Invocation", "Workflow", "create_runs", "invoke", "read_state"]
 
 logger = logging.getLogger("asyncflow")
 
 ACTIVE = "active"  # pending and paused runs
 DONE = "finished"  # succeeded and failed runs
 STATE = "state"
+#: How many rounds of event deliveries one invocation executes before it calls it a cycle.
+MAX_EVENT_ROUNDS = 100
 
 
 @dataclass(frozen=True)
@@ -36,15 +41,48 @@ class Workflow:
     trigger: str
     fn: Callable[..., Awaitable[Any]]
     takes_args: bool
+    kind: str = "event"  # "event" (a plain name), "state", "every" or "cron"
+    cron: Cron | None = None
+
+
+class Invocation:
+    """What the runs of one invocation share: the backend, the workflows, and the runs that
+    events emitted during it made due (executed in further rounds before it returns)."""
+
+    __slots__ = ("backend", "clock", "due", "workflows")
+
+    def __init__(
+        self, backend: Backend, clock: Callable[[], float], workflows: dict[str, Workflow]
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.workflows = workflows
+        self.due: list[str] = []
+
+    def state_triggered(self, name: str) -> bool:
+        return any(w.kind == "state" and w.trigger == name for w in self.workflows.values())
+
+    async def deliver(
+        self, kind: str, name: str, args: Any, event_id: str, *, again: bool = False
+    ) -> None:
+        self.due += await deliver(
+            self.backend, self.clock, self.workflows, kind, name, args, event_id, again=again
+        )
 
 
 class Execution:
     """One run being advanced: its record, the version stored, and its checkpoints."""
 
-    __slots__ = ("backend", "clock", "dirty", "key", "record", "version")
+    __slots__ = ("backend", "clock", "dirty", "indexed", "invocation", "key", "record", "version")
 
     def __init__(
-        self, backend: Backend, clock: Callable[[], float], record: RunRecord, version: str | None
+        self,
+        backend: Backend,
+        clock: Callable[[], float],
+        record: RunRecord,
+        version: str | None,
+        invocation: Invocation | None = None,
+        indexed: Sequence[str] = (),
     ) -> None:
         self.backend = backend
         self.clock = clock
@@ -52,6 +90,8 @@ class Execution:
         self.key: Key = (ACTIVE, record.run_id)
         self.version = version  # None: not stored yet
         self.dirty = False  # steps recorded since the last checkpoint
+        self.invocation = invocation or Invocation(backend, clock, {})
+        self.indexed = list(indexed)  # the run's entries in the wait index, as last seen
 
     async def save(self) -> bytes:
         """Store the record (compare-and-swap on the version read); return what was written."""
@@ -61,6 +101,8 @@ class Execution:
             self.key, data, if_version=self.version, if_absent=self.version is None
         )
         self.dirty = False
+        if self.indexed or self.record.status == "paused":
+            self.indexed = await sync_index(self.backend, self.record, self.indexed)
         return data
 
     async def checkpoint_if_dirty(self) -> None:
@@ -79,6 +121,9 @@ class Execution:
         """Replay the run to its next stop and store it. ``None`` if it was lost to another
         invocation."""
         record = self.record
+        # Whatever it waited for is over; a primitive that suspends it again says what for.
+        record.wake_at = None
+        record.wait_event = None
         ctx = Context(self)
         try:
             if workflow.takes_args:
@@ -173,65 +218,120 @@ async def invoke(
     max_concurrency: int,
 ) -> list[RunResult]:
     """Advance ``new`` runs and every run due before this call, at most ``max_concurrency``
-    at once; report them new first, then resumed oldest first."""
+    at once; report them new first, then resumed oldest first, then the runs that events
+    emitted meanwhile started or woke."""
+    invocation = Invocation(backend, clock, workflows)
+    new = [*new, *await scheduled_runs(backend, clock, workflows, new_run_id)]
     listed = await backend.list(ACTIVE)
+    index = WaitIndex(await backend.list(WAITS))
+    now = clock()
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation
         # ends: a run another invocation holds is skipped, and nothing that is read below can
         # change under us. (Claiming run by run as they execute measured slower: each claim
         # then waits on the event loop's thread for the GIL held by the file threads.)
-        held = [
+        # Runs the wait index calls not due are skipped unread: a sleeping run costs nothing.
+        held = {
             run_id
             for run_id in sorted(listed)  # ids sort by creation time
-            if await claims.enter_async_context(backend.claim((ACTIVE, run_id)))
-        ]
-        jobs: list[tuple[RunRecord, str | None]] = []
+            if not index.sleeping(run_id, now)
+            and await claims.enter_async_context(backend.claim((ACTIVE, run_id)))
+        }
+        jobs: list[tuple[RunRecord, str | None, list[str]]] = []
         for record in new:
             key = (ACTIVE, record.run_id)
             if await claims.enter_async_context(backend.claim(key)):
-                jobs.append((record, None))
+                held.add(record.run_id)
+                jobs.append((record, None, []))
             else:
                 # A fresh id held elsewhere can only be a hash collision of the claim (about
                 # one in 2**62): keep the run for the next invocation rather than lose it.
                 await backend.write(key, record.encode(), if_absent=True)
         # Read and check every claimed record before anything executes: a damaged file stops
         # the invocation here, before it changed anything.
-        keys = [(ACTIVE, run_id) for run_id in held]
+        keys = [(ACTIVE, run_id) for run_id in sorted(held) if run_id in listed]
         for key, entry in zip(keys, await backend.read_many(keys), strict=True):
             # Changed since the listing: another invocation advanced it meanwhile, so its new
             # state was not due when this one began.
             if entry is not None and entry.version == listed[key[1]]:
-                jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
-        results: list[RunResult | None] = [None] * len(jobs)
-        queue = iter(range(len(jobs)))
+                record = RunRecord.decode(entry.data, backend.locate(key))
+                jobs.append((record, entry.version, index.names(key[1])))
+        results = await _advance_all(invocation, jobs, max_concurrency)
+        rounds = 0
+        while invocation.due:
+            # Events emitted in the last round started or woke these runs: advance them now,
+            # so that an invocation returns with its events handled.
+            rounds += 1
+            due, invocation.due = list(dict.fromkeys(invocation.due)), []
+            if rounds > MAX_EVENT_ROUNDS:
+                raise EventCycleError(
+                    f"events emitted during this invocation kept starting or waking runs for"
+                    f" {MAX_EVENT_ROUNDS} rounds (the last ones: {_workflows_of(due, jobs)}):"
+                    " do workflows trigger each other in a cycle? The runs are stored and"
+                    " continue at the next invocation."
+                )
+            for run_id in due:
+                if run_id not in held and await claims.enter_async_context(
+                    backend.claim((ACTIVE, run_id))
+                ):
+                    held.add(run_id)
+            keys = [(ACTIVE, run_id) for run_id in due if run_id in held]
+            jobs = []
+            for key, entry in zip(keys, await backend.read_many(keys), strict=True):
+                if entry is not None:
+                    record = RunRecord.decode(entry.data, backend.locate(key))
+                    jobs.append((record, entry.version, []))
+            results += await _advance_all(invocation, jobs, max_concurrency)
+    return results
 
-        async def worker() -> None:
-            for i in queue:
-                results[i] = await advance(backend, clock, workflows, *jobs[i])
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(min(max_concurrency, len(jobs))):
-                tg.start_soon(worker)
+def _workflows_of(run_ids: list[str], jobs: list[tuple[RunRecord, str | None, list[str]]]) -> str:
+    names = sorted({record.workflow for record, _, _ in jobs})
+    return ", ".join(repr(n) for n in names) or f"{len(run_ids)} runs"
+
+
+async def _advance_all(
+    invocation: Invocation,
+    jobs: list[tuple[RunRecord, str | None, list[str]]],
+    max_concurrency: int,
+) -> list[RunResult]:
+    results: list[RunResult | None] = [None] * len(jobs)
+    queue = iter(range(len(jobs)))
+
+    async def worker() -> None:
+        for i in queue:
+            results[i] = await advance(invocation, *jobs[i])
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(max_concurrency, len(jobs))):
+            tg.start_soon(worker)
     return [r for r in results if r is not None]
 
 
 async def advance(
-    backend: Backend,
-    clock: Callable[[], float],
-    workflows: dict[str, Workflow],
+    invocation: Invocation,
     record: RunRecord,
     version: str | None,
+    indexed: Sequence[str] = (),
 ) -> RunResult | None:
     """Advance one claimed run: a new one (``version`` is ``None``) or a due one as read."""
-    execution = Execution(backend, clock, record, version)
+    backend, clock = invocation.backend, invocation.clock
+    execution = Execution(backend, clock, record, version, invocation, indexed)
     if version is None:
         # Stored before it executes, so that a crash from here on cannot lose it.
-        await execution.save()
+        try:
+            await execution.save()
+        except ConflictError:
+            return None  # an idempotent start that another caller stored meanwhile
     elif record.status in FINISHED:
         # Complete an interrupted move.
         await finish(backend, record.run_id, record.encode(), version)
         return None
-    workflow = workflows.get(record.workflow)
+    elif record.status == "paused" and not _due(record, clock()):
+        # Its index entry was lost (a crash): write it again, leave the run.
+        await sync_index(backend, record, list(indexed))
+        return None
+    workflow = invocation.workflows.get(record.workflow)
     if workflow is None:
         logger.warning(
             "run %s belongs to workflow %r, which this flow does not define; left as is",
@@ -240,3 +340,9 @@ async def advance(
         )
         return None
     return await execution.execute(workflow)
+
+
+def _due(record: RunRecord, now: float) -> bool:
+    if record.wake_at is not None:
+        return record.wake_at <= now
+    return record.wait_event is None

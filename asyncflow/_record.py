@@ -20,7 +20,7 @@ __all__ = [
     "step_text",
 ]
 
-FINISHED = frozenset({"succeeded", "failed"})
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 _STATUSES = frozenset({"pending", "paused"}) | FINISHED
 _FORMAT = 1  # bump when the record layout changes incompatibly
 
@@ -98,6 +98,8 @@ class RunRecord:
         "steps",
         "trigger",
         "updated_at",
+        "wait_event",
+        "wake_at",
         "workflow",
     )
 
@@ -120,6 +122,11 @@ class RunRecord:
         self.updated_at = created_at
         self.result: Any = None
         self.error: str | None = None
+        # Why a paused run waits: the earliest time it may resume (epoch seconds; ``None``:
+        # at the next invocation) and the event it waits for. The engine keeps an index of
+        # both, so that invocations skip a waiting run without reading its record.
+        self.wake_at: float | None = None
+        self.wait_event: str | None = None
         self.steps: list[dict[str, Any]] = []
         self.loaded = 0  # how many of the steps loaded_json holds
         self.loaded_json = ""
@@ -163,6 +170,8 @@ class RunRecord:
             "args": self.args,
             "result": self.result,
             "error": self.error,
+            "wake_at": self.wake_at,
+            "wait_event": self.wait_event,
         }
         # args and result were checked when they were set; the steps are already text.
         text = _encoder.encode(head)
@@ -194,6 +203,12 @@ class RunRecord:
             record.updated_at = float(_typed(raw, "updated_at", (int, float)))
             record.result = raw.get("result")
             record.error = raw.get("error")
+            wake_at = raw.get("wake_at")
+            if wake_at is not None:
+                record.wake_at = float(_typed(raw, "wake_at", (int, float)))
+            wait_event = raw.get("wait_event")
+            if wait_event is not None:
+                record.wait_event = _typed(raw, "wait_event", str)
             steps = _typed(raw, "steps", list)
             if not all(isinstance(s, dict) and isinstance(s.get("kind"), str) for s in steps):
                 raise ValueError("a step is not an object with a kind")

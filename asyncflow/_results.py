@@ -9,7 +9,7 @@ from ._record import RunRecord
 
 __all__ = ["Run", "RunResult", "RunStatus", "Step"]
 
-RunStatus = Literal["pending", "paused", "succeeded", "failed"]
+RunStatus = Literal["pending", "paused", "succeeded", "failed", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,15 @@ class Step:
     """One recorded step of a run's journal.
 
     Attributes:
-        kind: ``"sideeffect"``, ``"log"``, ``"get_state"``, ``"set_state"`` or ``"pause"``.
-        name: the side effect's or state's name (``None`` for logs and pauses).
+        kind: ``"sideeffect"``, ``"log"``, ``"get_state"``, ``"set_state"``, ``"pause"``,
+            ``"event"``, ``"wait_event"``, ``"sleep"``, ``"now"``, ``"random"`` or ``"uuid"``.
+        name: the side effect's, state's or event's name (``None`` for the others).
         value: the recorded value: what a side effect returned, a state value read or
-            written, a log message.
+            written, a log message, an event's args (emitted or received), the time a sleep
+            ends (epoch seconds), what ``now``/``random``/``uuid`` returned.
         error: for a side effect that raised, ``"TypeName: message"``.
-        done: ``False`` for a side effect that has started but not finished (it paused).
+        done: ``False`` for a side effect that has started but not finished (it paused), a
+            sleep or wait that has not ended.
     """
 
     kind: str
@@ -66,7 +69,11 @@ class Step:
 
 @dataclass(frozen=True)
 class Run:
-    """A run as stored, for inspection (:meth:`Flow.get_run`, :meth:`Flow.list_runs`)."""
+    """A run as stored, for inspection (:meth:`Flow.get_run`, :meth:`Flow.list_runs`).
+
+    A paused run says what it waits for: ``wake_at`` (epoch seconds) is the earliest time it
+    may resume, ``wait_event`` the event it waits for; both ``None``: the next invocation.
+    """
 
     workflow: str
     run_id: str
@@ -79,6 +86,8 @@ class Run:
     result: Any
     error: str | None
     steps: tuple[Step, ...]
+    wake_at: float | None = None
+    wait_event: str | None = None
 
     @classmethod
     def _of(cls, record: RunRecord) -> Run:
@@ -94,6 +103,8 @@ class Run:
             result=record.result,
             error=record.error,
             steps=tuple(_step(s) for s in record.steps),
+            wake_at=record.wake_at,
+            wait_event=record.wait_event,
         )
 
 
@@ -101,6 +112,18 @@ def _step(raw: dict[str, Any]) -> Step:
     error = raw.get("error")
     if isinstance(error, dict):
         error = f"{error.get('type')}: {error.get('message')}"
-    done = raw["kind"] != "sideeffect" or "value" in raw or "error" in raw
-    value = raw.get("message") if raw["kind"] == "log" else raw.get("value")
+    kind = raw["kind"]
+    value = raw.get("message") if kind == "log" else raw.get("value")
+    if kind == "sideeffect":
+        done = "value" in raw or "error" in raw
+    elif kind == "sleep":
+        done, value = bool(raw.get("done")), raw.get("until")
+    elif kind == "wait_event":
+        done = "event" in raw or bool(raw.get("timed_out"))
+        if raw.get("timed_out"):
+            error = "WaitTimeout"
+    else:
+        done = True
+    if isinstance(raw.get("change"), dict):  # an event emitted, a state change
+        value = raw["change"]["args"] if kind == "event" else raw.get("value")
     return Step(kind=raw["kind"], name=raw.get("name"), value=value, error=error, done=done)

@@ -37,7 +37,7 @@ def test_every_error_derives_from_the_root() -> None:
         if isinstance(getattr(asyncflow, n), type)
         and issubclass(getattr(asyncflow, n), BaseException)
     ]
-    assert len(errors) == 10
+    assert len(errors) == 12
     assert all(issubclass(e, asyncflow.AsyncflowError) for e in errors)
 
 
