@@ -1,0 +1,237 @@
+"""Events: c.event, flow.emit, event triggers, wait_event (with timeouts), and the handling of
+events within the invocation that emitted them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import asyncflow
+from asyncflow import Context
+from asyncflow.testing import MockClock
+
+MakeFlow = Callable[..., asyncflow.Flow]
+
+
+@pytest.mark.anyio
+async def test_an_event_starts_its_workflows_in_the_same_invocation(make_flow: MakeFlow) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def 処理1(c: Context) -> None:
+        await c.log("処理1")
+        await c.event("event1", {"from": "処理1"})
+        await c.log("emitted")
+
+    @flow.workflow(trigger=asyncflow.event_trigger("event1"))
+    async def 処理2(c: Context, args: dict[str, str]) -> str:
+        await c.log(f"処理2 on {args['from']}")
+        return args["from"]
+
+    @flow.workflow(trigger="event1")  # a plain name is the same trigger
+    async def 処理3(c: Context) -> None:
+        await c.log("処理3")
+
+    first, *started = await flow.run("処理1")
+    assert (first.workflow, first.status, first.logs) == ("処理1", "succeeded", ["処理1", "emitted"])
+    assert sorted((r.workflow, r.status, tuple(r.logs)) for r in started) == [
+        ("処理2", "succeeded", ("処理2 on 処理1",)),
+        ("処理3", "succeeded", ("処理3",)),
+    ]
+    [run] = [r for r in started if r.workflow == "処理2"]
+    assert run.result == "処理1"
+    assert (await flow.get_run(run.run_id)).trigger == "event1"
+    assert flow.workflows["処理2"] == "event1"
+
+
+@pytest.mark.anyio
+async def test_an_event_is_emitted_once_whatever_the_replays(make_flow: MakeFlow) -> None:
+    def script() -> asyncflow.Flow:
+        flow = make_flow()
+
+        @flow.workflow()
+        async def ping(c: Context) -> None:
+            await c.event("pinged")
+            await c.pause_once()
+            await c.pause_once()
+
+        @flow.workflow(trigger="pinged")
+        async def pong(c: Context) -> None:
+            await c.log("pong")
+
+        return flow
+
+    results = await script().run("ping")
+    assert sorted(r.workflow for r in results) == ["ping", "pong"]
+    for _ in range(2):
+        [again] = await script().run()
+        assert again.workflow == "ping"
+    runs = await script().list_runs()
+    assert sorted(r.workflow for r in runs) == ["ping", "pong"]
+
+
+@pytest.mark.anyio
+async def test_flow_emit_starts_and_wakes_and_tolerates_no_listener(make_flow: MakeFlow) -> None:
+    flow = make_flow()
+
+    @flow.workflow(trigger="door")
+    async def on_door(c: Context, args: dict[str, str]) -> str:
+        return args["who"]
+
+    @flow.workflow()
+    async def guard(c: Context) -> Any:
+        return await c.wait_event("door")
+
+    [waiting] = await flow.run("guard")
+    assert waiting.status == "paused"
+    shown = await flow.get_run(waiting.run_id)
+    assert (shown.wait_event, shown.wake_at) == ("door", None)
+
+    results = await flow.emit("door", {"who": "Ada"})
+    assert sorted((r.workflow, r.status, r.result) for r in results) == [
+        ("guard", "succeeded", {"who": "Ada"}),
+        ("on_door", "succeeded", "Ada"),
+    ]
+    assert await flow.emit("nobody listens") == []
+    with pytest.raises(asyncflow.SerializationError, match="event 'door'"):
+        await flow.emit("door", {1, 2})
+    with pytest.raises(asyncflow.UsageError):
+        await flow.emit("")
+
+
+@pytest.mark.anyio
+async def test_a_waiting_run_is_not_replayed_until_its_event(make_flow: MakeFlow) -> None:
+    replays: list[int] = []
+    flow = make_flow()
+
+    @flow.workflow()
+    async def wait(c: Context) -> Any:
+        replays.append(1)
+        return await c.wait_event("go")
+
+    await flow.run("wait")
+    for _ in range(3):
+        assert await flow.run() == []
+    assert len(replays) == 1
+    [done] = await flow.emit("go", 7)
+    assert (done.status, done.result, len(replays)) == ("succeeded", 7, 2)
+
+
+@pytest.mark.anyio
+async def test_each_waiting_run_receives_each_event_once_and_only_after_its_wait_began(
+    make_flow: MakeFlow,
+) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def collect(c: Context) -> list[Any]:
+        got = []
+        for _ in range(3):
+            got.append(await c.wait_event("tick"))
+            await c.log(f"got {got[-1]}")
+        return got
+
+    await flow.emit("tick", "too early")  # before any wait began: received by nobody
+    [a] = await flow.run("collect")
+    [b] = await flow.run("collect")
+    results = await flow.emit("tick", 1)
+    assert {(r.run_id, r.logs[-1]) for r in results} == {(a.run_id, "got 1"), (b.run_id, "got 1")}
+    await flow.emit("tick", 2)
+    await flow.emit("other", 99)
+    results = await flow.emit("tick", 3)
+    assert {(r.run_id, r.status) for r in results} == {
+        (a.run_id, "succeeded"),
+        (b.run_id, "succeeded"),
+    }
+    assert {r.run_id: r.result for r in results} == {a.run_id: [1, 2, 3], b.run_id: [1, 2, 3]}
+
+
+@pytest.mark.anyio
+async def test_an_event_from_a_workflow_wakes_a_waiting_run_in_the_same_invocation(
+    make_flow: MakeFlow,
+) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def deploy(c: Context) -> str:
+        answer = await c.wait_event(f"承認:{c.run_id}")
+        return f"deployed by {answer['by']}"
+
+    @flow.workflow()
+    async def approve(c: Context, args: dict[str, str]) -> None:
+        await c.event(f"承認:{args['run_id']}", {"by": "Ada"})
+
+    [waiting] = await flow.run("deploy")
+    results = await flow.run("approve", {"run_id": waiting.run_id})
+    assert [(r.workflow, r.status) for r in results] == [
+        ("approve", "succeeded"),
+        ("deploy", "succeeded"),
+    ]
+    assert results[1].result == "deployed by Ada"
+
+
+@pytest.mark.anyio
+async def test_wait_event_times_out(make_flow: MakeFlow, clock: MockClock) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def wait(c: Context) -> str:
+        try:
+            await c.wait_event("never", timeout=60)
+        except asyncflow.WaitTimeout as exc:
+            await c.log(str(exc))
+            return "gave up"
+        return "got it"
+
+    [run] = await flow.run("wait")
+    assert run.status == "paused"
+    shown = await flow.get_run(run.run_id)
+    assert (shown.wait_event, shown.wake_at) == ("never", clock() + 60)
+    clock.advance(59)
+    assert await flow.run() == []
+    clock.advance(1)
+    [run] = await flow.run()
+    assert (run.status, run.result) == ("succeeded", "gave up")
+    assert run.logs[0].startswith("no event 'never' was emitted before ")
+    # A late event changes nothing: the timeout was recorded.
+    assert await flow.emit("never") == []
+    [step] = (await flow.get_run(run.run_id)).steps[:1]
+    assert (step.kind, step.done, step.error) == ("wait_event", True, "WaitTimeout")
+
+
+@pytest.mark.anyio
+async def test_an_event_before_the_timeout_wins(make_flow: MakeFlow, clock: MockClock) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def wait(c: Context) -> Any:
+        return await c.wait_event("soon", timeout=60)
+
+    await flow.run("wait")
+    clock.advance(30)
+    [run] = await flow.emit("soon", "here")
+    assert (run.status, run.result) == ("succeeded", "here")
+    assert await flow.next_wakeup() is None
+
+
+@pytest.mark.anyio
+async def test_an_event_cycle_is_stopped_with_a_clear_error(make_flow: MakeFlow) -> None:
+    flow = make_flow()
+
+    @flow.workflow(trigger="ping")
+    async def ping(c: Context) -> None:
+        await c.event("pong")
+
+    @flow.workflow(trigger="pong")
+    async def pong(c: Context) -> None:
+        await c.event("ping")
+
+    with pytest.raises(asyncflow.EventCycleError, match="cycle") as info:
+        await flow.run("ping")
+    assert "'ping'" in str(info.value) or "'pong'" in str(info.value)
+    # Nothing was lost: the last runs started are stored, pending.
+    pending = await flow.list_runs("pending")
+    assert len(pending) == 1
+    assert len(await flow.list_runs("succeeded")) == 1 + 100  # the first round, 100 more
