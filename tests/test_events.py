@@ -35,7 +35,11 @@ async def test_an_event_starts_its_workflows_in_the_same_invocation(make_flow: M
         await c.log("処理3")
 
     first, *started = await flow.run("処理1")
-    assert (first.workflow, first.status, first.logs) == ("処理1", "succeeded", ["処理1", "emitted"])
+    assert (first.workflow, first.status, first.logs) == (
+        "処理1",
+        "succeeded",
+        ["処理1", "emitted"],
+    )
     assert sorted((r.workflow, r.status, tuple(r.logs)) for r in started) == [
         ("処理2", "succeeded", ("処理2 on 処理1",)),
         ("処理3", "succeeded", ("処理3",)),
