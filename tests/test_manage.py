@@ -93,7 +93,8 @@ async def test_retry_reexecutes_the_failed_step_and_replays_the_rest(make_flow: 
 
     [run] = await flow.run("order")
     assert run.status == "failed"
-    assert run.error is not None and run.error.startswith("SideEffectError")
+    assert run.error is not None
+    assert run.error.startswith("SideEffectError")
     assert run.error.endswith(".ship' raised ConnectionError: carrier down")
     with pytest.raises(asyncflow.UsageError, match="only a waiting run can be cancelled"):
         await flow.cancel(run.run_id)

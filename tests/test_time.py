@@ -169,7 +169,8 @@ async def test_bad_sleeps_are_usage_errors(make_flow: MakeFlow) -> None:
     for trigger, mention in [("negative", "-1"), ("naive", "timezone-aware"), ("nan", "nan")]:
         [run] = await flow.run(trigger)
         assert run.status == "failed"
-        assert run.error is not None and run.error.startswith("UsageError")
+        assert run.error is not None
+        assert run.error.startswith("UsageError")
         assert mention in run.error
 
 
@@ -199,6 +200,5 @@ async def test_now_random_and_uuid_are_recorded_once(
     assert when == datetime.fromtimestamp(clock() - 500, timezone.utc)
     assert 0 <= chance < 1
     assert (ident.version, run.result) == (4, str(ident))
-    assert when.tzinfo is not None and when + timedelta(seconds=500) == datetime.fromtimestamp(
-        clock(), timezone.utc
-    )
+    assert when.tzinfo is not None
+    assert when + timedelta(seconds=500) == datetime.fromtimestamp(clock(), timezone.utc)
