@@ -67,7 +67,6 @@ def examples(session: nox.Session) -> None:
                 '{"task": "レポート", "deadline": "2030-01-31T17:00:00+09:00"}',
             ],
             ["runs"],
-            ["emit", "完了:レポート"],
         ],
     }
     for script, invocations in runs.items():
