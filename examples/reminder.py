@@ -5,7 +5,8 @@ replaying it (`runs` shows the time it waits for; `flow.next_wakeup()` tells a s
 to call next), and the first invocation after the time resumes it. Marking the task done is an
 event (`完了:<task>`) that the run waits for, with the deadline as its timeout.
 
-    python examples/reminder.py run 締め切り '{"task": "レポート", "deadline": "2030-01-31T17:00:00+09:00", "remind_before_s": 3600}'
+    python examples/reminder.py run 締め切り \
+        '{"task": "レポート", "deadline": "2030-01-31T17:00:00+09:00", "remind_before_s": 3600}'
     python examples/reminder.py runs                    # WAITING FOR: time 2030-01-31T16:00...
     python examples/reminder.py run                     # after 16:00: the reminder
     python examples/reminder.py emit 完了:レポート       # done in time
