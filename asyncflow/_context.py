@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random as _random
 import sys
-import uuid as _uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._exceptions import (
@@ -22,6 +19,9 @@ from ._exceptions import (
 from ._record import dumps, new_run_id, step_text
 
 if TYPE_CHECKING:
+    import uuid as _uuid
+    from datetime import datetime
+
     from ._engine import Execution
 
 __all__ = ["Context", "Suspend"]
@@ -218,6 +218,8 @@ class Context:
     async def sleep_until(self, when: datetime) -> None:
         """Suspend the run until ``when`` (a timezone-aware datetime), durably; see
         :meth:`sleep`."""
+        from datetime import datetime
+
         step = self._replay("sleep", None)
         if step is None:
             if not isinstance(when, datetime) or when.tzinfo is None:
@@ -230,6 +232,8 @@ class Context:
 
     async def now(self) -> datetime:
         """The current time (UTC, from the flow's clock), recorded: replays return the same."""
+        from datetime import datetime, timezone
+
         step = self._replay("now", None)
         if step is not None:
             value = float(step["value"])
@@ -243,16 +247,20 @@ class Context:
         step = self._replay("random", None)
         if step is not None:
             return float(step["value"])
-        value = _random.random()
+        import random  # (loaded on first use: an import costs every cold start)
+
+        value = random.random()
         self._append({"kind": "random", "value": value}, step_text("random", value=repr(value)))
         return value
 
     async def uuid(self) -> _uuid.UUID:
         """A random UUID (version 4), recorded: replays return the same."""
+        import uuid
+
         step = self._replay("uuid", None)
         if step is not None:
-            return _uuid.UUID(step["value"])
-        value = _uuid.uuid4()
+            return uuid.UUID(step["value"])
+        value = uuid.uuid4()
         self._append({"kind": "uuid", "value": str(value)}, step_text("uuid", value=f'"{value}"'))
         return value
 

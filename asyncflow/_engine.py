@@ -8,16 +8,18 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+if TYPE_CHECKING:
+    from ._cron import Cron
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 from ._backend import Backend, Key
 from ._context import Context, Suspend
-from ._cron import Cron
 from ._events import deliver, scheduled_runs
 from ._exceptions import BackendError, ConflictError, EventCycleError
 from ._record import FINISHED, RunRecord, decode_state, dumps, encode_state, new_run_id

@@ -3,16 +3,14 @@ the runs that schedules (every invocation, cron) start."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ._backend import Backend
 from ._exceptions import BackendError, ConflictError
 from ._record import RunRecord, dumps
-from ._waits import WAITS, WaitIndex
+from ._waits import WAITS, WaitIndex, sha256_hex
 
 if TYPE_CHECKING:
     from ._engine import Workflow
@@ -29,7 +27,7 @@ def derived_run_id(event_id: str, workflow: str) -> str:
     """The id of the run that event ``event_id`` starts for ``workflow``: the same every time
     the event is delivered, so delivering it again after a crash starts nothing twice. It keeps
     the event id's time prefix, so it sorts like any run id."""
-    digest = hashlib.sha256(f"{event_id}\0{workflow}".encode()).hexdigest()
+    digest = sha256_hex(f"{event_id}\0{workflow}")
     return event_id[:14] + digest[:6]
 
 
@@ -150,6 +148,8 @@ async def scheduled_runs(
             tick = await _cron_tick(backend, workflow, now)
             if tick is None:
                 continue
+            from datetime import datetime, timezone
+
             args = {"tick": datetime.fromtimestamp(tick, timezone.utc).isoformat()}
         elif workflow.kind != "every":
             continue

@@ -9,9 +9,8 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from ._backend import Backend
 from ._context import Context
@@ -29,6 +28,9 @@ from ._record import RunRecord, dumps, new_run_id
 from ._results import Run, RunResult, RunStatus
 from ._triggers import Trigger, as_trigger
 from ._waits import WAITS, WaitIndex
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 __all__ = ["DEFAULT_BACKEND", "Flow", "setup"]
 
@@ -398,6 +400,8 @@ class Flow:
         A scheduler can call the next invocation then. Runs paused otherwise (``pause_once``)
         are due at every invocation; runs waiting for an event, when it is emitted.
         """
+        from datetime import datetime, timezone
+
         async with self._using() as backend:
             wake = WaitIndex(await backend.list(WAITS)).next_wakeup()
         return None if wake is None else datetime.fromtimestamp(wake, timezone.utc)

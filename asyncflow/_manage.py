@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +10,7 @@ from ._backend import Backend
 from ._engine import ACTIVE, DONE, finish
 from ._exceptions import BackendError, ConflictError, RunNotFoundError, UsageError
 from ._record import FINISHED, RunRecord, dumps
-from ._waits import WAITS, WaitIndex
+from ._waits import WAITS, WaitIndex, sha256_hex
 
 __all__ = ["KEYS", "cancel", "claim_key", "reopen"]
 
@@ -112,7 +111,7 @@ async def claim_key(backend: Backend, record: RunRecord, key: str) -> bool:
     """
     if not isinstance(key, str) or not key:
         raise UsageError(f"an idempotency key must be a non-empty string, not {key!r}")
-    name = hashlib.sha256(f"{record.workflow}\0{key}".encode()).hexdigest()[:40]
+    name = sha256_hex(f"{record.workflow}\0{key}")[:40]
     content = {
         "asyncflow": "key",
         "workflow": record.workflow,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from ._cron import Cron
 from ._exceptions import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from ._cron import Cron
 
 __all__ = ["Trigger", "cron_trigger", "event_trigger", "every_trigger", "state_trigger"]
 
@@ -68,6 +70,8 @@ def cron_trigger(expression: str) -> Trigger:
     Raises:
         ConfigError: the expression is not a valid five-field cron expression.
     """
+    from ._cron import Cron  # (loaded on first use, with datetime)
+
     return Trigger("cron", expression, Cron(expression))
 
 

@@ -12,7 +12,6 @@ record's write and the entry's deletion.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,14 +19,20 @@ from dataclasses import dataclass
 from ._backend import Backend
 from ._record import RunRecord
 
-__all__ = ["WAITS", "WaitIndex", "event_hash", "index_name", "sync_index"]
+__all__ = ["WAITS", "WaitIndex", "event_hash", "index_name", "sha256_hex", "sync_index"]
 
 WAITS = "waits"
 
 
+def sha256_hex(text: str) -> str:
+    import hashlib  # (loaded on first use: OpenSSL's import costs a cold start milliseconds)
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def event_hash(event: str) -> str:
     # Event names are any text; a fixed-size hash keeps the entry's name short and safe.
-    return hashlib.sha256(event.encode()).hexdigest()[:16]
+    return sha256_hex(event)[:16]
 
 
 def index_name(record: RunRecord) -> str | None:

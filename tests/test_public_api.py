@@ -53,6 +53,20 @@ def test_import_loads_no_aws_or_http_library() -> None:
     assert out.strip() == "[]"
 
 
+def test_import_defers_what_only_timers_events_and_schedules_use() -> None:
+    """uuid, random, hashlib (OpenSSL) and datetime cost a cold start ~10 ms together; they
+    load when c.uuid(), c.random(), an event or a cron trigger is first used."""
+    code = (
+        "import sys, asyncflow;"
+        "print(sorted(m for m in sys.modules if m in"
+        " ('uuid', 'random', 'hashlib', 'datetime', 'asyncflow._cron')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
 def test_the_package_imports_only_what_it_declares() -> None:
     """A module imported but not declared works here (the dev group brings it) and fails
     on a user's machine: sniffio once came in that way."""
