@@ -7,6 +7,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from ._backend import Backend
 from ._exceptions import BackendError, ConflictError
 from ._record import RunRecord, dumps
@@ -74,14 +76,22 @@ async def wake_waiters(
 ) -> list[str]:
     """Hand event ``event`` to every run waiting for it since before ``event_id``; return them."""
     index = WaitIndex(await backend.list(WAITS))
-    woken = []
-    for run_id in index.waiting_for(event):
-        if await _resolve(backend, clock, run_id, event, args, event_id):
-            woken.append(run_id)
-            # The record no longer waits: drop its entries so the next listing sees it due.
-            for entry in index.names(run_id):
-                await backend.delete((WAITS, entry))
-    return woken
+    waiting = index.waiting_for(event)
+    woken = [False] * len(waiting)
+    limiter = anyio.CapacityLimiter(64)  # each is a read and a write: overlap their waits
+
+    async def wake(i: int, run_id: str) -> None:
+        async with limiter:
+            woken[i] = await _resolve(backend, clock, run_id, event, args, event_id)
+            if woken[i]:
+                # The record no longer waits: drop its entries so the next listing sees it due.
+                for entry in index.names(run_id):
+                    await backend.delete((WAITS, entry))
+
+    async with anyio.create_task_group() as tg:
+        for i, run_id in enumerate(waiting):
+            tg.start_soon(wake, i, run_id)
+    return [run_id for run_id, ok in zip(waiting, woken, strict=True) if ok]
 
 
 async def _resolve(

@@ -116,6 +116,10 @@ def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
             "vs_ttflow.py", "replay", f"--steps={sizes.tt_replay_steps}", "--reps=1",
         ],
         "import": ["importtime.py", f"--reps={sizes.import_reps}"],
+        "timers": [
+            "timers.py", f"--runs={sizes.fanout_runs}",
+            f"--waiters={sizes.fanout_runs // 10}", f"--reps={sizes.fanout_reps}",
+        ],
     }  # fmt: skip
     unknown = skip - plan.keys()
     if unknown:
@@ -231,6 +235,20 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
             Row("Replay: ttflow 0.6.3, `onmemory`", size, secs(r["median_s"]),
                 mib(r["peak_rss_mib"]),
                 notes=f"{reps_note(r)}; first execution {secs(r['build_s'])}")
+        )  # fmt: skip
+
+    label = "Timers: one `flow.run()`, file backend, asyncio"
+    size = f"{sizes.fanout_runs:,} runs in `c.sleep`, none due"
+    if r := figures("timers", label, size):
+        rows.append(
+            Row(label, size, secs(r["skip_s"]), mib(r["peak_rss_mib"]),
+                notes=f"median of {r['reps']}; the same runs paused by `pause_once`:"
+                      f" {secs(r['paused_s'])} (each claimed, read, replayed, stored)")
+        )  # fmt: skip
+        size = f"{r['waiters']:,} runs in `c.wait_event`"
+        rows.append(
+            Row("Events: one `flow.emit()` waking them, file backend, asyncio", size,
+                secs(r["emit_s"]), notes="each woken run resumes and finishes in it")
         )  # fmt: skip
 
     label = "`import asyncflow` (fresh interpreter)"
