@@ -1,6 +1,6 @@
 """The index of waiting runs: which paused runs are not due, read from one listing.
 
-A paused run that sleeps or waits for an event gets an empty object in the ``waits``
+A paused run that sleeps or waits for an event gets a tiny object (`{}`) in the ``waits``
 namespace whose *name* says why: ``<run id>.<wake time in ms, hex, or ->.<event hash or ->``.
 An invocation lists the namespace once and skips those runs without claiming or reading them;
 an emitter finds the runs waiting for its event by the hash. The run's record stays the truth:
@@ -96,7 +96,7 @@ async def sync_index(backend: Backend, record: RunRecord, known: list[str]) -> l
     as last seen. Returns its entries now."""
     wanted = index_name(record)
     if wanted is not None and wanted not in known:
-        await backend.write((WAITS, wanted), b"")
+        await backend.write((WAITS, wanted), b"{}")  # (not empty: some stores refuse that)
     for name in known:
         if name != wanted:
             await backend.delete((WAITS, name))

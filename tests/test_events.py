@@ -3,6 +3,7 @@ events within the invocation that emitted them."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -239,3 +240,36 @@ async def test_an_event_cycle_is_stopped_with_a_clear_error(make_flow: MakeFlow)
     pending = await flow.list_runs("pending")
     assert len(pending) == 1
     assert len(await flow.list_runs("succeeded")) == 1 + 100  # the first round, 100 more
+
+
+@pytest.mark.anyio
+async def test_an_event_delivered_again_after_a_crash_starts_nothing_twice(
+    make_flow: MakeFlow,
+) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def parent(c: Context) -> None:
+        await c.event("child")
+        await c.pause_once()
+
+    @flow.workflow(trigger="child")
+    async def child(c: Context) -> None:
+        pass
+
+    [first, started] = await flow.run("parent")
+    assert started.workflow == "child"
+    async with flow:
+        # As if the invocation had died after delivering but before storing "sent".
+        key = ("active", first.run_id)
+        entry = await flow.backend.read(key)
+        assert entry is not None
+        raw = json.loads(entry.data)
+        [step] = [s for s in raw["steps"] if s["kind"] == "event"]
+        del step["sent"]
+        await flow.backend.write(key, json.dumps(raw).encode(), if_version=entry.version)
+    [again] = await flow.run()
+    assert again.run_id == first.run_id
+    assert sorted(r.workflow for r in await flow.list_runs()) == ["child", "parent"]
+    sent = [s for s in (await flow.get_run(first.run_id)).steps if s.kind == "event"]
+    assert len(sent) == 1

@@ -203,3 +203,21 @@ def test_a_key_starts_one_run_across_processes(tmp_path: Path) -> None:
     runs = list((tmp_path / "store" / "active").glob("*.json"))
     assert [r.stem for r in runs] == list(ids)
     assert json.loads(runs[0].read_text())["workflow"] == "pay"
+
+
+@pytest.mark.anyio
+async def test_a_key_whose_run_was_never_stored_starts_it(make_flow: MakeFlow) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def job(c: Context) -> str:
+        return c.run_id
+
+    [run_id] = await flow.start("job", key="k")
+    async with flow:
+        # As if the caller had died between taking the key and storing its run.
+        await flow.backend.delete(("active", run_id))
+    assert await flow.start("job", key="k") == [run_id]
+    [run] = await flow.run()
+    assert (run.run_id, run.result) == (run_id, run_id)
+    assert await flow.run("job", key="k") == []
