@@ -20,7 +20,6 @@ if sys.version_info < (3, 11):
 
 from ._backend import Backend, Key
 from ._context import Context, Suspend
-from ._events import deliver, scheduled_runs
 from ._exceptions import BackendError, ConflictError, EventCycleError
 from ._record import FINISHED, RunRecord, decode_state, dumps, encode_state, new_run_id
 from ._results import RunResult
@@ -67,6 +66,8 @@ class Invocation:
     async def deliver(
         self, kind: str, name: str, args: Any, event_id: str, *, again: bool = False
     ) -> None:
+        from ._events import deliver
+
         self.due += await deliver(
             self.backend, self.clock, self.workflows, kind, name, args, event_id, again=again
         )
@@ -223,7 +224,10 @@ async def invoke(
     at once; report them new first, then resumed oldest first, then the runs that events
     emitted meanwhile started or woke."""
     invocation = Invocation(backend, clock, workflows)
-    new = [*new, *await scheduled_runs(backend, clock, workflows, new_run_id)]
+    if any(w.kind in ("every", "cron") for w in workflows.values()):
+        from ._events import scheduled_runs  # (loaded when used: every import costs a cold start)
+
+        new = [*new, *await scheduled_runs(backend, clock, workflows, new_run_id)]
     listed = await backend.list(ACTIVE)
     index = WaitIndex(await backend.list(WAITS))
     now = clock()

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from ._backend import Backend
 from ._context import Context
 from ._engine import ACTIVE, DONE, Workflow, create_runs, invoke, read_state
-from ._events import deliver
 from ._exceptions import (
     ConfigError,
     ConflictError,
@@ -23,7 +22,6 @@ from ._exceptions import (
     UnknownTriggerError,
     UsageError,
 )
-from ._manage import cancel, claim_key, reopen
 from ._record import RunRecord, dumps, new_run_id
 from ._results import Run, RunResult, RunStatus
 from ._triggers import Trigger, as_trigger
@@ -323,6 +321,8 @@ class Flow:
             raise UsageError("a key is given without a trigger")
         async with self._using() as backend:
             if key is not None:
+                from ._manage import claim_key
+
                 new = [r for r in new if await claim_key(backend, r, key)]
             return await invoke(backend, self.clock, self._workflows, new, self.max_concurrency)
 
@@ -337,6 +337,8 @@ class Flow:
         Returns:
             The new runs' ids (with a key: the ids of the runs started for it, new or not).
         """
+        from ._manage import claim_key
+
         records = create_runs(self.clock, self._bound(trigger), trigger, args)
         async with self._using() as backend:
             for record in records:
@@ -361,6 +363,8 @@ class Flow:
         """
         if not isinstance(name, str) or not name:
             raise UsageError(f"the event name must be a non-empty string, not {name!r}")
+        from ._events import deliver
+
         args = json.loads(dumps(args, f"the args of event {name!r}"))
         async with self._using() as backend:
             await deliver(backend, self.clock, self._workflows, "event", name, args, new_run_id())
@@ -377,6 +381,8 @@ class Flow:
             RunNotFoundError: there is no such run.
             UsageError: the run has finished already.
         """
+        from ._manage import cancel
+
         async with self._using() as backend:
             await cancel(backend, self.clock, run_id)
 
@@ -389,6 +395,8 @@ class Flow:
             RunNotFoundError: there is no such run.
             UsageError: the run has not failed.
         """
+        from ._manage import reopen
+
         async with self._using() as backend:
             await reopen(backend, self.clock, run_id)
             return await invoke(backend, self.clock, self._workflows, [], self.max_concurrency)
