@@ -389,7 +389,9 @@ class Flow:
     async def retry(self, run_id: str) -> list[RunResult]:
         """Execute a failed run again from its journal; one invocation.
 
-        The side effect that failed executes again; the steps recorded before it replay.
+        The side effect that failed executes again (a ``wait_event`` whose timeout failed the
+        run waits again, with its timeout counted from now); the steps recorded before it
+        replay.
 
         Raises:
             RunNotFoundError: there is no such run.

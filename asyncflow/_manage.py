@@ -61,8 +61,9 @@ async def cancel(backend: Backend, clock: Callable[[], float], run_id: str) -> N
 async def reopen(backend: Backend, clock: Callable[[], float], run_id: str) -> None:
     """Move a failed run back to the active runs, ready to execute again from its journal.
 
-    The failed side effect (the last one that raised) and everything recorded after it are
-    dropped, so it executes again; the steps before it replay. A run that failed on its own
+    The failed side effect (the last one that raised) or the wait that timed out, and
+    everything recorded after it, are dropped, so it executes again; the steps before it
+    replay. A run that failed on its own
     exception keeps its whole journal and replays it up to the failure.
     """
     key = (DONE, run_id)
@@ -75,8 +76,16 @@ async def reopen(backend: Backend, clock: Callable[[], float], run_id: str) -> N
     if record.status != "failed":
         raise UsageError(f"run {run_id} has {record.status}; only a failed run can be retried")
     steps = record.steps
-    if (record.error or "").startswith("SideEffectError"):
-        failed = [i for i, s in enumerate(steps) if s["kind"] == "sideeffect" and "error" in s]
+    error = record.error or ""
+    if error.startswith(("SideEffectError", "WaitTimeout")):
+        # The step that raised what the run failed on: the last side effect that raised, or
+        # the last wait that timed out (which then waits again, with its timeout from now).
+        failed = [
+            i
+            for i, s in enumerate(steps)
+            if (s["kind"] == "sideeffect" and "error" in s and error.startswith("Side"))
+            or (s["kind"] == "wait_event" and s.get("timed_out") and error.startswith("Wait"))
+        ]
         if failed:
             cut = failed[-1]
             steps = steps[:cut]

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 
 import asyncflow
@@ -273,3 +274,33 @@ async def test_an_event_delivered_again_after_a_crash_starts_nothing_twice(
     assert sorted(r.workflow for r in await flow.list_runs()) == ["child", "parent"]
     sent = [s for s in (await flow.get_run(first.run_id)).steps if s.kind == "event"]
     assert len(sent) == 1
+
+
+@pytest.mark.anyio
+async def test_concurrent_emits_hand_each_waiting_run_one_event(make_flow: MakeFlow) -> None:
+    def script() -> asyncflow.Flow:
+        flow = make_flow()
+
+        @flow.workflow()
+        async def wait(c: Context) -> Any:
+            return await c.wait_event("go")
+
+        return flow
+
+    setup = script()
+    ids = [r.run_id for _ in range(10) for r in await setup.run("wait")]
+    results: list[asyncflow.RunResult] = []
+
+    async def emit(value: int) -> None:
+        results.extend(await script().emit("go", value))
+
+    async with anyio.create_task_group() as tg:
+        for value in range(3):
+            tg.start_soon(emit, value)
+    runs = {r.run_id: r for r in await setup.list_runs()}
+    assert all(runs[i].status == "succeeded" for i in ids), "no run left waiting"
+    assert all(runs[i].result in (0, 1, 2) for i in ids)
+    # Each run finished once, in one of the invocations, with the event it was handed.
+    finished = [r for r in results if r.status == "succeeded"]
+    assert sorted(r.run_id for r in finished) == sorted(ids)
+    assert all(r.result == runs[r.run_id].result for r in finished)

@@ -221,3 +221,26 @@ async def test_a_key_whose_run_was_never_stored_starts_it(make_flow: MakeFlow) -
     [run] = await flow.run()
     assert (run.run_id, run.result) == (run_id, run_id)
     assert await flow.run("job", key="k") == []
+
+
+@pytest.mark.anyio
+async def test_retry_after_a_timeout_waits_again(make_flow: MakeFlow, clock: MockClock) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def approve(c: Context) -> Any:
+        await c.log("asked")
+        return await c.wait_event("yes", timeout=60)
+
+    [run] = await flow.run("approve")
+    clock.advance(60)
+    [run] = await flow.run()
+    assert run.status == "failed"
+    assert run.error is not None
+    assert run.error.startswith("WaitTimeout")
+    [again] = await flow.retry(run.run_id)
+    assert (again.status, again.logs) == ("paused", ["asked"])
+    shown = await flow.get_run(run.run_id)
+    assert (shown.wait_event, shown.wake_at) == ("yes", clock() + 60)
+    [done] = await flow.emit("yes", "ok")
+    assert (done.run_id, done.status, done.result) == (run.run_id, "succeeded", "ok")
