@@ -224,11 +224,9 @@ async def invoke(
     at once; report them new first, then resumed oldest first, then the runs that events
     emitted meanwhile started or woke."""
     invocation = Invocation(backend, clock, workflows)
-    if any(w.kind in ("every", "cron") for w in workflows.values()):
-        from ._events import scheduled_runs  # (loaded when used: every import costs a cold start)
-
-        new = [*new, *await scheduled_runs(backend, clock, workflows, new_run_id)]
+    new = [*new, *await _scheduled(invocation)]
     listed = await backend.list(ACTIVE)
+    # Runs the wait index calls not due (asleep, waiting for an event) are skipped unread.
     index = WaitIndex(await backend.list(WAITS))
     now = clock()
     async with AsyncExitStack() as claims:
@@ -236,69 +234,50 @@ async def invoke(
         # ends: a run another invocation holds is skipped, and nothing that is read below can
         # change under us. (Claiming run by run as they execute measured slower: each claim
         # then waits on the event loop's thread for the GIL held by the file threads.)
-        # Runs the wait index calls not due are skipped unread: a sleeping run costs nothing.
-        held = {
+        held = [
             run_id
             for run_id in sorted(listed)  # ids sort by creation time
             if not index.sleeping(run_id, now)
             and await claims.enter_async_context(backend.claim((ACTIVE, run_id)))
-        }
-        jobs: list[tuple[RunRecord, str | None, list[str]]] = []
+        ]
+        jobs: list[tuple[RunRecord, str | None]] = []
         for record in new:
             key = (ACTIVE, record.run_id)
             if await claims.enter_async_context(backend.claim(key)):
-                held.add(record.run_id)
-                jobs.append((record, None, []))
+                jobs.append((record, None))
             else:
                 # A fresh id held elsewhere can only be a hash collision of the claim (about
                 # one in 2**62): keep the run for the next invocation rather than lose it.
                 await backend.write(key, record.encode(), if_absent=True)
         # Read and check every claimed record before anything executes: a damaged file stops
         # the invocation here, before it changed anything.
-        keys = [(ACTIVE, run_id) for run_id in sorted(held) if run_id in listed]
+        keys = [(ACTIVE, run_id) for run_id in held]
         for key, entry in zip(keys, await backend.read_many(keys), strict=True):
             # Changed since the listing: another invocation advanced it meanwhile, so its new
             # state was not due when this one began.
             if entry is not None and entry.version == listed[key[1]]:
-                record = RunRecord.decode(entry.data, backend.locate(key))
-                jobs.append((record, entry.version, index.names(key[1])))
-        results = await _advance_all(invocation, jobs, max_concurrency)
-        rounds = 0
-        while invocation.due:
-            # Events emitted in the last round started or woke these runs: advance them now,
-            # so that an invocation returns with its events handled.
-            rounds += 1
-            due, invocation.due = list(dict.fromkeys(invocation.due)), []
-            if rounds > MAX_EVENT_ROUNDS:
-                raise EventCycleError(
-                    f"events emitted during this invocation kept starting or waking runs for"
-                    f" {MAX_EVENT_ROUNDS} rounds (the last ones: {_workflows_of(due, jobs)}):"
-                    " do workflows trigger each other in a cycle? The runs are stored and"
-                    " continue at the next invocation."
-                )
-            for run_id in due:
-                if run_id not in held and await claims.enter_async_context(
-                    backend.claim((ACTIVE, run_id))
-                ):
-                    held.add(run_id)
-            keys = [(ACTIVE, run_id) for run_id in due if run_id in held]
-            jobs = []
-            for key, entry in zip(keys, await backend.read_many(keys), strict=True):
-                if entry is not None:
-                    record = RunRecord.decode(entry.data, backend.locate(key))
-                    jobs.append((record, entry.version, []))
-            results += await _advance_all(invocation, jobs, max_concurrency)
+                jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
+        results = await _advance_all(invocation, jobs, index, max_concurrency)
+        held += [record.run_id for record, version in jobs if version is None]
+        results += await _event_rounds(invocation, claims, set(held), max_concurrency)
     return results
 
 
-def _workflows_of(run_ids: list[str], jobs: list[tuple[RunRecord, str | None, list[str]]]) -> str:
-    names = sorted({record.workflow for record, _, _ in jobs})
-    return ", ".join(repr(n) for n in names) or f"{len(run_ids)} runs"
+async def _scheduled(invocation: Invocation) -> list[RunRecord]:
+    """The runs every-invocation and cron workflows start in this invocation."""
+    if not any(w.kind in ("every", "cron") for w in invocation.workflows.values()):
+        return []
+    from ._events import scheduled_runs  # (loaded when used: every import costs a cold start)
+
+    return await scheduled_runs(
+        invocation.backend, invocation.clock, invocation.workflows, new_run_id
+    )
 
 
 async def _advance_all(
     invocation: Invocation,
-    jobs: list[tuple[RunRecord, str | None, list[str]]],
+    jobs: list[tuple[RunRecord, str | None]],
+    index: WaitIndex,
     max_concurrency: int,
 ) -> list[RunResult]:
     results: list[RunResult | None] = [None] * len(jobs)
@@ -306,12 +285,50 @@ async def _advance_all(
 
     async def worker() -> None:
         for i in queue:
-            results[i] = await advance(invocation, *jobs[i])
+            record, version = jobs[i]
+            indexed = index.names(record.run_id)
+            results[i] = await advance(invocation, record, version, indexed)
 
     async with anyio.create_task_group() as tg:
         for _ in range(min(max_concurrency, len(jobs))):
             tg.start_soon(worker)
     return [r for r in results if r is not None]
+
+
+async def _event_rounds(
+    invocation: Invocation, claims: AsyncExitStack, held: set[str], max_concurrency: int
+) -> list[RunResult]:
+    """Advance the runs that events emitted in this invocation started or woke, round after
+    round, so that an invocation returns with its events handled."""
+    backend = invocation.backend
+    results: list[RunResult] = []
+    rounds = 0
+    while invocation.due:
+        rounds += 1
+        due, invocation.due = list(dict.fromkeys(invocation.due)), []
+        if rounds > MAX_EVENT_ROUNDS:
+            raise EventCycleError(
+                f"events emitted during this invocation kept starting or waking runs for"
+                f" {MAX_EVENT_ROUNDS} rounds (the last ones: {len(due)} runs of"
+                f" {_workflows_of(results[-len(due) :])}): do workflows trigger each other in"
+                " a cycle? The runs are stored and continue at the next invocation."
+            )
+        for run_id in due:
+            if run_id not in held and await claims.enter_async_context(
+                backend.claim((ACTIVE, run_id))
+            ):
+                held.add(run_id)
+        keys = [(ACTIVE, run_id) for run_id in due if run_id in held]
+        jobs: list[tuple[RunRecord, str | None]] = []
+        for key, entry in zip(keys, await backend.read_many(keys), strict=True):
+            if entry is not None:
+                jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
+        results += await _advance_all(invocation, jobs, WaitIndex(()), max_concurrency)
+    return results
+
+
+def _workflows_of(results: list[RunResult]) -> str:
+    return ", ".join(repr(n) for n in sorted({r.workflow for r in results})) or "no workflow"
 
 
 async def advance(
