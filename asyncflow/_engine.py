@@ -225,9 +225,12 @@ async def invoke(
     emitted meanwhile started or woke."""
     invocation = Invocation(backend, clock, workflows)
     new = [*new, *await _scheduled(invocation)]
-    listed = await backend.list(ACTIVE)
     # Runs the wait index calls not due (asleep, waiting for an event) are skipped unread.
+    # Listed before the runs: a run that an emitter wakes after this listing is left to the
+    # emitter's invocation, which executes it (listed the other way round, the run would be
+    # claimed here, then skipped as changed since the listing: executed by neither).
     index = WaitIndex(await backend.list(WAITS))
+    listed = await backend.list(ACTIVE)
     now = clock()
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation

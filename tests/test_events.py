@@ -4,7 +4,10 @@ events within the invocation that emitted them."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -304,3 +307,57 @@ async def test_concurrent_emits_hand_each_waiting_run_one_event(make_flow: MakeF
     finished = [r for r in results if r.status == "succeeded"]
     assert sorted(r.run_id for r in finished) == sorted(ids)
     assert all(r.result == runs[r.run_id].result for r in finished)
+
+
+EMITTER = """
+import json, sys, anyio, asyncflow
+flow = asyncflow.setup(sys.argv[1])
+
+@flow.workflow()
+async def wait(c):
+    return await c.wait_event("go")
+
+async def main():
+    if sys.argv[2] == "start":
+        results = [r for _ in range(8) for r in await flow.run("wait")]
+    elif sys.argv[2] == "emit":
+        results = await flow.emit("go", int(sys.argv[3]))
+    else:
+        results = await flow.run()
+    print(json.dumps([[r.run_id, r.status, r.result] for r in results]))
+
+anyio.run(main)
+"""
+
+
+def test_processes_emitting_and_invoking_at_once_finish_each_waiter_once(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "emitter.py"
+    script.write_text(EMITTER)
+    backend = f"file:{tmp_path / 'store'}"
+
+    def spawn(*argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(script), backend, *argv], stdout=subprocess.PIPE, text=True
+        )
+
+    out, _ = spawn("start").communicate(timeout=60)
+    waiting = {run_id for run_id, status, _ in json.loads(out) if status == "paused"}
+    assert len(waiting) == 8
+    procs = [
+        spawn("emit", "1"),
+        spawn("run"),
+        spawn("emit", "2"),
+        spawn("run"),
+        spawn("emit", "3"),
+    ]
+    finished: list[tuple[str, int]] = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        finished += [
+            (run_id, result) for run_id, status, result in json.loads(out) if status == "succeeded"
+        ]
+    assert sorted(run_id for run_id, _ in finished) == sorted(waiting), "each finished once"
+    assert all(result in (1, 2, 3) for _, result in finished)
