@@ -299,9 +299,13 @@ class Context:
         self, index: int, step: dict[str, Any], kind: str, *, again: bool = False
     ) -> None:
         change = step["change"]
-        await self._exec.invocation.deliver(
-            kind, step["name"], change["args"], change["id"], again=again
-        )
+        try:
+            await self._exec.invocation.deliver(
+                kind, step["name"], change["args"], change["id"], again=again
+            )
+        except AsyncflowError as exc:
+            self._fatal = exc  # storage failing: the run stops, the replay delivers it again
+            raise
         sent = {**step, "sent": True}
         self._record.replace(index, sent, dumps(sent, ""))
         self._exec.dirty = True

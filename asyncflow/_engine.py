@@ -20,7 +20,7 @@ if sys.version_info < (3, 11):
 
 from ._backend import Backend, Key
 from ._context import Context, Suspend
-from ._exceptions import BackendError, ConflictError, EventCycleError
+from ._exceptions import AsyncflowError, BackendError, ConflictError, EventCycleError
 from ._record import FINISHED, RunRecord, decode_state, dumps, encode_state, new_run_id
 from ._results import RunResult
 from ._waits import WAITS, WaitIndex, sync_index
@@ -292,9 +292,17 @@ async def _advance_all(
             indexed = index.names(record.run_id)
             results[i] = await advance(invocation, record, version, indexed)
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(min(max_concurrency, len(jobs))):
-            tg.start_soon(worker)
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(max_concurrency, len(jobs))):
+                tg.start_soon(worker)
+    except BaseExceptionGroup as group:
+        # Storage failing under one run stops the invocation: raise that error itself (the
+        # task group wrapped it), not a group a caller would have to take apart.
+        errors = list(_leaves(group))
+        if all(isinstance(e, AsyncflowError) for e in errors):
+            raise errors[0] from None
+        raise
     return [r for r in results if r is not None]
 
 

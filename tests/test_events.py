@@ -361,3 +361,61 @@ def test_processes_emitting_and_invoking_at_once_finish_each_waiter_once(
         ]
     assert sorted(run_id for run_id, _ in finished) == sorted(waiting), "each finished once"
     assert all(result in (1, 2, 3) for _, result in finished)
+
+
+class _FailsStartingRuns(asyncflow.Backend):
+    """A real backend whose writes of new run records fail while ``failing`` is set."""
+
+    def __init__(self, inner: asyncflow.Backend) -> None:
+        self.inner = inner
+        self.failing = False
+
+    async def read(self, key: asyncflow.Key) -> asyncflow.Entry | None:
+        return await self.inner.read(key)
+
+    async def write(self, key: asyncflow.Key, data: bytes, **conditions: Any) -> str:
+        if self.failing and key[0] == "active" and conditions.get("if_absent"):
+            raise asyncflow.BackendError("disk full", location=key[1])
+        return await self.inner.write(key, data, **conditions)
+
+    async def delete(self, key: asyncflow.Key, **conditions: Any) -> None:
+        await self.inner.delete(key, **conditions)
+
+    async def list(self, namespace: str) -> dict[str, str]:
+        return await self.inner.list(namespace)
+
+    def claim(self, key: asyncflow.Key) -> Any:
+        return self.inner.claim(key)
+
+
+@pytest.mark.anyio
+async def test_an_event_that_storage_failed_to_deliver_is_delivered_by_the_replay(
+    make_flow: MakeFlow,
+) -> None:
+    setup = make_flow()
+    backend = _FailsStartingRuns(setup.backend)
+    flow = asyncflow.setup(backend)
+    logs: list[str] = []
+
+    @flow.workflow()
+    async def parent(c: Context) -> None:
+        await c.event("child", "hi")
+
+    @flow.workflow(trigger="child")
+    async def child(c: Context, args: str) -> None:
+        logs.append(args)
+
+    [first] = await flow.start("parent")
+    backend.failing = True
+    with pytest.raises(asyncflow.BackendError, match="disk full"):
+        await flow.run()
+    assert logs == []
+    [stored] = await flow.list_runs()
+    assert (stored.run_id, stored.status, stored.steps[0].kind) == (first, "pending", "event")
+    backend.failing = False
+    results = await flow.run()
+    assert sorted((r.workflow, r.status) for r in results) == [
+        ("child", "succeeded"),
+        ("parent", "succeeded"),
+    ]
+    assert logs == ["hi"]
