@@ -14,6 +14,7 @@ import anyio
 
 if TYPE_CHECKING:
     from ._cron import Cron
+    from ._triggers import TriggerKind
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -42,7 +43,7 @@ class Workflow:
     trigger: str
     fn: Callable[..., Awaitable[Any]]
     takes_args: bool
-    kind: str = "event"  # "event" (a plain name), "state", "every" or "cron"
+    kind: TriggerKind = "event"  # a plain name is an event
     cron: Cron | None = None
 
 

@@ -253,10 +253,7 @@ class Flow:
     def workflows(self) -> dict[str, str]:
         """The registered workflows: name → trigger (``name``, ``state:name``, ``every``,
         ``cron:expression``)."""
-        return {
-            w.name: str(Trigger(w.kind, w.trigger))  # type: ignore[arg-type]
-            for w in self._workflows.values()
-        }
+        return {w.name: str(Trigger(w.kind, w.trigger)) for w in self._workflows.values()}
 
     def _bound(self, trigger: str) -> list[Workflow]:
         events = [w for w in self._workflows.values() if w.kind == "event"]

@@ -10,7 +10,15 @@ from ._exceptions import ConfigError, UsageError
 if TYPE_CHECKING:
     from ._cron import Cron
 
-__all__ = ["Trigger", "cron_trigger", "event_trigger", "every_trigger", "state_trigger"]
+__all__ = [
+    "Trigger",
+    "TriggerKind",
+    "as_trigger",
+    "cron_trigger",
+    "event_trigger",
+    "every_trigger",
+    "state_trigger",
+]
 
 TriggerKind = Literal["event", "state", "every", "cron"]
 
