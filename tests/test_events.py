@@ -419,3 +419,25 @@ async def test_an_event_that_storage_failed_to_deliver_is_delivered_by_the_repla
         ("parent", "succeeded"),
     ]
     assert logs == ["hi"]
+
+
+@pytest.mark.anyio
+async def test_an_event_from_before_the_wait_began_wakes_nothing(
+    make_flow: MakeFlow, clock: MockClock
+) -> None:
+    from asyncflow._events import wake_waiters
+    from asyncflow._record import new_run_id
+
+    flow = make_flow()
+
+    @flow.workflow()
+    async def wait(c: Context) -> Any:
+        return await c.wait_event("go")
+
+    earlier = new_run_id()  # an event made before the wait (delivered late, after a crash)
+    [run] = await flow.run("wait")
+    async with flow:
+        assert await wake_waiters(flow.backend, clock, "go", 1, earlier) == []
+        assert await wake_waiters(flow.backend, clock, "go", 2, new_run_id()) == [run.run_id]
+    [done] = await flow.run()
+    assert done.result == 2

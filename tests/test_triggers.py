@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -164,3 +165,51 @@ def test_bad_trigger_names_are_usage_errors() -> None:
         @flow.workflow(trigger=3)  # type: ignore[arg-type]
         async def bad(c: Context) -> None:
             pass
+
+
+@pytest.mark.anyio
+async def test_a_state_change_recorded_but_not_delivered_is_delivered_by_the_replay(
+    make_flow: MakeFlow,
+) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def arm(c: Context) -> None:
+        await c.set_state("armed", True)
+        await c.pause_once()
+
+    @flow.workflow(trigger=asyncflow.state_trigger("armed"))
+    async def siren(c: Context, args: dict[str, Any]) -> Any:
+        return args
+
+    [parent, started] = await flow.run("arm")
+    assert started.result == {"old": None, "new": True}
+    async with flow:
+        # As if the invocation had died after starting `siren` but before storing "sent".
+        key = ("active", parent.run_id)
+        entry = await flow.backend.read(key)
+        assert entry is not None
+        raw = json.loads(entry.data)
+        del raw["steps"][0]["sent"]
+        await flow.backend.write(key, json.dumps(raw).encode(), if_version=entry.version)
+    [again] = await flow.run()
+    assert again.run_id == parent.run_id
+    assert sorted(r.workflow for r in await flow.list_runs()) == ["arm", "siren"]
+
+
+@pytest.mark.anyio
+async def test_a_damaged_cron_mark_is_reported_and_left_alone(make_flow: MakeFlow) -> None:
+    flow = make_flow()
+
+    @flow.workflow(trigger=asyncflow.cron_trigger("* * * * *"))
+    async def tick(c: Context) -> None:
+        pass
+
+    async with flow:
+        await flow.backend.write(("cron", "tick"), b"not json")
+    with pytest.raises(asyncflow.BackendError, match="schedule mark of workflow 'tick'"):
+        await flow.run()
+    async with flow:
+        entry = await flow.backend.read(("cron", "tick"))
+    assert entry is not None
+    assert entry.data == b"not json"
