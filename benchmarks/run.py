@@ -247,7 +247,7 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
         )  # fmt: skip
         size = f"{r['waiters']:,} runs in `c.wait_event`"
         rows.append(
-            Row("Events: one `flow.emit()` waking them, file backend, asyncio", size,
+            Row("Events: one `flow.emit()` waking every waiting run, file backend, asyncio", size,
                 secs(r["emit_s"]), notes="each woken run resumes and finishes in it")
         )  # fmt: skip
 
