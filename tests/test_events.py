@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -441,3 +442,63 @@ async def test_an_event_from_before_the_wait_began_wakes_nothing(
         assert await wake_waiters(flow.backend, clock, "go", 2, new_run_id()) == [run.run_id]
     [done] = await flow.run()
     assert done.result == 2
+
+
+CRASHER = """
+import json, sys, anyio, asyncflow
+from pathlib import Path
+
+flow = asyncflow.setup(sys.argv[1])
+folder = Path(sys.argv[2])
+
+@flow.sideeffect()
+async def hang_once(c):
+    marker = folder / "hung"
+    if not marker.exists():
+        marker.write_text("")
+        await anyio.sleep_forever()  # the test kills the process here
+    return "ok"
+
+@flow.sideeffect()
+async def note(c, args):
+    with open(folder / "child-ran", "a") as f:
+        f.write(f"{args}\\n")
+
+@flow.workflow()
+async def parent(c):
+    await c.event("child", 7)
+    return await hang_once(c)
+
+@flow.workflow(trigger="child")
+async def child(c, args):
+    await note(c, args)
+
+async def main():
+    results = await flow.run(*sys.argv[3:])
+    print(json.dumps([[r.workflow, r.status] for r in results]))
+
+anyio.run(main)
+"""
+
+
+def test_an_event_survives_a_kill_9_of_its_invocation_and_runs_once(tmp_path: Path) -> None:
+    script = tmp_path / "crasher.py"
+    script.write_text(CRASHER)
+    argv = [sys.executable, str(script), f"file:{tmp_path / 'store'}", str(tmp_path)]
+    proc = subprocess.Popen([*argv, "parent"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "hung").exists():
+            assert proc.poll() is None, "the invocation ended before it hung"
+            assert time.monotonic() < deadline, "the invocation never reached its side effect"
+            time.sleep(0.01)  # polling a file the process writes, with a deadline
+    finally:
+        proc.kill()  # SIGKILL: no cleanup of any kind
+        proc.wait(timeout=30)
+    assert not (tmp_path / "child-ran").exists(), "the child had not run yet"
+
+    out = subprocess.run([*argv], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert sorted(map(tuple, json.loads(out))) == [("child", "succeeded"), ("parent", "succeeded")]
+    assert (tmp_path / "child-ran").read_text() == "7\n", "the child ran once"
+    out = subprocess.run([*argv], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert json.loads(out) == []
