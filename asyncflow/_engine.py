@@ -232,6 +232,7 @@ async def invoke(
     # claimed here, then skipped as changed since the listing: executed by neither).
     index = WaitIndex(await backend.list(WAITS))
     listed = await backend.list(ACTIVE)
+    await index.drop_stale(backend, listed)
     now = clock()
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation

@@ -84,6 +84,14 @@ class WaitIndex:
             r for r, entries in self.by_run.items() if any(e.event == digest for e in entries)
         )
 
+    async def drop_stale(self, backend: Backend, active: Iterable[str]) -> None:
+        """Delete the entries of runs not in ``active`` (listed after this index): a crash
+        left them behind their run's end, and they would mislead ``next_wakeup``."""
+        for run_id in self.by_run.keys() - set(active):
+            for name in self.names(run_id):
+                await backend.delete((WAITS, name))
+            del self.by_run[run_id]
+
     def next_wakeup(self) -> float | None:
         times = [
             e.wake_at for entries in self.by_run.values() for e in entries if e.wake_at is not None

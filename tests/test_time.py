@@ -202,3 +202,23 @@ async def test_now_random_and_uuid_are_recorded_once(
     assert (ident.version, run.result) == (4, str(ident))
     assert when.tzinfo is not None
     assert when + timedelta(seconds=500) == datetime.fromtimestamp(clock(), timezone.utc)
+
+
+@pytest.mark.anyio
+async def test_an_index_entry_left_behind_by_a_crash_is_dropped(
+    make_flow: MakeFlow, clock: MockClock
+) -> None:
+    flow = make_flow()
+    reminder(flow, [])
+    await flow.run("remind", {"seconds": 60})
+    async with flow:
+        [name] = await flow.backend.list("waits")
+    clock.advance(60)
+    [done] = await flow.run()
+    assert done.status == "succeeded"
+    async with flow:
+        # As if the run had finished but its entry's deletion had been lost to a crash.
+        await flow.backend.write(("waits", name), b"{}")
+    assert await flow.next_wakeup() is not None
+    assert await flow.run() == []
+    assert await flow.next_wakeup() is None
