@@ -371,8 +371,8 @@ class Flow:
         """Cancel a pending or paused run: it stops before its next step, for good.
 
         Its status becomes ``"cancelled"`` and it moves to the finished runs (see
-        :meth:`get_run`). A run another invocation is executing at this moment stops at its
-        next checkpoint (before its next side effect).
+        :meth:`get_run`). A run another invocation is executing at this moment stops at that
+        invocation's next write of it (at most one more side effect runs).
 
         Raises:
             RunNotFoundError: there is no such run.

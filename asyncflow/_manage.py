@@ -21,8 +21,9 @@ _ATTEMPTS = 20
 async def cancel(backend: Backend, clock: Callable[[], float], run_id: str) -> None:
     """Mark a pending or paused run cancelled and file it with the finished runs.
 
-    An invocation advancing the run at this moment loses its next checkpoint (the record's
-    version moved), so the run stops there, before its next side effect.
+    An invocation advancing the run at this moment loses its next write of it (the record's
+    version moved), so the run stops there; at most one more side effect runs (one that starts
+    before anything new was recorded, so without a checkpoint).
     """
     key = (ACTIVE, run_id)
     for _ in range(_ATTEMPTS):
