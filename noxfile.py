@@ -53,7 +53,21 @@ def examples(session: nox.Session) -> None:
             ["run"],
             ["run"],
         ],
-        "cli.py": [["run", "hello"], ["runs"]],
+        "cli.py": [["run", "hello"], ["run", "処理1"], ["emit", "event1", '{"from": "nox"}']],
+        "approval.py": [["run", "デプロイ", '{"version": "1.2.0"}'], ["runs"]],
+        "home_security.py": [
+            ["emit", "外出"],
+            ["emit", "モーションセンサー", '{"場所": "玄関"}'],
+            ["emit", "帰宅"],
+        ],
+        "reminder.py": [
+            [
+                "run",
+                "締め切り",
+                '{"task": "レポート", "deadline": "2030-01-31T17:00:00+09:00"}',
+            ],
+            ["runs"],
+        ],
         "compare_prices.py": [["run", "値段比較", '{"item_name": "レモン"}'], ["run"]],
     }
     for script, invocations in runs.items():

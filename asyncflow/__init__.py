@@ -15,12 +15,14 @@ from ._exceptions import AsyncflowError as AsyncflowError
 from ._exceptions import BackendError as BackendError
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import ConflictError as ConflictError
+from ._exceptions import EventCycleError as EventCycleError
 from ._exceptions import NonDeterminismError as NonDeterminismError
 from ._exceptions import RunNotFoundError as RunNotFoundError
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import SideEffectError as SideEffectError
 from ._exceptions import UnknownTriggerError as UnknownTriggerError
 from ._exceptions import UsageError as UsageError
+from ._exceptions import WaitTimeout as WaitTimeout
 from ._flow import Flow as Flow
 from ._flow import setup as setup
 from ._results import Run as Run
@@ -28,6 +30,11 @@ from ._results import RunResult as RunResult
 from ._results import RunStatus as RunStatus
 from ._results import Step as Step
 from ._retry import Retry as Retry
+from ._triggers import Trigger as Trigger
+from ._triggers import cron_trigger as cron_trigger
+from ._triggers import event_trigger as event_trigger
+from ._triggers import every_trigger as every_trigger
+from ._triggers import state_trigger as state_trigger
 
 if TYPE_CHECKING:
     from ._backends._file import FileBackend as FileBackend
@@ -43,6 +50,7 @@ __all__ = [
     "ConflictError",
     "Context",
     "Entry",
+    "EventCycleError",
     "FileBackend",
     "Flow",
     "Key",
@@ -56,9 +64,15 @@ __all__ = [
     "SerializationError",
     "SideEffectError",
     "Step",
+    "Trigger",
     "UnknownTriggerError",
     "UsageError",
+    "WaitTimeout",
+    "cron_trigger",
+    "event_trigger",
+    "every_trigger",
     "setup",
+    "state_trigger",
 ]
 
 # Backends load on first use: a Lambda cold start that keeps its runs in S3 should not pay for

@@ -20,7 +20,7 @@ from ._results import Run, RunResult, Step
 if TYPE_CHECKING:
     from ._flow import Flow
 
-__all__ = ["format_summary", "main"]
+__all__ = ["format_summary", "main", "waiting_for"]
 
 OK, RUN_FAILED, BAD_INPUT = 0, 1, 2
 
@@ -74,28 +74,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("trigger", nargs="?", help="the trigger to start (omit: resume only)")
     run.add_argument("args", nargs="?", metavar="ARGS_JSON", help="the runs' args, as JSON")
-    runs = sub.add_parser("runs", parents=[common], help="list runs")
+    run.add_argument("--key", help="idempotency key: start at most one run per workflow for it")
+    emit = sub.add_parser(
+        "emit",
+        parents=[common],
+        help="emit event NAME: start its workflows, wake the runs waiting for it, resume due runs",
+    )
+    emit.add_argument("name", metavar="NAME")
+    emit.add_argument("args", nargs="?", metavar="ARGS_JSON", help="the event's args, as JSON")
+    runs = sub.add_parser("runs", parents=[common], help="list runs, with what each one waits for")
     runs.add_argument(
-        "--status", choices=("pending", "paused", "succeeded", "failed"), help="only these"
+        "--status",
+        choices=("pending", "paused", "succeeded", "failed", "cancelled"),
+        help="only these",
     )
     show = sub.add_parser("show", parents=[common], help="show one run with its steps and logs")
     show.add_argument("run_id")
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a pending or paused run")
+    cancel.add_argument("run_id")
+    retry = sub.add_parser(
+        "retry", parents=[common], help="execute a failed run again from its failed step"
+    )
+    retry.add_argument("run_id")
     from ._serve import add_parser as add_serve_parser
 
     add_serve_parser(sub)
     return parser
 
 
-async def _run(flow: Flow, args: argparse.Namespace) -> int:
-    payload: Any = None
-    if args.args is not None:
-        if args.trigger is None:
-            raise UsageError("ARGS_JSON given without a TRIGGER")
-        try:
-            payload = json.loads(args.args)
-        except ValueError as exc:
-            raise UsageError(f"ARGS_JSON is not valid JSON: {exc}") from None
-    results = await flow.run(args.trigger, payload)
+def _payload(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"ARGS_JSON is not valid JSON: {exc}") from None
+
+
+def _report(results: Sequence[RunResult], args: argparse.Namespace) -> int:
     if args.json:
         _print_json([dataclasses.asdict(r) for r in results])
     else:
@@ -103,19 +119,55 @@ async def _run(flow: Flow, args: argparse.Namespace) -> int:
     return RUN_FAILED if any(r.status == "failed" for r in results) else OK
 
 
+async def _run(flow: Flow, args: argparse.Namespace) -> int:
+    if args.args is not None and args.trigger is None:
+        raise UsageError("ARGS_JSON given without a TRIGGER")
+    if args.key is not None and args.trigger is None:
+        raise UsageError("--key given without a TRIGGER")
+    return _report(await flow.run(args.trigger, _payload(args.args), key=args.key), args)
+
+
+async def _emit(flow: Flow, args: argparse.Namespace) -> int:
+    return _report(await flow.emit(args.name, _payload(args.args)), args)
+
+
+async def _retry(flow: Flow, args: argparse.Namespace) -> int:
+    return _report(await flow.retry(args.run_id), args)
+
+
+async def _cancel(flow: Flow, args: argparse.Namespace) -> int:
+    await flow.cancel(args.run_id)
+    if args.json:
+        _print_json({"run_id": args.run_id, "status": "cancelled"})
+    else:
+        print(f"cancelled {args.run_id}")
+    return OK
+
+
 async def _runs(flow: Flow, args: argparse.Namespace) -> int:
     runs = await flow.list_runs(args.status)
     if args.json:
         _print_json([_run_dict(r, steps=False) for r in runs])
         return OK
-    rows = [("RUN_ID", "WORKFLOW", "STATUS", "UPDATED")]
-    rows += [(r.run_id, r.workflow, r.status, _time(r.updated_at)) for r in runs]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    rows = [("RUN_ID", "WORKFLOW", "STATUS", "UPDATED", "WAITING FOR")]
+    rows += [(r.run_id, r.workflow, r.status, _time(r.updated_at), waiting_for(r)) for r in runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3]
-        )
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+        print(f"{line}  {row[4]}".rstrip())
     return OK
+
+
+def waiting_for(run: Run) -> str:
+    """Why a run that has not finished waits: the next invocation, a time, an event."""
+    if run.status not in ("pending", "paused"):
+        return ""
+    if run.wait_event is not None:
+        text = f"event {run.wait_event}"
+        return text if run.wake_at is None else f"{text} (until {_time(run.wake_at)})"
+    if run.wake_at is not None:
+        return f"time {_time(run.wake_at)}"
+    return "next invocation"
 
 
 async def _show(flow: Flow, args: argparse.Namespace) -> int:
@@ -127,6 +179,8 @@ async def _show(flow: Flow, args: argparse.Namespace) -> int:
     print(f"workflow: {run.workflow}")
     print(f"trigger: {run.trigger}")
     print(f"status: {run.status}")
+    if waiting_for(run):
+        print(f"waiting for: {waiting_for(run)}")
     print(f"created: {_time(run.created_at)}")
     print(f"updated: {_time(run.updated_at)}")
     print(f"args: {_compact(run.args)}")
@@ -143,7 +197,14 @@ async def _show(flow: Flow, args: argparse.Namespace) -> int:
     return OK
 
 
-_COMMANDS = {"run": _run, "runs": _runs, "show": _show}
+_COMMANDS = {
+    "run": _run,
+    "emit": _emit,
+    "runs": _runs,
+    "show": _show,
+    "cancel": _cancel,
+    "retry": _retry,
+}
 
 
 def format_summary(results: Sequence[RunResult]) -> str:
@@ -176,6 +237,18 @@ def _what(step: Step) -> str:
         return "pause_once"
     if step.kind == "gather":
         return f"gather of {step.value} branches"
+    if step.kind == "sleep":
+        return f"sleep until {_time(step.value)}{'' if step.done else ' (sleeping)'}"
+    if step.kind in ("now", "random", "uuid"):
+        return f"{step.kind} -> {_compact(step.value)}"
+    if step.kind == "event":
+        return f"event {step.name} {_compact(step.value)}"
+    if step.kind == "wait_event":
+        if step.error is not None:
+            return f"wait_event {step.name}: timed out"
+        if not step.done:
+            return f"wait_event {step.name} (waiting)"
+        return f"wait_event {step.name} -> {_compact(step.value)}"
     text = f"{step.kind} {step.name}"
     if step.retry_at is not None and not step.done:
         return (

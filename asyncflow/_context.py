@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
-from ._exceptions import AsyncflowError, NonDeterminismError, SideEffectError, UsageError
+from ._exceptions import (
+    AsyncflowError,
+    NonDeterminismError,
+    SideEffectError,
+    UsageError,
+    WaitTimeout,
+)
 from ._journal import Journal, with_branch
-from ._record import dumps, step_text
+from ._record import dumps, new_run_id, step_text
 from ._retry import Retry, attempt, schedule, wait_until
 
 if TYPE_CHECKING:
+    import uuid as _uuid
+    from datetime import datetime
+
     from ._engine import Execution
 
 __all__ = ["Context", "Suspend"]
@@ -137,14 +147,198 @@ class Context:
         Raises:
             SerializationError: ``value`` cannot be stored as JSON (nothing is written).
         """
-        if self._replay("set_state", name) is not None:
+        step = self._replay("set_state", name)
+        if step is not None:
+            if "change" in step and not step.get("sent"):
+                # Recorded, but the change it made may not have reached its triggers: a crash.
+                await self._deliver(self._pos - 1, step, "state", again=True)
             return
         value_json = dumps(value, f"the value for state {name!r}")
+        if not self._exec.invocation.state_triggered(name):
+            await self._exec.write_state(name, value_json)
+            self._append(
+                {"kind": "set_state", "name": name, "value": json.loads(value_json)},
+                step_text("set_state", name, value=value_json),
+            )
+            return
+        # Workflows run on changes of this state: find out whether this is one, and record
+        # the change (with an id for the runs it starts) before they are started.
+        old = json.loads(await self._exec.read_state(name, None))
+        new = json.loads(value_json)
         await self._exec.write_state(name, value_json)
-        self._append(
-            {"kind": "set_state", "name": name, "value": json.loads(value_json)},
-            step_text("set_state", name, value=value_json),
-        )
+        step = {"kind": "set_state", "name": name, "value": new}
+        if old == new:
+            self._append(step, step_text("set_state", name, value=value_json))
+            return
+        step["change"] = {"id": new_run_id(), "args": {"old": old, "new": new}}
+        self._append(step, dumps(step, ""))
+        await self._checkpoint()
+        await self._deliver(self._pos - 1, step, "state")
+
+    async def event(self, name: str, args: Any = None) -> None:
+        """Emit event ``name`` with ``args``, once: replays do not emit it again.
+
+        It starts the workflows bound to ``name`` and wakes the runs waiting for it in
+        :meth:`wait_event`, within this invocation: they execute before it returns.
+
+        Raises:
+            SerializationError: ``args`` cannot be stored as JSON.
+        """
+        step = self._replay("event", name)
+        if step is not None:
+            if not step.get("sent"):
+                await self._deliver(self._pos - 1, step, "event", again=True)
+            return
+        _check_name(name, "event")
+        args_json = dumps(args, f"the args of event {name!r}")
+        change = {"id": new_run_id(), "args": json.loads(args_json)}
+        step = {"kind": "event", "name": name, "change": change}
+        self._append(step, dumps(step, ""))
+        pos = self._pos - 1
+        # Stored before it is delivered: a crash in between delivers it again on replay, with
+        # the same id, which starts no run twice.
+        await self._checkpoint()
+        await self._deliver(pos, step, "event")
+
+    async def wait_event(self, name: str, timeout: float | None = None) -> Any:
+        """Suspend the run until event ``name`` is emitted, and return the event's args.
+
+        Only events emitted after the wait began count; each is received once. The run is not
+        replayed while it waits: an emitter finds it through an index.
+
+        Args:
+            name: the event to wait for.
+            timeout: give up after this many seconds (of the flow's clock).
+
+        Raises:
+            WaitTimeout: ``timeout`` passed with no such event (recorded: replays raise it too).
+        """
+        step = self._replay("wait_event", name)
+        if step is None:
+            _check_name(name, "event")
+            now = self._exec.clock()
+            until = None if timeout is None else now + _seconds(timeout, "timeout")
+            step = {"kind": "wait_event", "name": name, "since": new_run_id(), "until": until}
+            self._append(step, dumps(step, ""))
+        elif "event" in step:
+            return step.get("value")
+        pos = self._pos - 1
+        until = step.get("until")
+        if step.get("timed_out") or (until is not None and self._exec.clock() >= until):
+            if not step.get("timed_out"):
+                step = {k: v for k, v in step.items() if k != "branch"}
+                step["timed_out"] = True
+                self._replace(pos, step, dumps(step, ""))
+            raise WaitTimeout(name, float(until or 0))
+        record = self._record
+        if record.wait_event not in (None, name):
+            # The index holds one event per run: branches waiting for different events at once
+            # would leave one of them unwoken.
+            self._fatal = UsageError(
+                f"run {self.run_id} of workflow {self.workflow!r}: branches wait for events"
+                f" {record.wait_event!r} and {name!r} at once; a run can wait for one event"
+                " name at a time"
+            )
+            raise self._fatal
+        record.wait_event = name
+        return self._suspend(until, waiting=True)
+
+    # -- time and chance ---------------------------------------------------------------------
+
+    async def sleep(self, seconds: float) -> None:
+        """Suspend the run for ``seconds`` of the flow's clock, durably.
+
+        Invocations before the deadline skip the run without replaying it; the first one after
+        it resumes the run here. :meth:`Flow.next_wakeup` says when that is due.
+        """
+        step = self._replay("sleep", None)
+        if step is None:
+            until = self._exec.clock() + _seconds(seconds, "seconds")
+            step = self._record_sleep(until)
+        await self._sleep_step(step)
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Suspend the run until ``when`` (a timezone-aware datetime), durably; see
+        :meth:`sleep`."""
+        from datetime import datetime
+
+        step = self._replay("sleep", None)
+        if step is None:
+            if not isinstance(when, datetime) or when.tzinfo is None:
+                raise UsageError(
+                    f"sleep_until() needs a timezone-aware datetime (such as"
+                    f" datetime.now(timezone.utc) + timedelta(hours=1)), not {when!r}"
+                )
+            step = self._record_sleep(when.timestamp())
+        await self._sleep_step(step)
+
+    async def now(self) -> datetime:
+        """The current time (UTC, from the flow's clock), recorded: replays return the same."""
+        from datetime import datetime, timezone
+
+        step = self._replay("now", None)
+        if step is not None:
+            value = float(step["value"])
+        else:
+            value = self._exec.clock()
+            self._append({"kind": "now", "value": value}, step_text("now", value=repr(value)))
+        return datetime.fromtimestamp(value, timezone.utc)
+
+    async def random(self) -> float:
+        """A random float in [0, 1), recorded: replays return the same."""
+        step = self._replay("random", None)
+        if step is not None:
+            return float(step["value"])
+        import random  # (loaded on first use: an import costs every cold start)
+
+        value = random.random()
+        self._append({"kind": "random", "value": value}, step_text("random", value=repr(value)))
+        return value
+
+    async def uuid(self) -> _uuid.UUID:
+        """A random UUID (version 4), recorded: replays return the same."""
+        import uuid
+
+        step = self._replay("uuid", None)
+        if step is not None:
+            return uuid.UUID(step["value"])
+        value = uuid.uuid4()
+        self._append({"kind": "uuid", "value": str(value)}, step_text("uuid", value=f'"{value}"'))
+        return value
+
+    def _record_sleep(self, until: float) -> dict[str, Any]:
+        step = {"kind": "sleep", "until": until}
+        self._append(step, dumps(step, ""))
+        return step
+
+    async def _sleep_step(self, step: dict[str, Any]) -> None:
+        if step.get("done"):
+            return
+        until = float(step["until"])
+        if self._exec.clock() >= until:
+            # Marked, so that a clock set back later cannot put the run to sleep again here.
+            done = {k: v for k, v in step.items() if k != "branch"}
+            done["done"] = True
+            self._replace(self._pos - 1, done, dumps(done, ""))
+            return
+        self._suspend(until)
+
+    async def _deliver(
+        self, pos: int, step: dict[str, Any], kind: str, *, again: bool = False
+    ) -> None:
+        """Deliver the event or state change recorded at ``pos`` (of this context's journal),
+        then mark it sent."""
+        change = step["change"]
+        try:
+            await self._exec.invocation.deliver(
+                kind, step["name"], change["args"], change["id"], again=again
+            )
+        except AsyncflowError as exc:
+            self._fatal = exc  # storage failing: the run stops, the replay delivers it again
+            raise
+        sent = {k: v for k, v in step.items() if k != "branch"}
+        sent["sent"] = True
+        self._replace(pos, sent, dumps(sent, ""))
 
     async def pause_once(self) -> None:
         """Suspend the run here, once; a later invocation resumes it past this point.
@@ -355,12 +549,13 @@ class Context:
         if self._suspended:
             raise Suspend
 
-    def _suspend(self, until: float | None) -> NoReturn:
+    def _suspend(self, until: float | None, *, waiting: bool = False) -> NoReturn:
         """Suspend this context (and, once it unwinds, the run) until ``until`` (seconds since
-        the epoch; ``None``: the next invocation)."""
+        the epoch; ``None``: the next invocation, or, ``waiting`` for an event, no time)."""
         journal = self._journal
         if until is None:
-            journal.due_now = True
+            if not waiting:
+                journal.due_now = True
         elif journal.wake_at is None or until < journal.wake_at:
             journal.wake_at = until
         self._suspended = True
@@ -446,9 +641,28 @@ def _outcome_text(step: dict[str, Any], value_json: str | None = None) -> str:
     return step_text("sideeffect", step["name"], **fields)
 
 
+def _check_name(name: object, what: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"the {what} name must be a non-empty string, not {name!r}")
+
+
+def _seconds(value: object, what: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise UsageError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
 def _describe(kind: str, name: str | None) -> str:
     if kind == "sideeffect":
         return f"side effect {name!r}"
     if kind in ("get_state", "set_state"):
         return f"{kind}({name!r})"
-    return {"log": "log()", "pause": "pause_once()", "gather": "gather()"}.get(kind, kind)
+    if kind in ("event", "wait_event"):
+        return f"{kind}({name!r})"
+    known = {"log": "log()", "pause": "pause_once()", "gather": "gather()", "sleep": "sleep()"}
+    return known.get(kind, f"{kind}()")

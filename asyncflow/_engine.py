@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+if TYPE_CHECKING:
+    from ._cron import Cron
+    from ._triggers import TriggerKind
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 from ._backend import Backend, Key
 from ._context import Context, Suspend
-from ._exceptions import BackendError, ConflictError
+from ._exceptions import AsyncflowError, BackendError, ConflictError, EventCycleError
 from ._record import FINISHED, RunRecord, decode_state, dumps, encode_state, new_run_id
 from ._results import RunResult
+from ._waits import WAITS, WaitIndex, sync_index
 
-__all__ = ["Execution", "Workflow", "create_runs", "invoke", "read_state"]
+__all__ = ["Execution", "Invocation", "Workflow", "create_runs", "invoke", "read_state"]
 
 logger = logging.getLogger("asyncflow")
 
 ACTIVE = "active"  # pending and paused runs
 DONE = "finished"  # succeeded and failed runs
 STATE = "state"
+#: How many rounds of event deliveries one invocation executes before it calls it a cycle.
+MAX_EVENT_ROUNDS = 100
 
 
 @dataclass(frozen=True)
@@ -36,15 +44,60 @@ class Workflow:
     trigger: str
     fn: Callable[..., Awaitable[Any]]
     takes_args: bool
+    kind: TriggerKind = "event"  # a plain name is an event
+    cron: Cron | None = None
+
+
+class Invocation:
+    """What the runs of one invocation share: the backend, the workflows, and the runs that
+    events emitted during it made due (executed in further rounds before it returns)."""
+
+    __slots__ = ("backend", "clock", "due", "workflows")
+
+    def __init__(
+        self, backend: Backend, clock: Callable[[], float], workflows: dict[str, Workflow]
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.workflows = workflows
+        self.due: list[str] = []
+
+    def state_triggered(self, name: str) -> bool:
+        return any(w.kind == "state" and w.trigger == name for w in self.workflows.values())
+
+    async def deliver(
+        self, kind: str, name: str, args: Any, event_id: str, *, again: bool = False
+    ) -> None:
+        from ._events import deliver
+
+        self.due += await deliver(
+            self.backend, self.clock, self.workflows, kind, name, args, event_id, again=again
+        )
 
 
 class Execution:
     """One run being advanced: its record, the version stored, and its checkpoints."""
 
-    __slots__ = ("backend", "clock", "dirty", "key", "lock", "record", "version")
+    __slots__ = (
+        "backend",
+        "clock",
+        "dirty",
+        "indexed",
+        "invocation",
+        "key",
+        "lock",
+        "record",
+        "version",
+    )
 
     def __init__(
-        self, backend: Backend, clock: Callable[[], float], record: RunRecord, version: str | None
+        self,
+        backend: Backend,
+        clock: Callable[[], float],
+        record: RunRecord,
+        version: str | None,
+        invocation: Invocation | None = None,
+        indexed: Sequence[str] = (),
     ) -> None:
         self.backend = backend
         self.clock = clock
@@ -52,6 +105,8 @@ class Execution:
         self.key: Key = (ACTIVE, record.run_id)
         self.version = version  # None: not stored yet
         self.dirty = False  # steps recorded since the last checkpoint
+        self.invocation = invocation or Invocation(backend, clock, {})
+        self.indexed = list(indexed)  # the run's entries in the wait index, as last seen
         self.lock: anyio.Lock | None = None  # made when first needed
 
     async def save(self) -> bytes:
@@ -63,6 +118,8 @@ class Execution:
         self.version = await self.backend.write(
             self.key, data, if_version=self.version, if_absent=self.version is None
         )
+        if self.indexed or self.record.status == "paused":
+            self.indexed = await sync_index(self.backend, self.record, self.indexed)
         return data
 
     async def checkpoint_if_dirty(self) -> None:
@@ -93,6 +150,9 @@ class Execution:
         """Replay the run to its next stop and store it. ``None`` if it was lost to another
         invocation."""
         record = self.record
+        # Whatever it waited for is over; a primitive that suspends it again says what for.
+        record.wake_at = None
+        record.wait_event = None
         ctx = Context(self)
         try:
             if workflow.takes_args:
@@ -127,7 +187,15 @@ class Execution:
         else:
             if ctx._suspended:
                 record.status = "paused"  # it caught the Suspend and returned: still paused
-        record.wake_at = ctx._journal.resume_at() if record.status == "paused" else None
+        if record.status == "paused":
+            journal = ctx._journal
+            record.wake_at = journal.resume_at()
+            if journal.due_now:
+                # A branch paused until the next invocation, which replays the run anyway:
+                # a branch waiting for an event there suspends again.
+                record.wait_event = None
+        else:
+            record.wake_at = record.wait_event = None
         try:
             data = await self.save()
             if record.status in FINISHED:
@@ -189,10 +257,19 @@ async def invoke(
     stop_at: float | None = None,
 ) -> list[RunResult]:
     """Advance ``new`` runs and every run due before this call, at most ``max_concurrency``
-    at once; report them new first, then resumed oldest first. No run starts once ``clock()``
-    reaches ``stop_at``: those stay due (new ones are stored) for the next invocation."""
-    now = clock()  # runs suspended until later than this are not due
+    at once; report them new first, then resumed oldest first, then the runs that events
+    emitted meanwhile started or woke. No run starts once ``clock()`` reaches ``stop_at``:
+    those stay due (new ones are stored) for the next invocation."""
+    invocation = Invocation(backend, clock, workflows)
+    new = [*new, *await _scheduled(invocation)]
+    # Runs the wait index calls not due (asleep, waiting for an event) are skipped unread.
+    # Listed before the runs: a run that an emitter wakes after this listing is left to the
+    # emitter's invocation, which executes it (listed the other way round, the run would be
+    # claimed here, then skipped as changed since the listing: executed by neither).
+    index = WaitIndex(await backend.list(WAITS))
     listed = await backend.list(ACTIVE)
+    await index.drop_stale(backend, listed)
+    now = clock()
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation
         # ends: a run another invocation holds is skipped, and nothing that is read below can
@@ -201,7 +278,8 @@ async def invoke(
         held = [
             run_id
             for run_id in sorted(listed)  # ids sort by creation time
-            if await claims.enter_async_context(backend.claim((ACTIVE, run_id)))
+            if not index.sleeping(run_id, now)
+            and await claims.enter_async_context(backend.claim((ACTIVE, run_id)))
         ]
         jobs: list[tuple[RunRecord, str | None]] = []
         for record in new:
@@ -219,46 +297,128 @@ async def invoke(
             # Changed since the listing: another invocation advanced it meanwhile, so its new
             # state was not due when this one began.
             if entry is not None and entry.version == listed[key[1]]:
-                record = RunRecord.decode(entry.data, backend.locate(key))
-                if record.wake_at is None or record.wake_at <= now:
-                    jobs.append((record, entry.version))
-        results: list[RunResult | None] = [None] * len(jobs)
-        queue = iter(range(len(jobs)))
+                jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
+        results = await _advance_all(invocation, jobs, index, max_concurrency, stop_at)
+        held += [record.run_id for record, version in jobs if version is None]
+        results += await _event_rounds(invocation, claims, set(held), max_concurrency, stop_at)
+    return results
 
-        async def worker() -> None:
-            for i in queue:
-                if stop_at is not None and clock() >= stop_at:
-                    record, version = jobs[i]
-                    if version is None:  # new: stored as it is, so that it stays due
+
+async def _scheduled(invocation: Invocation) -> list[RunRecord]:
+    """The runs every-invocation and cron workflows start in this invocation."""
+    if not any(w.kind in ("every", "cron") for w in invocation.workflows.values()):
+        return []
+    from ._events import scheduled_runs  # (loaded when used: every import costs a cold start)
+
+    return await scheduled_runs(
+        invocation.backend, invocation.clock, invocation.workflows, new_run_id
+    )
+
+
+async def _advance_all(
+    invocation: Invocation,
+    jobs: list[tuple[RunRecord, str | None]],
+    index: WaitIndex,
+    max_concurrency: int,
+    stop_at: float | None,
+) -> list[RunResult]:
+    results: list[RunResult | None] = [None] * len(jobs)
+    queue = iter(range(len(jobs)))
+    backend, clock = invocation.backend, invocation.clock
+
+    async def worker() -> None:
+        for i in queue:
+            record, version = jobs[i]
+            if stop_at is not None and clock() >= stop_at:
+                if version is None:  # new: stored as it is, so that it stays due
+                    # (A conflict: an idempotent start that another caller stored meanwhile.)
+                    with contextlib.suppress(ConflictError):
                         await backend.write(
                             (ACTIVE, record.run_id), record.encode(), if_absent=True
                         )
-                    continue
-                results[i] = await advance(backend, clock, workflows, *jobs[i])
+                continue
+            indexed = index.names(record.run_id)
+            results[i] = await advance(invocation, record, version, indexed)
 
+    try:
         async with anyio.create_task_group() as tg:
             for _ in range(min(max_concurrency, len(jobs))):
                 tg.start_soon(worker)
+    except BaseExceptionGroup as group:
+        # Storage failing under one run stops the invocation: raise that error itself (the
+        # task group wrapped it), not a group a caller would have to take apart.
+        errors = list(_leaves(group))
+        if all(isinstance(e, AsyncflowError) for e in errors):
+            raise errors[0] from None
+        raise
     return [r for r in results if r is not None]
 
 
+async def _event_rounds(
+    invocation: Invocation,
+    claims: AsyncExitStack,
+    held: set[str],
+    max_concurrency: int,
+    stop_at: float | None,
+) -> list[RunResult]:
+    """Advance the runs that events emitted in this invocation started or woke, round after
+    round, so that an invocation returns with its events handled."""
+    backend = invocation.backend
+    results: list[RunResult] = []
+    rounds = 0
+    while invocation.due:
+        rounds += 1
+        due, invocation.due = list(dict.fromkeys(invocation.due)), []
+        if rounds > MAX_EVENT_ROUNDS:
+            raise EventCycleError(
+                f"events emitted during this invocation kept starting or waking runs for"
+                f" {MAX_EVENT_ROUNDS} rounds (the last ones: {len(due)} runs of"
+                f" {_workflows_of(results[-len(due) :])}): do workflows trigger each other in"
+                " a cycle? The runs are stored and continue at the next invocation."
+            )
+        for run_id in due:
+            if run_id not in held and await claims.enter_async_context(
+                backend.claim((ACTIVE, run_id))
+            ):
+                held.add(run_id)
+        keys = [(ACTIVE, run_id) for run_id in due if run_id in held]
+        jobs: list[tuple[RunRecord, str | None]] = []
+        for key, entry in zip(keys, await backend.read_many(keys), strict=True):
+            if entry is not None:
+                jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
+        results += await _advance_all(invocation, jobs, WaitIndex(()), max_concurrency, stop_at)
+    return results
+
+
+def _workflows_of(results: list[RunResult]) -> str:
+    return ", ".join(repr(n) for n in sorted({r.workflow for r in results})) or "no workflow"
+
+
 async def advance(
-    backend: Backend,
-    clock: Callable[[], float],
-    workflows: dict[str, Workflow],
+    invocation: Invocation,
     record: RunRecord,
     version: str | None,
+    indexed: Sequence[str] = (),
 ) -> RunResult | None:
     """Advance one claimed run: a new one (``version`` is ``None``) or a due one as read."""
-    execution = Execution(backend, clock, record, version)
+    backend, clock = invocation.backend, invocation.clock
+    execution = Execution(backend, clock, record, version, invocation, indexed)
     if version is None:
         # Stored before it executes, so that a crash from here on cannot lose it.
-        await execution.save()
+        try:
+            await execution.save()
+        except ConflictError:
+            return None  # an idempotent start that another caller stored meanwhile
     elif record.status in FINISHED:
         # Complete an interrupted move.
         await finish(backend, record.run_id, record.encode(), version)
         return None
-    workflow = workflows.get(record.workflow)
+    elif not _due(record, clock()):
+        # Its index entry was lost, or never written (a crash during a retry's wait, before the
+        # run was first suspended): write it, leave the run.
+        await sync_index(backend, record, list(indexed))
+        return None
+    workflow = invocation.workflows.get(record.workflow)
     if workflow is None:
         logger.warning(
             "run %s belongs to workflow %r, which this flow does not define; left as is",
@@ -267,3 +427,9 @@ async def advance(
         )
         return None
     return await execution.execute(workflow)
+
+
+def _due(record: RunRecord, now: float) -> bool:
+    if record.wake_at is not None:
+        return record.wake_at <= now
+    return record.wait_event is None

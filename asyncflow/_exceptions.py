@@ -10,6 +10,8 @@ Our exception hierarchy::
     ├── SerializationError     (a value that cannot be stored as JSON)
     ├── SideEffectError        (a side effect raised; seen by the workflow)
     ├── NonDeterminismError    (replay reached a step other than the recorded one)
+    ├── WaitTimeout            (c.wait_event() saw no event in time; seen by the workflow)
+    ├── EventCycleError        (events kept starting runs that emit events, without end)
     └── BackendError           (storage failed or holds something that is not ours)
         └── ConflictError      (a conditional write lost to another writer)
 """
@@ -21,12 +23,14 @@ __all__ = [
     "BackendError",
     "ConfigError",
     "ConflictError",
+    "EventCycleError",
     "NonDeterminismError",
     "RunNotFoundError",
     "SerializationError",
     "SideEffectError",
     "UnknownTriggerError",
     "UsageError",
+    "WaitTimeout",
 ]
 
 
@@ -93,6 +97,29 @@ class NonDeterminismError(AsyncflowError):
 
     This happens when a workflow's code changed under a paused run. The run fails and its
     recorded journal is kept as it was.
+    """
+
+
+class WaitTimeout(AsyncflowError):
+    """Raised into a workflow by ``c.wait_event(name, timeout=...)`` once the timeout passed
+    with no event ``name``; recorded, so replays raise it at the same point.
+
+    Attributes:
+        event: the event's name.
+    """
+
+    def __init__(self, event: str, deadline: float) -> None:
+        from datetime import datetime, timezone
+
+        when = datetime.fromtimestamp(deadline, timezone.utc).isoformat(timespec="seconds")
+        super().__init__(f"no event {event!r} was emitted before {when}")
+        self.event = event
+
+
+class EventCycleError(AsyncflowError):
+    """Events emitted during one invocation kept starting or waking runs that emit more, for
+    more rounds than an invocation allows: most likely a cycle (A's event starts B, B's
+    starts A). The runs are stored; the next invocation continues them.
     """
 
 

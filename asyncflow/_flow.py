@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from ._backend import Backend
 from ._context import Context
 from ._engine import ACTIVE, DONE, Workflow, create_runs, invoke, read_state
-from ._exceptions import ConfigError, RunNotFoundError, UnknownTriggerError, UsageError
-from ._record import RunRecord
+from ._exceptions import (
+    ConfigError,
+    ConflictError,
+    RunNotFoundError,
+    UnknownTriggerError,
+    UsageError,
+)
+from ._record import RunRecord, dumps, new_run_id
 from ._results import Run, RunResult, RunStatus
 from ._retry import Retry, check_timeout
+from ._triggers import Trigger, as_trigger
+from ._waits import WAITS, WaitIndex
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 __all__ = ["DEFAULT_BACKEND", "Flow", "setup"]
 
@@ -142,12 +154,14 @@ class Flow:
 
     # -- registration --------------------------------------------------------------------------
 
-    def workflow(self, trigger: str | None = None) -> Callable[[W], W]:
+    def workflow(self, trigger: str | Trigger | None = None) -> Callable[[W], W]:
         """Register an ``async def f(c)`` or ``async def f(c, args)`` as a workflow.
 
         Use as ``@flow.workflow()`` (the trigger is the function's name) or
         ``@flow.workflow(trigger="name")``. Several workflows may share a trigger: each gets
-        its own run.
+        its own run. A name is an event: :meth:`run`, :meth:`emit` and ``c.event`` start it.
+        Other triggers: :func:`asyncflow.state_trigger`, :func:`asyncflow.every_trigger`,
+        :func:`asyncflow.cron_trigger`.
 
         Raises:
             UsageError: the function is not ``async def``, has another signature, or a workflow
@@ -173,9 +187,18 @@ class Flow:
                 )
             if name in self._workflows:
                 raise UsageError(f"a workflow named {name!r} is already registered")
-            if trigger is not None and (not isinstance(trigger, str) or not trigger):
-                raise UsageError(f"the trigger of workflow {name!r} must be a non-empty string")
-            self._workflows[name] = Workflow(name, trigger or name, fn, len(params) == 2)
+            if (
+                trigger is not None
+                and not isinstance(trigger, Trigger)
+                and (not isinstance(trigger, str) or not trigger)
+            ):
+                raise UsageError(
+                    f"the trigger of workflow {name!r} must be a non-empty string or a Trigger"
+                )
+            bound = as_trigger(trigger or name)
+            self._workflows[name] = Workflow(
+                name, bound.name, fn, len(params) == 2, bound.kind, bound.cron
+            )
             return fn
 
         return register
@@ -247,15 +270,15 @@ class Flow:
 
     @property
     def workflows(self) -> dict[str, str]:
-        """The registered workflows: name → trigger."""
-        return {w.name: w.trigger for w in self._workflows.values()}
+        """The registered workflows: name → trigger (``name``, ``state:name``, ``every``,
+        ``cron:expression``)."""
+        return {w.name: str(Trigger(w.kind, w.trigger)) for w in self._workflows.values()}
 
     def _bound(self, trigger: str) -> list[Workflow]:
-        bound = [w for w in self._workflows.values() if w.trigger == trigger]
+        events = [w for w in self._workflows.values() if w.kind == "event"]
+        bound = [w for w in events if w.trigger == trigger]
         if not bound:
-            raise UnknownTriggerError(
-                trigger, sorted({w.trigger for w in self._workflows.values()})
-            )
+            raise UnknownTriggerError(trigger, sorted({w.trigger for w in events}))
         return bound
 
     # -- backend lifetime ----------------------------------------------------------------------
@@ -284,49 +307,141 @@ class Flow:
     # -- invocations ---------------------------------------------------------------------------
 
     async def run(
-        self, trigger: str | None = None, args: Any = None, *, time_limit: float | None = None
+        self,
+        trigger: str | None = None,
+        args: Any = None,
+        *,
+        key: str | None = None,
+        time_limit: float | None = None,
     ) -> list[RunResult]:
         """One invocation: start new runs for ``trigger`` (if given) and resume every run that
-        was due before this call, concurrently.
+        was due before this call, concurrently. Runs that events emitted meanwhile start or
+        wake execute too, before it returns.
 
         Args:
-            trigger: the trigger whose workflows get a new run each (``None``: resume only).
-            args: the new runs' args (JSON-serializable).
+            trigger: the name (event) whose workflows to start; ``None``: resume only.
+            args: the new runs' args (JSON).
+            key: an idempotency key: at most one run per workflow is ever started for it,
+                however often and from however many processes this is called.
             time_limit: seconds (by the flow's clock) after which no further run is started;
                 runs already started go on to their next pause or end. Runs not started stay
                 due (new ones are stored) for the next invocation. ``None``: no limit.
 
         Returns:
             A result for every run this invocation advanced: new runs first, then resumed runs
-            oldest first. Runs another invocation holds at the moment are skipped.
+            oldest first, then those that events started or woke. Runs another invocation
+            holds at the moment are skipped.
 
         Raises:
             UnknownTriggerError: no workflow is bound to ``trigger`` (nothing was changed).
             SerializationError: ``args`` cannot be stored as JSON (nothing was changed).
+            EventCycleError: events kept starting runs that emit events, round after round.
             BackendError: the backend failed or holds a damaged record (named).
         """
         new: list[RunRecord] = []
         if trigger is not None:
             new = create_runs(self.clock, self._bound(trigger), trigger, args)
+        elif key is not None:
+            raise UsageError("a key is given without a trigger")
         stop_at = None if time_limit is None else self.clock() + time_limit
         async with self._using() as backend:
+            if key is not None:
+                from ._manage import claim_key
+
+                new = [r for r in new if await claim_key(backend, r, key)]
             return await invoke(
                 backend, self.clock, self._workflows, new, self.max_concurrency, stop_at
             )
 
-    async def start(self, trigger: str, args: Any = None) -> list[str]:
+    async def start(self, trigger: str, args: Any = None, *, key: str | None = None) -> list[str]:
         """Record one new run per workflow bound to ``trigger`` without executing it.
 
         The runs execute at the next :meth:`run`. Cheap: nothing else is replayed.
 
+        Args:
+            key: an idempotency key, as for :meth:`run`.
+
         Returns:
-            The new runs' ids.
+            The new runs' ids (with a key: the ids of the runs started for it, new or not).
         """
+        from ._manage import claim_key
+
         records = create_runs(self.clock, self._bound(trigger), trigger, args)
         async with self._using() as backend:
             for record in records:
-                await backend.write((ACTIVE, record.run_id), record.encode(), if_absent=True)
+                if key is not None and not await claim_key(backend, record, key):
+                    continue
+                try:
+                    await backend.write((ACTIVE, record.run_id), record.encode(), if_absent=True)
+                except ConflictError:
+                    if key is None:
+                        raise
         return [r.run_id for r in records]
+
+    async def emit(self, name: str, args: Any = None) -> list[RunResult]:
+        """Emit event ``name`` from outside any workflow; one invocation.
+
+        Starts the workflows bound to ``name`` and wakes the runs waiting for it
+        (``c.wait_event``), then advances them and every other due run, as :meth:`run` does.
+        Emitting an event nobody listens to is not an error.
+
+        Raises:
+            SerializationError: ``args`` cannot be stored as JSON (nothing was changed).
+        """
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"the event name must be a non-empty string, not {name!r}")
+        from ._events import deliver
+
+        args = json.loads(dumps(args, f"the args of event {name!r}"))
+        async with self._using() as backend:
+            await deliver(backend, self.clock, self._workflows, "event", name, args, new_run_id())
+            return await invoke(backend, self.clock, self._workflows, [], self.max_concurrency)
+
+    async def cancel(self, run_id: str) -> None:
+        """Cancel a pending or paused run: it stops before its next step, for good.
+
+        Its status becomes ``"cancelled"`` and it moves to the finished runs (see
+        :meth:`get_run`). A run another invocation is executing at this moment stops at that
+        invocation's next write of it (at most one more side effect runs).
+
+        Raises:
+            RunNotFoundError: there is no such run.
+            UsageError: the run has finished already.
+        """
+        from ._manage import cancel
+
+        async with self._using() as backend:
+            await cancel(backend, self.clock, run_id)
+
+    async def retry(self, run_id: str) -> list[RunResult]:
+        """Execute a failed run again from its journal; one invocation.
+
+        The side effect that failed executes again (a ``wait_event`` whose timeout failed the
+        run waits again, with its timeout counted from now); the steps recorded before it
+        replay.
+
+        Raises:
+            RunNotFoundError: there is no such run.
+            UsageError: the run has not failed.
+        """
+        from ._manage import reopen
+
+        async with self._using() as backend:
+            await reopen(backend, self.clock, run_id)
+            return await invoke(backend, self.clock, self._workflows, [], self.max_concurrency)
+
+    async def next_wakeup(self) -> datetime | None:
+        """When the earliest durable timer (``c.sleep``, a ``wait_event`` timeout, a retry
+        delay) is due, in UTC; ``None`` if no run sleeps.
+
+        A scheduler can call the next invocation then. Runs paused otherwise (``pause_once``)
+        are due at every invocation; runs waiting for an event, when it is emitted.
+        """
+        from datetime import datetime, timezone
+
+        async with self._using() as backend:
+            wake = WaitIndex(await backend.list(WAITS)).next_wakeup()
+        return None if wake is None else datetime.fromtimestamp(wake, timezone.utc)
 
     # -- inspection ----------------------------------------------------------------------------
 
@@ -369,7 +484,8 @@ class Flow:
     # -- command line --------------------------------------------------------------------------
 
     def cli(self, argv: Sequence[str] | None = None) -> None:
-        """Run the command line (``run``, ``runs``, ``show``) and exit with its status.
+        """Run the command line (``run``, ``emit``, ``runs``, ``show``, ``cancel``, ``retry``)
+        and exit with its status.
 
         See ``python your_script.py --help``.
         """

@@ -22,7 +22,7 @@ __all__ = [
     "step_text",
 ]
 
-FINISHED = frozenset({"succeeded", "failed"})
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 _STATUSES = frozenset({"pending", "paused"}) | FINISHED
 _FORMAT = 1  # bump when the record layout changes incompatibly
 
@@ -100,6 +100,7 @@ class RunRecord:
         "steps",
         "trigger",
         "updated_at",
+        "wait_event",
         "wake_at",
         "workflow",
     )
@@ -123,9 +124,11 @@ class RunRecord:
         self.updated_at = created_at
         self.result: Any = None
         self.error: str | None = None
-        # The earliest time the run may be resumed (seconds since the epoch); None: at the
-        # next invocation.
+        # Why a paused run waits: the earliest time it may resume (epoch seconds; ``None``:
+        # at the next invocation) and the event it waits for. The engine keeps an index of
+        # both, so that invocations skip a waiting run without reading its record.
         self.wake_at: float | None = None
+        self.wait_event: str | None = None
         self.steps: list[dict[str, Any]] = []
         self.loaded = 0  # how many of the steps loaded_json holds
         self.loaded_json = ""
@@ -170,6 +173,7 @@ class RunRecord:
             "result": self.result,
             "error": self.error,
             "wake_at": self.wake_at,
+            "wait_event": self.wait_event,
         }
         # args and result were checked when they were set; the steps are already text.
         text = _encoder.encode(head)
@@ -209,6 +213,9 @@ class RunRecord:
             ):
                 raise TypeError("field 'wake_at' has the wrong type")
             record.wake_at = None if wake_at is None else float(wake_at)
+            wait_event = raw.get("wait_event")
+            if wait_event is not None:
+                record.wait_event = _typed(raw, "wait_event", str)
             steps = _typed(raw, "steps", list)
             if not all(isinstance(s, dict) and isinstance(s.get("kind"), str) for s in steps):
                 raise ValueError("a step is not an object with a kind")

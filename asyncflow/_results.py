@@ -9,7 +9,7 @@ from ._record import RunRecord
 
 __all__ = ["Run", "RunResult", "RunStatus", "Step"]
 
-RunStatus = Literal["pending", "paused", "succeeded", "failed"]
+RunStatus = Literal["pending", "paused", "succeeded", "failed", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,18 @@ class Step:
     """One recorded step of a run's journal.
 
     Attributes:
-        kind: ``"sideeffect"``, ``"log"``, ``"get_state"``, ``"set_state"``, ``"pause"`` or
-            ``"gather"``.
-        name: the side effect's or state's name (``None`` for the other kinds).
+        kind: ``"sideeffect"``, ``"log"``, ``"get_state"``, ``"set_state"``, ``"pause"``,
+            ``"gather"``, ``"event"``, ``"wait_event"``, ``"sleep"``, ``"now"``, ``"random"``
+            or ``"uuid"``.
+        name: the side effect's, state's or event's name (``None`` for the others).
         value: the recorded value: what a side effect returned, a state value read or
-            written, a log message, the number of branches gathered.
+            written, a log message, the number of branches gathered, an event's args
+            (emitted or received), the time a sleep ends (epoch seconds), what
+            ``now``/``random``/``uuid`` returned.
         error: for a side effect that raised, ``"TypeName: message"`` (while it waits to be
             retried: the error of its last attempt).
         done: ``False`` for a side effect that has started but not finished (it paused, or
-            waits to be retried).
+            waits to be retried), a sleep or wait that has not ended.
         branch: which branch of :meth:`Context.gather` recorded it (``None``: the workflow
             itself), e.g. ``"3.1"``: branch 1 of the gather at the workflow's step 3 (counting
             from 0); ``"3.1/0.2"`` a branch within it; ``"5#2"`` the second attempt of the
@@ -79,7 +82,11 @@ class Step:
 
 @dataclass(frozen=True)
 class Run:
-    """A run as stored, for inspection (:meth:`Flow.get_run`, :meth:`Flow.list_runs`)."""
+    """A run as stored, for inspection (:meth:`Flow.get_run`, :meth:`Flow.list_runs`).
+
+    A paused run says what it waits for: ``wake_at`` (epoch seconds) is the earliest time it
+    may resume, ``wait_event`` the event it waits for; both ``None``: the next invocation.
+    """
 
     workflow: str
     run_id: str
@@ -92,6 +99,8 @@ class Run:
     result: Any
     error: str | None
     steps: tuple[Step, ...]
+    wake_at: float | None = None
+    wait_event: str | None = None
 
     @classmethod
     def _of(cls, record: RunRecord) -> Run:
@@ -107,6 +116,8 @@ class Run:
             result=record.result,
             error=record.error,
             steps=tuple(_step(s) for s in record.steps),
+            wake_at=record.wake_at,
+            wait_event=record.wait_event,
         )
 
 
@@ -114,10 +125,22 @@ def _step(raw: dict[str, Any]) -> Step:
     error = raw.get("error", raw.get("last_error"))
     if isinstance(error, dict):
         error = f"{error.get('type')}: {error.get('message')}"
-    done = raw["kind"] != "sideeffect" or "value" in raw or "error" in raw
-    value = raw.get({"log": "message", "gather": "n"}.get(raw["kind"], "value"))
+    kind = raw["kind"]
+    value = raw.get({"log": "message", "gather": "n"}.get(kind, "value"))
+    if kind == "sideeffect":
+        done = "value" in raw or "error" in raw
+    elif kind == "sleep":
+        done, value = bool(raw.get("done")), raw.get("until")
+    elif kind == "wait_event":
+        done = "event" in raw or bool(raw.get("timed_out"))
+        if raw.get("timed_out"):
+            error = "WaitTimeout"
+    else:
+        done = True
+    if isinstance(raw.get("change"), dict):  # an event emitted, a state change
+        value = raw["change"]["args"] if kind == "event" else raw.get("value")
     return Step(
-        kind=raw["kind"],
+        kind=kind,
         name=raw.get("name"),
         value=value,
         error=error,

@@ -20,8 +20,10 @@ __all__ = ["BACKEND_CHECKS", "MemoryBackend", "MockClock", "check_backend"]
 class MockClock:
     """A clock that stands still until :meth:`advance` moves it.
 
-    Pass it to :func:`asyncflow.setup` as ``clock=``; asyncflow reads the time through it
-    (run timestamps today; timers later), so tests control time instead of sleeping.
+    Pass it to :func:`asyncflow.setup` as ``clock=``; asyncflow reads the time through it (run
+    timestamps, ``c.now()``, ``c.sleep``, ``wait_event`` timeouts, cron schedules), so tests
+    move time forward instead of sleeping: ``clock.advance(3600)`` then ``await flow.run()``
+    resumes a run that slept an hour.
 
     Args:
         start: the time to start at, in seconds since the epoch.

@@ -125,6 +125,10 @@ def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
         "lambda": [
             "lambda_overhead.py", f"--calls={sizes.lambda_calls}", f"--reps={sizes.lambda_reps}",
         ],
+        "timers": [
+            "timers.py", f"--runs={sizes.fanout_runs}",
+            f"--waiters={sizes.fanout_runs // 10}", f"--reps={sizes.fanout_reps}",
+        ],
     }  # fmt: skip
     unknown = skip - plan.keys()
     if unknown:
@@ -253,6 +257,20 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
             Row(label, size, f"first {secs(r['first_s'])}, replay {secs(r['median_s'])}",
                 mib(r["peak_rss_mib"]),
                 notes=f"one after the other: {secs(r['sequential_s'])}; replay {reps_note(r)}")
+        )  # fmt: skip
+
+    label = "Timers: one `flow.run()`, file backend, asyncio"
+    size = f"{sizes.fanout_runs:,} runs in `c.sleep`, none due"
+    if r := figures("timers", label, size):
+        rows.append(
+            Row(label, size, secs(r["skip_s"]), mib(r["peak_rss_mib"]),
+                notes=f"median of {r['reps']}; the same runs paused by `pause_once`:"
+                      f" {secs(r['paused_s'])} (each claimed, read, replayed, stored)")
+        )  # fmt: skip
+        size = f"{r['waiters']:,} runs in `c.wait_event`"
+        rows.append(
+            Row("Events: one `flow.emit()` waking every waiting run, file backend, asyncio", size,
+                secs(r["emit_s"]), notes="each woken run resumes and finishes in it")
         )  # fmt: skip
 
     label = "`import asyncflow` (fresh interpreter)"

@@ -1,8 +1,12 @@
 """A small flow script driven by tests/test_cli.py through `python tests/proc_cli_flow.py ...`.
 
-`greet` succeeds (a side effect, a log line, a result), `wait` pauses once, `boom` fails.
+`greet` succeeds (a side effect, a log line, a result), `wait` pauses once, `boom` fails,
+`nap` sleeps an hour, `listen` waits for the event `bell`, `flaky` fails unless
+ASYNCFLOW_TEST_FIXED is set.
 The backend is the default one: ASYNCFLOW_BACKEND, else `file:.asyncflow`.
 """
+
+import os
 
 import asyncflow
 from asyncflow import Context
@@ -34,6 +38,29 @@ async def wait(c: Context) -> None:
 async def boom(c: Context) -> None:
     await c.log("about to fail")
     raise ValueError("kaboom")
+
+
+@flow.workflow()
+async def nap(c: Context) -> None:
+    await c.sleep(3600)
+
+
+@flow.workflow()
+async def listen(c: Context) -> object:
+    return await c.wait_event("bell")
+
+
+@flow.sideeffect()
+async def fragile(c: Context) -> str:
+    if not os.environ.get("ASYNCFLOW_TEST_FIXED"):
+        raise ConnectionError("not yet")
+    return "fixed"
+
+
+@flow.workflow()
+async def flaky(c: Context) -> str:
+    total = await add(c, 2, 3)
+    return f"{await fragile(c)} {total}"
 
 
 if __name__ == "__main__":

@@ -23,8 +23,13 @@ class Cli:
         self.cwd = tmp_path
         self.backend = f"file:{tmp_path / 'store'}"
 
-    def __call__(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", "ASYNCFLOW_BACKEND": self.backend}
+    def __call__(self, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+        full_env = {
+            **os.environ,
+            "PYTHONIOENCODING": "utf-8",
+            "ASYNCFLOW_BACKEND": self.backend,
+            **env,
+        }
         return subprocess.run(
             [sys.executable, str(SCRIPT), *argv],
             cwd=self.cwd,
@@ -233,6 +238,10 @@ def test_default_backend_is_dot_asyncflow_in_the_current_folder(cli: Cli, tmp_pa
         pytest.param(["run", "greet", "--backend", "ftp://example.com/x"], [], id="bad-url"),
         pytest.param(["runs", "--backend", "nonsense"], ["file:"], id="bad-url-runs"),
         pytest.param(["show", "1", "--backend", "nonsense"], ["file:"], id="bad-url-show"),
+        pytest.param(["emit", "bell", "{not json"], [], id="emit-invalid-json"),
+        pytest.param(["cancel", "424242"], ["424242"], id="cancel-unknown-run"),
+        pytest.param(["retry", "424242"], ["424242"], id="retry-unknown-run"),
+        pytest.param(["run", "--key", "k"], ["--key"], id="key-without-trigger"),
     ],
 )
 def test_bad_input_exits_2_with_one_error_line(
@@ -256,3 +265,60 @@ def test_bad_backend_in_the_environment_is_bad_input(cli: Cli) -> None:
 def test_command_line_mistakes_exit_2_with_one_error_line(cli: Cli, argv: list[str]) -> None:
     line = assert_usage_error(cli(*argv))
     assert "--help" in line
+
+
+def test_emit_wakes_the_waiting_run_and_runs_says_why_runs_wait(cli: Cli) -> None:
+    [listening] = cli.json("run", "listen")
+    [napping] = cli.json("run", "nap")
+    [paused] = cli.json("run", "wait")
+    proc = cli("runs")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].split() == [
+        "RUN_ID",
+        "WORKFLOW",
+        "STATUS",
+        "UPDATED",
+        "WAITING",
+        "FOR",
+    ]
+    reasons = {
+        line.split()[0]: " ".join(line.split()[4:]) for line in proc.stdout.splitlines()[1:]
+    }
+    assert reasons[listening["run_id"]] == "event bell"
+    assert reasons[napping["run_id"]].startswith("time 20")
+    assert reasons[paused["run_id"]] == "next invocation"
+    [shown] = [r for r in cli.json("runs") if r["run_id"] == napping["run_id"]]
+    assert shown["wake_at"] > shown["updated_at"]
+    assert "waiting for: event bell" in cli("show", listening["run_id"]).stdout
+
+    results = cli.json("emit", "bell", '{"rings": 2}')
+    by_id = {r["run_id"]: r for r in results}
+    assert by_id[listening["run_id"]]["result"] == {"rings": 2}
+    assert by_id[paused["run_id"]]["status"] == "succeeded"  # a due run, resumed as by `run`
+    assert napping["run_id"] not in by_id
+
+
+def test_cancel_and_retry(cli: Cli) -> None:
+    [napping] = cli.json("run", "nap")
+    proc = cli("cancel", napping["run_id"])
+    assert (proc.returncode, proc.stdout) == (0, f"cancelled {napping['run_id']}\n")
+    assert "status: cancelled" in cli("show", napping["run_id"]).stdout
+    assert_usage_error(cli("cancel", napping["run_id"]), "cancelled already")
+
+    [failed] = cli.json("run", "flaky", code=1)
+    assert failed["error"].endswith("raised ConnectionError: not yet")
+    proc = cli("retry", failed["run_id"], "--json", ASYNCFLOW_TEST_FIXED="1")
+    assert proc.returncode == 0, proc.stderr
+    [retried] = json.loads(proc.stdout)
+    assert (retried["run_id"], retried["status"], retried["result"]) == (
+        failed["run_id"],
+        "succeeded",
+        "fixed 5",
+    )
+    assert_usage_error(cli("retry", failed["run_id"]), "only a failed run")
+
+
+def test_run_with_a_key_starts_once(cli: Cli) -> None:
+    [first] = cli.json("run", "greet", "--key", "once")
+    assert cli.json("run", "greet", "--key", "once") == []
+    assert [r["run_id"] for r in cli.json("runs")] == [first["run_id"]]

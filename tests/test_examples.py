@@ -12,6 +12,9 @@ import os
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -179,3 +182,92 @@ def test_compare_prices_asks_all_shops_at_once_and_replays_without_asking(
     assert second["result"] == {"shop": "スーパー", "price": 110}
     assert second["logs"] == [*first["logs"], "スーパーでレモンを110円で買います"]
     assert asked == "", "the replay asked no shop again"
+
+
+def test_cli_example_event_runs_the_next_workflow_in_the_same_invocation(tmp_path: Path) -> None:
+    results, _ = run_json(tmp_path, "cli.py", "処理1")
+    assert [(r["workflow"], r["status"], r["logs"]) for r in results] == [
+        ("処理1", "succeeded", ["処理1: event1 を発行"]),
+        ("処理2", "succeeded", ["処理2: event1 を受信 (処理1 から)"]),
+    ]
+    proc = invoke(tmp_path, "cli.py", "emit", "event1", '{"from": "外"}', "--json")
+    assert proc.returncode == 0, proc.stderr
+    [outside] = json.loads(proc.stdout)
+    assert (outside["workflow"], outside["logs"]) == ("処理2", ["処理2: event1 を受信 (外 から)"])
+
+
+def test_approval_waits_for_its_event_then_deploys(tmp_path: Path) -> None:
+    [deploy], sent = run_json(tmp_path, "approval.py", "デプロイ", '{"version": "1.2.0"}')
+    run_id = deploy["run_id"]
+    assert (deploy["status"], deploy["logs"]) == ("paused", ["承認待ち: 1.2.0"])
+    assert sent == f"1.2.0 のデプロイ承認待ち: emit 承認:{run_id}\n"
+
+    proc = invoke(tmp_path, "approval.py", "runs")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(rf"^{run_id}  .*paused .*event 承認:{run_id} \(until ", proc.stdout, re.M)
+    assert run_json(tmp_path, "approval.py")[0] == [], "a waiting run is not replayed"
+    proc = invoke(tmp_path, "approval.py", "emit", f"承認:{run_id}-other", "--json")
+    assert json.loads(proc.stdout) == [], "another approval wakes nothing"
+
+    proc = invoke(tmp_path, "approval.py", "emit", f"承認:{run_id}", '{"承認者": "佐藤"}')
+    assert proc.returncode == 0, proc.stderr
+    logs = ["承認待ち: 1.2.0", "佐藤 さんが承認", "1.2.0 を本番に反映しました"]
+    assert proc.stdout == summary(("デプロイ", run_id, "succeeded", logs))
+    assert proc.stderr == "", "the notification was sent once, in the first invocation"
+
+
+def test_home_security_reacts_to_state_changes(tmp_path: Path) -> None:
+    def emit(*argv: str) -> list[tuple[str, list[str]]]:
+        proc = invoke(tmp_path, "home_security.py", "emit", *argv, "--json")
+        assert proc.returncode == 0, proc.stderr
+        return [(r["workflow"], r["logs"]) for r in json.loads(proc.stdout)]
+
+    assert emit("外出") == [("外出", []), ("警戒モード", ["警戒モード: オン"])]
+    proc = invoke(tmp_path, "home_security.py", "emit", "モーションセンサー", '{"場所": "玄関"}')
+    assert proc.returncode == 0, proc.stderr
+    assert "\t    - 侵入者を検知: 玄関\n" in proc.stdout
+    assert proc.stderr == "侵入者を検知: 玄関\n"
+    assert emit("外出") == [("外出", [])], "already away: no change, no run"
+    assert emit("帰宅") == [("帰宅", []), ("警戒モード", ["警戒モード: オフ"])]
+    assert emit("モーションセンサー", '{"場所": "居間"}') == [
+        ("モーションセンサー", []),
+        ("侵入チェック", ["在宅中の動き: 居間 (異常なし)"]),
+    ]
+
+
+def test_reminder_sleeps_durably_until_its_time(tmp_path: Path) -> None:
+    # Real processes on the real clock: the deadlines are a few seconds away, and the test
+    # polls (with a deadline) instead of sleeping.
+    start = datetime.now(timezone.utc)
+
+    def task(name: str, seconds: float) -> str:
+        deadline = (start + timedelta(seconds=seconds)).isoformat()
+        args = {"task": name, "deadline": deadline, "remind_before_s": seconds - 1}
+        return json.dumps(args, ensure_ascii=False)
+
+    [done_in_time], _ = run_json(tmp_path, "reminder.py", "締め切り", task("レポート", 30))
+    [late], _ = run_json(tmp_path, "reminder.py", "締め切り", task("掃除", 2.5))
+    assert done_in_time["status"] == late["status"] == "paused"
+    proc = invoke(tmp_path, "reminder.py", "runs", "--status", "paused")
+    assert proc.stdout.count("  time ") == 2, proc.stdout
+
+    def poll(until: Callable[[dict[str, dict]], bool]) -> dict[str, dict]:
+        seen: dict[str, dict] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            results, _ = run_json(tmp_path, "reminder.py")
+            seen.update({r["run_id"]: r for r in results})
+            if until(seen):
+                return seen
+        raise AssertionError(f"not reached in time: {seen}")
+
+    seen = poll(lambda s: all("リマインド" in r["logs"][-1] for r in s.values()) and len(s) == 2)
+    assert seen[done_in_time["run_id"]]["logs"][-1] == "レポート: リマインド"
+
+    proc = invoke(tmp_path, "reminder.py", "emit", "完了:レポート", "--json")
+    [done] = json.loads(proc.stdout)
+    assert (done["run_id"], done["result"]) == (done_in_time["run_id"], "完了")
+
+    seen = poll(lambda s: s.get(late["run_id"], {}).get("status") == "succeeded")
+    assert seen[late["run_id"]]["result"] == "超過"
+    assert seen[late["run_id"]]["logs"][-1] == "掃除: 締め切り超過"

@@ -1,0 +1,201 @@
+"""Delivering events and state changes: the runs they start, the waiting runs they wake; and
+the runs that schedules (every invocation, cron) start."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._backend import Backend
+from ._exceptions import BackendError, ConflictError
+from ._record import RunRecord, dumps
+from ._waits import WAITS, WaitIndex, sha256_hex
+
+if TYPE_CHECKING:
+    from ._engine import Workflow
+
+__all__ = ["CRON", "deliver", "derived_run_id", "scheduled_runs", "wake_waiters"]
+
+ACTIVE = "active"  # (as in _engine; repeated to keep this module free of an import cycle)
+DONE = "finished"
+CRON = "cron"
+_RESOLVE_ATTEMPTS = 20
+
+
+def derived_run_id(event_id: str, workflow: str) -> str:
+    """The id of the run that event ``event_id`` starts for ``workflow``: the same every time
+    the event is delivered, so delivering it again after a crash starts nothing twice. It keeps
+    the event id's time prefix, so it sorts like any run id."""
+    digest = sha256_hex(f"{event_id}\0{workflow}")
+    return event_id[:14] + digest[:6]
+
+
+async def deliver(
+    backend: Backend,
+    clock: Callable[[], float],
+    workflows: Mapping[str, Workflow],
+    kind: str,
+    name: str,
+    args: Any,
+    event_id: str,
+    *,
+    again: bool = False,
+) -> list[str]:
+    """Store a run of each workflow that ``kind``/``name`` triggers and, for an event, wake the
+    runs waiting for it. ``args`` are JSON round-tripped already. Returns the runs made due.
+
+    ``again``: the event may have been delivered before (a replay after a crash), so runs that
+    exist already, even finished, are not started again.
+    """
+    due: list[str] = []
+    trigger = name if kind == "event" else f"{kind}:{name}"
+    for workflow in workflows.values():
+        if workflow.kind != kind or workflow.trigger != name:
+            continue
+        run_id = derived_run_id(event_id, workflow.name)
+        if again and await backend.read((DONE, run_id)) is not None:
+            continue
+        record = RunRecord(
+            run_id=run_id, workflow=workflow.name, trigger=trigger, args=args, created_at=clock()
+        )
+        try:
+            await backend.write((ACTIVE, run_id), record.encode(), if_absent=True)
+        except ConflictError:
+            continue  # delivered before
+        due.append(run_id)
+    if kind == "event":
+        due += await wake_waiters(backend, clock, name, args, event_id)
+    return due
+
+
+async def wake_waiters(
+    backend: Backend, clock: Callable[[], float], event: str, args: Any, event_id: str
+) -> list[str]:
+    """Hand event ``event`` to every run waiting for it since before ``event_id``; return them."""
+    index = WaitIndex(await backend.list(WAITS))
+    waiting = index.waiting_for(event)
+    woken = [False] * len(waiting)
+    limiter = anyio.CapacityLimiter(64)  # each is a read and a write: overlap their waits
+
+    async def wake(i: int, run_id: str) -> None:
+        async with limiter:
+            woken[i] = await _resolve(backend, clock, run_id, event, args, event_id)
+            if woken[i]:
+                # The record no longer waits: drop its entries so the next listing sees it due.
+                for entry in index.names(run_id):
+                    await backend.delete((WAITS, entry))
+
+    async with anyio.create_task_group() as tg:
+        for i, run_id in enumerate(waiting):
+            tg.start_soon(wake, i, run_id)
+    return [run_id for run_id, ok in zip(waiting, woken, strict=True) if ok]
+
+
+async def _resolve(
+    backend: Backend,
+    clock: Callable[[], float],
+    run_id: str,
+    event: str,
+    args: Any,
+    event_id: str,
+) -> bool:
+    """Record ``args`` as the outcome of the run's pending ``wait_event``, by compare-and-swap:
+    a run receives each event once, and an invocation advancing the run meanwhile either sees
+    the event or loses its write (and replays with it next time)."""
+    key = (ACTIVE, run_id)
+    for _ in range(_RESOLVE_ATTEMPTS):
+        entry = await backend.read(key)
+        if entry is None:
+            return False
+        record = RunRecord.decode(entry.data, backend.locate(key))
+        if record.status != "paused" or record.wait_event != event:
+            return False
+        index = _pending_wait(record, event)
+        if index is None or event_id <= record.steps[index]["since"]:
+            return False  # emitted before this wait began
+        step = {**record.steps[index], "value": args, "event": event_id}
+        record.replace(index, step, dumps(step, f"the args of event {event!r}"))
+        record.wait_event = None
+        record.wake_at = None
+        record.updated_at = clock()
+        try:
+            await backend.write(key, record.encode(), if_version=entry.version)
+        except ConflictError:
+            continue
+        return True
+    return False
+
+
+def _pending_wait(record: RunRecord, event: str) -> int | None:
+    for i in range(len(record.steps) - 1, -1, -1):
+        step = record.steps[i]
+        if (
+            step["kind"] == "wait_event"
+            and step.get("name") == event
+            and "event" not in step
+            and not step.get("timed_out")
+        ):
+            return i
+    return None
+
+
+async def scheduled_runs(
+    backend: Backend,
+    clock: Callable[[], float],
+    workflows: Mapping[str, Workflow],
+    new_id: Callable[[], str],
+) -> list[RunRecord]:
+    """New runs for this invocation: one per every-invocation workflow, one per cron workflow
+    with a tick since the last invocation that checked it."""
+    records = []
+    now = clock()
+    for workflow in workflows.values():
+        args: Any = None
+        if workflow.kind == "cron":
+            tick = await _cron_tick(backend, workflow, now)
+            if tick is None:
+                continue
+            from datetime import datetime, timezone
+
+            args = {"tick": datetime.fromtimestamp(tick, timezone.utc).isoformat()}
+        elif workflow.kind != "every":
+            continue
+        trigger = "every" if workflow.kind == "every" else f"cron:{workflow.trigger}"
+        records.append(
+            RunRecord(
+                run_id=new_id(), workflow=workflow.name, trigger=trigger, args=args, created_at=now
+            )
+        )
+    return records
+
+
+async def _cron_tick(backend: Backend, workflow: Workflow, now: float) -> float | None:
+    """The latest tick since the schedule was last checked, if any; only the invocation that
+    moves the stored mark forward gets it (compare-and-swap), so concurrent invocations start
+    one run per tick."""
+    assert workflow.cron is not None
+    key = (CRON, workflow.name)
+    entry = await backend.read(key)
+    mark = json.dumps({"asyncflow": "cron", "checked": now}).encode()
+    try:
+        if entry is None:
+            await backend.write(key, mark, if_absent=True)  # the first invocation notes the time
+            return None
+        try:
+            last = float(json.loads(entry.data)["checked"])
+        except (ValueError, KeyError, TypeError):
+            raise BackendError(
+                f"{backend.locate(key)} is not asyncflow's schedule mark of workflow"
+                f" {workflow.name!r}; asyncflow leaves it untouched: delete it to restart"
+                " the schedule",
+                location=backend.locate(key),
+            ) from None
+        tick = workflow.cron.latest(last, now)
+        if tick is not None:
+            await backend.write(key, mark, if_version=entry.version)
+        return tick
+    except ConflictError:
+        return None

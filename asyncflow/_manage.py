@@ -1,0 +1,149 @@
+"""Run management: cancelling a run, reopening a failed one, idempotent starts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ._backend import Backend
+from ._engine import ACTIVE, DONE, finish
+from ._exceptions import BackendError, ConflictError, RunNotFoundError, UsageError
+from ._record import FINISHED, RunRecord, dumps
+from ._waits import WAITS, WaitIndex, sha256_hex
+
+__all__ = ["KEYS", "cancel", "claim_key", "reopen"]
+
+KEYS = "keys"
+_ATTEMPTS = 20
+
+
+async def cancel(backend: Backend, clock: Callable[[], float], run_id: str) -> None:
+    """Mark a pending or paused run cancelled and file it with the finished runs.
+
+    An invocation advancing the run at this moment loses its next write of it (the record's
+    version moved), so the run stops there; at most one more side effect runs (one that starts
+    before anything new was recorded, so without a checkpoint).
+    """
+    key = (ACTIVE, run_id)
+    for _ in range(_ATTEMPTS):
+        entry = await backend.read(key)
+        if entry is None:
+            done = await backend.read((DONE, run_id))
+            if done is None:
+                raise RunNotFoundError(run_id)
+            status = RunRecord.decode(done.data, backend.locate((DONE, run_id))).status
+            raise UsageError(
+                f"run {run_id} has {status} already; only a waiting run can be cancelled"
+            )
+        record = RunRecord.decode(entry.data, backend.locate(key))
+        if record.status in FINISHED:
+            raise UsageError(
+                f"run {run_id} has {record.status} already; only a waiting run can be cancelled"
+            )
+        record.status = "cancelled"
+        record.wake_at = None
+        record.wait_event = None
+        record.updated_at = clock()
+        data = record.encode()
+        try:
+            version = await backend.write(key, data, if_version=entry.version)
+        except ConflictError:
+            continue  # advanced meanwhile: cancel what it is now
+        break
+    else:
+        raise BackendError(f"run {run_id} kept changing; it could not be cancelled", location=None)
+    index = WaitIndex(await backend.list(WAITS))
+    for name in index.names(run_id):
+        await backend.delete((WAITS, name))
+    await finish(backend, run_id, data, version)
+
+
+async def reopen(backend: Backend, clock: Callable[[], float], run_id: str) -> None:
+    """Move a failed run back to the active runs, ready to execute again from its journal.
+
+    The failed side effect (the last one that raised) or the wait that timed out, and
+    everything recorded after it, are dropped, so it executes again; the steps before it
+    replay. A run that failed on its own
+    exception keeps its whole journal and replays it up to the failure.
+    """
+    key = (DONE, run_id)
+    entry = await backend.read(key)
+    if entry is None:
+        if await backend.read((ACTIVE, run_id)) is not None:
+            raise UsageError(f"run {run_id} has not failed; only a failed run can be retried")
+        raise RunNotFoundError(run_id)
+    record = RunRecord.decode(entry.data, backend.locate(key))
+    if record.status != "failed":
+        raise UsageError(f"run {run_id} has {record.status}; only a failed run can be retried")
+    steps = record.steps
+    error = record.error or ""
+    if error.startswith(("SideEffectError", "WaitTimeout")):
+        # The step that raised what the run failed on: the last side effect that raised, or
+        # the last wait that timed out (which then waits again, with its timeout from now).
+        failed = [
+            i
+            for i, s in enumerate(steps)
+            if (s["kind"] == "sideeffect" and "error" in s and error.startswith("Side"))
+            or (s["kind"] == "wait_event" and s.get("timed_out") and error.startswith("Wait"))
+        ]
+        if failed:
+            cut = failed[-1]
+            steps = steps[:cut]
+            # Side effects the failed one ran inside have not finished either: enter them again.
+            steps = [_unfinished(s) if _covers(i, s, cut) else s for i, s in enumerate(steps)]
+    raw = json.loads(record.encode())
+    raw.update(status="pending", error=None, result=None, steps=steps, updated_at=clock())
+    reopened = RunRecord.decode(json.dumps(raw, ensure_ascii=False).encode(), backend.locate(key))
+    try:
+        await backend.write((ACTIVE, run_id), reopened.encode(), if_absent=True)
+    except ConflictError:
+        raise UsageError(f"run {run_id} is being retried already") from None
+    await backend.delete(key, if_version=entry.version)
+
+
+def _covers(i: int, step: dict[str, Any], cut: int) -> bool:
+    return step["kind"] == "sideeffect" and "span" in step and i + step["span"] >= cut
+
+
+def _unfinished(step: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "sideeffect", "name": step["name"]}
+
+
+async def claim_key(backend: Backend, record: RunRecord, key: str) -> bool:
+    """Make ``record`` the one run of its workflow for ``key``.
+
+    Returns ``False`` when a run for the key exists already (``record`` then gets its id).
+    The key is taken with a
+    create-only write, so of concurrent callers (in any process) one wins. A caller that won
+    but died before storing its run left a key without a run: the next caller stores the run
+    under the id the key names (``record`` gets that id).
+    """
+    if not isinstance(key, str) or not key:
+        raise UsageError(f"an idempotency key must be a non-empty string, not {key!r}")
+    name = sha256_hex(f"{record.workflow}\0{key}")[:40]
+    content = {
+        "asyncflow": "key",
+        "workflow": record.workflow,
+        "key": key,
+        "run_id": record.run_id,
+    }
+    try:
+        await backend.write((KEYS, name), dumps(content, "").encode(), if_absent=True)
+        return True
+    except ConflictError:
+        pass
+    entry = await backend.read((KEYS, name))
+    try:
+        run_id = json.loads(entry.data if entry is not None else b"")["run_id"]
+        if not isinstance(run_id, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        location = backend.locate((KEYS, name))
+        raise BackendError(
+            f"{location} is not asyncflow's record of key {key!r}; asyncflow leaves it untouched",
+            location=location,
+        ) from None
+    record.run_id = run_id
+    found = await backend.read_many([(ACTIVE, run_id), (DONE, run_id)])
+    return all(e is None for e in found)
