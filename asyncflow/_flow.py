@@ -378,12 +378,20 @@ class Flow:
                         raise
         return [r.run_id for r in records]
 
-    async def emit(self, name: str, args: Any = None) -> list[RunResult]:
+    async def emit(
+        self, name: str, args: Any = None, *, time_limit: float | None = None
+    ) -> list[RunResult]:
         """Emit event ``name`` from outside any workflow; one invocation.
 
         Starts the workflows bound to ``name`` and wakes the runs waiting for it
         (``c.wait_event``), then advances them and every other due run, as :meth:`run` does.
         Emitting an event nobody listens to is not an error.
+
+        Args:
+            name: the event.
+            args: the event's args (JSON).
+            time_limit: as for :meth:`run`: no run is started past it. The event is delivered
+                (its runs stored, its waiters woken) before any run starts.
 
         Raises:
             SerializationError: ``args`` cannot be stored as JSON (nothing was changed).
@@ -393,9 +401,12 @@ class Flow:
         from ._events import deliver
 
         args = json.loads(dumps(args, f"the args of event {name!r}"))
+        stop_at = None if time_limit is None else self.clock() + time_limit
         async with self._using() as backend:
             await deliver(backend, self.clock, self._workflows, "event", name, args, new_run_id())
-            return await invoke(backend, self.clock, self._workflows, [], self.max_concurrency)
+            return await invoke(
+                backend, self.clock, self._workflows, [], self.max_concurrency, stop_at
+            )
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a pending or paused run: it stops before its next step, for good.

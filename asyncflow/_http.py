@@ -31,12 +31,13 @@ __all__ = [
     "MAX_BODY_SIZE",
     "Api",
     "BadRequest",
+    "Order",
     "Request",
     "Response",
     "decode_json",
     "internal_error",
     "log_error",
-    "parse_trigger_request",
+    "parse_order",
     "results_list",
     "run_dict",
 ]
@@ -46,7 +47,7 @@ logger = logging.getLogger("asyncflow")
 #: Default largest request body accepted, in bytes (a trigger's args, mostly).
 MAX_BODY_SIZE = 1024 * 1024
 _STATUSES: tuple[str, ...] = get_args(RunStatus)
-_REQUEST_KEYS = {"trigger", "trigger_name", "args"}
+_REQUEST_KEYS = {"trigger", "trigger_name", "event", "args", "key"}
 
 
 class BadRequest(AsyncflowError):
@@ -80,35 +81,57 @@ class Response:
         return json.dumps(self.body, ensure_ascii=False).encode()
 
 
-def parse_trigger_request(body: Any) -> tuple[str | None, Any]:
-    """``(trigger, args)`` of a trigger request ``{"trigger": ..., "args": ...}``.
+@dataclass(frozen=True)
+class Order:
+    """What a request asks the flow to do: start ``trigger``'s workflows, emit ``event``, or
+    (neither) resume the due runs."""
 
-    ttflow's ``trigger_name`` is accepted for ``trigger``; a body without either asks to resume
-    due runs only (``trigger`` is ``None``).
+    trigger: str | None = None
+    event: str | None = None
+    args: Any = None
+    key: str | None = None  # an idempotency key for the runs ``trigger`` starts
+
+    async def perform(self, flow: Flow, time_limit: float | None = None) -> list[RunResult]:
+        """One invocation of ``flow`` doing what was asked."""
+        if self.event is not None:
+            return await flow.emit(self.event, self.args, time_limit=time_limit)
+        return await flow.run(self.trigger, self.args, key=self.key, time_limit=time_limit)
+
+
+def parse_order(body: Any) -> Order:
+    """The :class:`Order` of a request body: ``{"trigger": ..., "args": ..., "key": ...}``,
+    ``{"event": ..., "args": ...}``, or ``{}`` (resume).
+
+    ttflow's ``trigger_name`` is accepted for ``trigger``.
 
     Raises:
         BadRequest: the body is not such an object (status 400).
     """
     if not isinstance(body, dict):
         raise BadRequest(400, f"the request must be a JSON object, not {_json_type(body)}")
-    if "event" in body:
-        # ISSUE 5 (events): a request {"event": name, "args": ...} is to be dispatched here to
-        # flow.emit(name, args) once events exist; until then it is refused, not mistaken for
-        # a resume.
-        raise BadRequest(400, "events are not supported yet: send {'trigger': ..., 'args': ...}")
     unknown = sorted(set(body) - _REQUEST_KEYS)
     if unknown:
         raise BadRequest(
-            400, f"unknown field(s) {', '.join(map(repr, unknown))}: expected 'trigger' and 'args'"
+            400,
+            f"unknown field(s) {', '.join(map(repr, unknown))}: expected 'trigger' (or 'event')"
+            " and 'args'",
         )
     if "trigger" in body and "trigger_name" in body:
         raise BadRequest(400, "give 'trigger' or 'trigger_name', not both")
     trigger = body.get("trigger", body.get("trigger_name"))
-    if trigger is not None and (not isinstance(trigger, str) or not trigger):
-        raise BadRequest(400, f"'trigger' must be a non-empty string, not {_json_type(trigger)}")
-    if trigger is None and "args" in body:
-        raise BadRequest(400, "'args' given without a 'trigger'")
-    return trigger, body.get("args")
+    event = body.get("event")
+    if trigger is not None and event is not None:
+        raise BadRequest(400, "give 'trigger' or 'event', not both")
+    for field_name, value in (("trigger", trigger), ("event", event), ("key", body.get("key"))):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise BadRequest(
+                400, f"'{field_name}' must be a non-empty string, not {_json_type(value)}"
+            )
+    if trigger is None and event is None and "args" in body:
+        raise BadRequest(400, "'args' given without a 'trigger' or an 'event'")
+    if trigger is None and "key" in body:
+        raise BadRequest(400, "'key' given without a 'trigger'")
+    return Order(trigger=trigger, event=event, args=body.get("args"), key=body.get("key"))
 
 
 def decode_json(data: bytes) -> Any:
@@ -230,15 +253,17 @@ class Api:
             run = await flow.get_run(path.removeprefix("/runs/"))
             return Response(200, run_dict(run, steps=True))
         _no_query(request)
-        trigger, args = parse_trigger_request(decode_json(request.body))
+        order = parse_order(decode_json(request.body))
         if path == "/start":
-            if trigger is None:
-                raise BadRequest(400, "POST /start needs a 'trigger'")
-            return Response(200, {"run_ids": await flow.start(trigger, args)})
-        if path == "/resume" and trigger is not None:
-            raise BadRequest(400, "POST /resume takes no trigger: use POST /runs")
-        results = await flow.run(trigger, args, time_limit=time_limit)
-        return Response(200, results_list(results))
+            if order.trigger is None:
+                raise BadRequest(
+                    400, "POST /start needs a 'trigger' (emit events with POST /runs)"
+                )
+            run_ids = await flow.start(order.trigger, order.args, key=order.key)
+            return Response(200, {"run_ids": run_ids})
+        if path == "/resume" and (order.trigger is not None or order.event is not None):
+            raise BadRequest(400, "POST /resume takes no trigger or event: use POST /runs")
+        return Response(200, results_list(await order.perform(flow, time_limit)))
 
     async def _list(self, request: Request) -> list[Run]:
         from urllib.parse import parse_qs

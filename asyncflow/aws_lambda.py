@@ -33,12 +33,13 @@ from ._http import (
     MAX_BODY_SIZE,
     Api,
     BadRequest,
+    Order,
     Request,
     Response,
     decode_json,
     internal_error,
     log_error,
-    parse_trigger_request,
+    parse_order,
     results_list,
 )
 
@@ -136,13 +137,13 @@ class LambdaHandler:
             if "detail-type" in event and "source" in event:
                 # EventBridge: a schedule's detail is empty (resume); another rule's event may
                 # carry a trigger request as its detail.
-                trigger, args = _request(event.get("detail") or {}, "EventBridge detail")
-                return results_list(portal.call(self._run, trigger, args, time_limit))
+                order = _order(event.get("detail") or {}, "EventBridge detail")
+                return results_list(portal.call(order.perform, self.flow, time_limit))
             records = event.get("Records")
             if isinstance(records, list) and records and _is_sqs(records[0]):
                 return portal.call(self._sqs, records, time_limit)
-        trigger, args = _request(event, "Lambda event")
-        return results_list(portal.call(self._run, trigger, args, time_limit))
+        order = _order(event, "Lambda event")
+        return results_list(portal.call(order.perform, self.flow, time_limit))
 
     def close(self) -> None:
         """Leave the flow (closing its backend) and stop the event loop thread."""
@@ -189,9 +190,6 @@ class LambdaHandler:
             self._portal, self._thread = ready[0], thread
             return ready[0]
 
-    async def _run(self, trigger: str | None, args: Any, time_limit: float | None) -> Any:
-        return await self.flow.run(trigger, args, time_limit=time_limit)
-
     async def _http(self, event: dict[str, Any], time_limit: float | None) -> dict[str, Any]:
         try:
             request = _http_request(event)
@@ -219,9 +217,16 @@ class LambdaHandler:
                 body = record["body"] if isinstance(record, dict) else None
                 if not isinstance(body, str):
                     raise BadRequest(400, "an SQS record without a body")
-                trigger, args = parse_trigger_request(decode_json(body.encode()))
-                if trigger is not None:
-                    await self.flow.start(trigger, args)
+                order = parse_order(decode_json(body.encode()))
+                if order.event is not None:
+                    # Delivered (its runs stored, its waiters woken) and no run started: the
+                    # one invocation below advances them with the rest.
+                    await order.perform(self.flow, time_limit=0)
+                elif order.trigger is not None:
+                    # SQS delivers a message at least once: its id makes a redelivery start
+                    # nothing twice (unless the message names a key of its own).
+                    key = order.key or (f"sqs:{message_id}" if message_id else None)
+                    await self.flow.start(order.trigger, order.args, key=key)
             except AsyncflowError as exc:
                 logger.warning("SQS message %s not accepted: %s", message_id, exc)
                 failures.append({"itemIdentifier": str(message_id)})
@@ -259,9 +264,9 @@ def _serve_portal(
         started.set()
 
 
-def _request(value: Any, what: str) -> tuple[str | None, Any]:
+def _order(value: Any, what: str) -> Order:
     try:
-        return parse_trigger_request(value)
+        return parse_order(value)
     except BadRequest as exc:
         raise UsageError(f"unrecognised {what}: {exc}") from None
 

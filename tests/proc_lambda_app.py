@@ -2,7 +2,8 @@
 name the way Lambda's Python runtime imports a handler module.
 
 `greet` succeeds, `wait` pauses once, `boom` fails, `slow` moves the flow's clock on by a
-minute (standing in for a run that takes long) and pauses once. The backend counts how often
+minute (standing in for a run that takes long) and pauses once, `approve` waits for the event
+`approved`, `on_shipped` runs on the event `shipped`. The backend counts how often
 it is opened and closed, and on which threads, so that tests can see warm invocations reuse
 it. TEST_STORE names its folder; TEST_TOKEN, if set, is the handler's token.
 """
@@ -66,6 +67,16 @@ async def take_a_minute(c: Context) -> None:
 async def slow(c: Context, args: Any) -> Any:
     await take_a_minute(c)
     await c.pause_once()
+    return args
+
+
+@flow.workflow()
+async def approve(c: Context) -> Any:
+    return await c.wait_event("approved")
+
+
+@flow.workflow(trigger=asyncflow.event_trigger("shipped"))
+async def on_shipped(c: Context, args: Any) -> Any:
     return args
 
 

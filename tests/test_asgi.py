@@ -91,6 +91,29 @@ async def test_the_routes() -> None:
         }  # fmt: skip
 
 
+async def test_events_and_idempotency_keys() -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def approve(c: Context) -> Any:
+        return await c.wait_event("approved")
+
+    async with client(asyncflow.asgi.app(flow)) as http:
+        [waiting] = (await http.post("/runs", json={"trigger": "approve"})).json()
+        assert waiting["status"] == "paused"
+        woken = await http.post("/runs", json={"event": "approved", "args": {"by": "ops"}})
+        assert woken.status_code == 200
+        assert [(r["run_id"], r["result"]) for r in woken.json()] == [
+            (waiting["run_id"], {"by": "ops"})
+        ]
+        first = (await http.post("/start", json={"trigger": "greet", "key": "order-7"})).json()
+        again = (await http.post("/runs", json={"trigger": "greet", "key": "order-7"})).json()
+        # The key's run exists already: nothing new starts; the stored one is resumed.
+        assert [r["run_id"] for r in again] == first["run_ids"]
+        greets = (await http.get("/runs")).json()
+        assert [r["run_id"] for r in greets if r["workflow"] == "greet"] == first["run_ids"]
+
+
 async def test_bad_requests() -> None:
     flow = make_flow()
     app = asyncflow.asgi.app(flow, max_body_size=1000)
@@ -102,7 +125,10 @@ async def test_bad_requests() -> None:
             (await http.post("/runs", json={"trigger": "nope"}), 400, "known triggers: 'greet'"),
             (await http.post("/runs", json={"trigger": 3}), 400, "non-empty string"),
             (await http.post("/runs", json={"args": 1}), 400, "without a 'trigger'"),
-            (await http.post("/runs", json={"event": "x"}), 400, "events are not supported"),
+            (await http.post("/runs", json={"event": "x", "trigger": "greet"}), 400, "not both"),
+            (await http.post("/runs", json={"event": 3}), 400, "'event' must be a non-empty"),
+            (await http.post("/runs", json={"key": "k"}), 400, "'key' given without"),
+            (await http.post("/start", json={"event": "x"}), 400, "emit events with POST /runs"),
             (await http.post("/start", json={}), 400, "needs a 'trigger'"),
             (await http.post("/resume", json={"trigger": "greet"}), 400, "takes no trigger"),
             (await http.get("/runs?status=lost"), 400, "unknown status 'lost'"),

@@ -131,7 +131,7 @@ def test_bad_http_requests_get_400_404_405_413_and_change_nothing(aws: Lambda) -
         url("{not json"),
         url([1, 2]),
         url({"trigger": "nope"}),
-        url({"event": "approved", "args": {}}),
+        url({"event": "approved", "trigger": "greet"}),
         url({"trigger": "greet", "argz": 1}),
         {**url("%%%"), "isBase64Encoded": True},
         url(method="GET", path="/"),
@@ -146,7 +146,7 @@ def test_bad_http_requests_get_400_404_405_413_and_change_nothing(aws: Lambda) -
     assert "must be a JSON object, not an array" in messages[1]
     assert "no workflow is bound to trigger 'nope'" in messages[2]
     assert "'greet'" in messages[2]  # the known triggers are listed
-    assert "events are not supported yet" in messages[3]
+    assert "give 'trigger' or 'event', not both" in messages[3]
     assert "unknown field(s) 'argz'" in messages[4]
     assert "base64" in messages[5]
     assert ok(answers[6])["headers"]["allow"] == "POST"
@@ -192,18 +192,45 @@ def test_sqs_reports_only_the_failed_messages(aws: Lambda) -> None:
         "{broken",
         {"trigger": "nope"},
         {"trigger": "wait"},
-        {"event": "approved"},
+        {"event": "shipped", "args": "box"},
         [1],
     )
     answer, listing = aws(batch, url(method="GET", path="/runs"))
-    assert ok(answer) == {
-        "batchItemFailures": [{"itemIdentifier": m} for m in ("m1", "m2", "m4", "m5")]
-    }
+    assert ok(answer) == {"batchItemFailures": [{"itemIdentifier": m} for m in ("m1", "m2", "m5")]}
     runs = {r["workflow"]: r for r in http(listing)[1]}
-    assert set(runs) == {"greet", "wait"}
+    assert set(runs) == {"greet", "wait", "on_shipped"}
+    assert runs["on_shipped"]["result"] == "box"
     assert runs["greet"]["status"] == "succeeded"
     assert runs["greet"]["result"] == {"name": "sqs"}
     assert runs["wait"]["status"] == "paused"
+
+
+def test_events_over_a_function_url_a_direct_invocation_and_sqs(aws: Lambda) -> None:
+    started, woken, direct, batch, again = aws(
+        {"trigger": "approve"},
+        url({"event": "approved", "args": {"by": "ops"}}),
+        {"event": "shipped", "args": 1},
+        sqs({"trigger": "greet", "args": {"name": "once"}}, {"event": "shipped", "args": 2}),
+        # SQS delivers a message at least once: the same message again starts nothing more.
+        sqs({"trigger": "greet", "args": {"name": "once"}}),
+    )
+    [run] = ok(started)
+    assert (run["workflow"], run["status"]) == ("approve", "paused")
+    status, body = http(woken)
+    assert status == 200
+    assert [(r["run_id"], r["status"], r["result"]) for r in body] == [
+        (run["run_id"], "succeeded", {"by": "ops"})
+    ]
+    assert [(r["workflow"], r["result"]) for r in ok(direct)] == [("on_shipped", 1)]
+    assert ok(batch) == ok(again) == {"batchItemFailures": []}
+    (listing,) = aws(url(method="GET", path="/runs"))
+    results = sorted((r["workflow"], json.dumps(r["result"])) for r in http(listing)[1])
+    assert results == [
+        ("approve", '{"by": "ops"}'),
+        ("greet", '{"name": "once"}'),
+        ("on_shipped", "1"),
+        ("on_shipped", "2"),
+    ]
 
 
 def test_sqs_reports_a_message_whose_runs_could_not_be_stored() -> None:
