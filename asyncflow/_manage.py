@@ -88,10 +88,7 @@ async def reopen(backend: Backend, clock: Callable[[], float], run_id: str) -> N
             or (s["kind"] == "wait_event" and s.get("timed_out") and error.startswith("Wait"))
         ]
         if failed:
-            cut = failed[-1]
-            steps = steps[:cut]
-            # Side effects the failed one ran inside have not finished either: enter them again.
-            steps = [_unfinished(s) if _covers(i, s, cut) else s for i, s in enumerate(steps)]
+            steps = _reopened(steps, failed[-1])
     raw = json.loads(record.encode())
     raw.update(status="pending", error=None, result=None, steps=steps, updated_at=clock())
     reopened = RunRecord.decode(json.dumps(raw, ensure_ascii=False).encode(), backend.locate(key))
@@ -102,12 +99,76 @@ async def reopen(backend: Backend, clock: Callable[[], float], run_id: str) -> N
     await backend.delete(key, if_version=entry.version)
 
 
-def _covers(i: int, step: dict[str, Any], cut: int) -> bool:
-    return step["kind"] == "sideeffect" and "span" in step and i + step["span"] >= cut
+def _reopened(steps: list[dict[str, Any]], cut: int) -> list[dict[str, Any]]:
+    """The journal without the failed step ``steps[cut]`` and what came of it.
+
+    Steps are addressed per context (the workflow, each branch of a gather, each attempt of a
+    retried side effect: a step's ``branch`` path). In the failed step's context and each
+    context above it, the steps after it go; the side effects around it (and a retried side
+    effect whose attempt failed) become unfinished, so they are entered again; the contexts
+    under what goes go too. Other branches keep what they recorded: it replays.
+    """
+    own: dict[str, list[int]] = {}
+    for i, step in enumerate(steps):
+        own.setdefault(step.get("branch", ""), []).append(i)
+    failed_path = steps[cut].get("branch", "")
+    # Each context from the failed step's up to the workflow's, with the position in it where
+    # the failure happened: the failed step, or the step that made the context below.
+    chain = {failed_path: own[failed_path].index(cut)}
+    path = failed_path
+    while path:
+        path, _, label = path.rpartition("/")
+        chain[path] = _label_position(label)
+    keep: list[tuple[int, dict[str, Any]]] = []
+    for path, indices in own.items():
+        for pos, i in enumerate(indices):
+            step = steps[i]
+            if path in chain:
+                at = chain[path]
+                if pos > at or (pos == at and path == failed_path):
+                    continue
+                if step["kind"] == "sideeffect" and (
+                    pos == at or ("span" in step and pos + step["span"] >= at)
+                ):
+                    step = _unfinished(step)
+            elif _under_what_goes(path, chain, failed_path, steps, own):
+                continue
+            keep.append((i, step))
+    return [step for _, step in sorted(keep, key=lambda kept: kept[0])]
+
+
+def _label_position(label: str) -> int:
+    # "3.1": branch 1 of the gather at position 3; "5#2": attempt 2 of the side effect at 5.
+    return int(label.replace("#", ".").split(".")[0])
+
+
+def _under_what_goes(
+    path: str,
+    chain: dict[str, int],
+    failed_path: str,
+    steps: list[dict[str, Any]],
+    own: dict[str, list[int]],
+) -> bool:
+    """Whether context ``path`` (not on the chain) was made by a step that goes or is entered
+    again, so that its steps would not be reached as recorded."""
+    parent, _, label = path.rpartition("/")
+    while parent not in chain:
+        parent, _, label = parent.rpartition("/")
+    at, pos = chain[parent], _label_position(label)
+    if pos != at:
+        return pos > at
+    if parent == failed_path:
+        return True  # an attempt of the failed side effect
+    # Made by the step the failure came through: a sibling branch of a gather keeps its steps;
+    # an earlier attempt of a side effect entered again does not.
+    return bool(steps[own[parent][at]]["kind"] == "sideeffect")
 
 
 def _unfinished(step: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "sideeffect", "name": step["name"]}
+    unfinished = {"kind": "sideeffect", "name": step["name"]}
+    if "branch" in step:
+        unfinished["branch"] = step["branch"]
+    return unfinished
 
 
 async def claim_key(backend: Backend, record: RunRecord, key: str) -> bool:

@@ -143,6 +143,51 @@ async def test_retry_enters_the_side_effect_around_the_failed_one_again(
 
 
 @pytest.mark.anyio
+async def test_retry_keeps_what_other_branches_finished(make_flow: MakeFlow) -> None:
+    flow = make_flow()
+    calls: list[str] = []
+    broken = [True]
+    first_failed = anyio.Event()
+
+    @flow.sideeffect()
+    async def flaky(c: Context) -> str:
+        calls.append("flaky")
+        if broken[0]:
+            first_failed.set()
+            raise ConnectionError("down")
+        return "flaky ok"
+
+    @flow.sideeffect()
+    async def steady(c: Context, n: int) -> str:
+        await first_failed.wait()  # recorded after the failure: later in the journal
+        calls.append(f"steady{n}")
+        return f"steady{n} ok"
+
+    async def twice(c: Context) -> list[str]:
+        return [await steady(c, 1), await steady(c, 2)]
+
+    @flow.workflow()
+    async def job(c: Context) -> Any:
+        parts = await c.gather(flaky, twice)
+        await c.log("gathered")
+        return parts
+
+    [run] = await flow.run("job")
+    assert run.status == "failed"
+    assert calls == ["flaky", "steady1", "steady2"]
+    broken[0] = False
+    first_failed = anyio.Event()
+    first_failed.set()
+    [again] = await flow.retry(run.run_id)
+    assert (again.status, again.result, again.logs) == (
+        "succeeded",
+        ["flaky ok", ["steady1 ok", "steady2 ok"]],
+        ["gathered"],
+    )
+    assert calls == ["flaky", "steady1", "steady2", "flaky"], "the other branch replayed"
+
+
+@pytest.mark.anyio
 async def test_a_key_starts_at_most_one_run_even_concurrently(make_flow: MakeFlow) -> None:
     flow = make_flow()
 
