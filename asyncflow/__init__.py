@@ -29,8 +29,10 @@ from ._results import RunStatus as RunStatus
 from ._results import Step as Step
 
 if TYPE_CHECKING:
+    from ._backends._dynamodb import DynamoDBBackend as DynamoDBBackend
     from ._backends._file import FileBackend as FileBackend
     from ._backends._memory import MemoryBackend as MemoryBackend
+    from ._backends._s3 import S3Backend as S3Backend
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "Context",
+    "DynamoDBBackend",
     "Entry",
     "FileBackend",
     "Flow",
@@ -51,6 +54,7 @@ __all__ = [
     "RunNotFoundError",
     "RunResult",
     "RunStatus",
+    "S3Backend",
     "SerializationError",
     "SideEffectError",
     "Step",
@@ -62,8 +66,10 @@ __all__ = [
 # Backends load on first use: a Lambda cold start that keeps its runs in S3 should not pay for
 # the file backend's imports (nor anyone for a backend they do not use).
 _LAZY = {
+    "DynamoDBBackend": "._backends._dynamodb",
     "FileBackend": "._backends._file",
     "MemoryBackend": "._backends._memory",
+    "S3Backend": "._backends._s3",
 }
 
 
