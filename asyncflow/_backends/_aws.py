@@ -114,7 +114,7 @@ class AwsClient:
         # backoff and jitter (sleeping with anyio, so on trio too).
         config = AioConfig(
             http_session_cls=HttpxSession,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             max_pool_connections=MAX_CONNECTIONS,
         )
         self._config = config.merge(client_config) if client_config is not None else config

@@ -1,0 +1,510 @@
+"""The S3 and DynamoDB backends against moto's server (a real HTTP endpoint on 127.0.0.1).
+
+The conformance suite runs over both in tests/test_backends.py; here: flows end to end, leases,
+the requests a resumed run costs, errors at the boundary, and records too large to store.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import sys
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import asyncflow
+from asyncflow import Context
+from asyncflow.testing import MockClock
+
+if TYPE_CHECKING:
+    from conftest import Aws
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+pytestmark = pytest.mark.anyio
+
+KEY = ("active", "run-1")
+MakeBackend = Callable[..., asyncflow.Backend]
+
+
+@pytest.fixture(params=["s3", "dynamodb"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_backend(kind: str, aws: Aws) -> MakeBackend:
+    """Backend objects on one fresh bucket (or table), as separate invocations see it."""
+    where = aws.new_bucket() if kind == "s3" else aws.new_table()
+
+    def make(**kwargs: Any) -> asyncflow.Backend:
+        kwargs.setdefault("endpoint_url", aws.endpoint)
+        if kind == "s3":
+            return asyncflow.S3Backend(where, "flows/one", **kwargs)
+        return asyncflow.DynamoDBBackend(where, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[Callable[[asyncflow.Backend], Any]]:
+    backends: list[asyncflow.Backend] = []
+
+    async def open_(backend: asyncflow.Backend) -> asyncflow.Backend:
+        await backend.open()
+        backends.append(backend)
+        return backend
+
+    yield open_
+    for backend in backends:
+        await backend.aclose()
+
+
+class Requests:
+    """Counts the HTTP requests of the clients built from :meth:`session`, per operation,
+    with botocore's own event hooks (every attempt, retries included)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def session(self) -> Any:
+        from aiobotocore.session import get_session
+
+        session = get_session()
+        session.register("before-send", self._count)
+        return session
+
+    def _count(self, event_name: str, **_: Any) -> None:
+        self.counts[event_name.rsplit(".", 1)[-1]] += 1
+
+
+# -- flows end to end ------------------------------------------------------------------------
+
+
+def _flow(backend: str | asyncflow.Backend, **kwargs: Any) -> asyncflow.Flow:
+    flow = asyncflow.setup(backend, **kwargs)
+
+    @flow.sideeffect()
+    async def act(c: Context, n: int) -> int:
+        return n
+
+    @flow.workflow()
+    async def counter(c: Context) -> None:
+        n = 0
+        while True:
+            n = await act(c, n + 1)
+            await c.set_state("last", n)
+            if n == 3:
+                return
+            await c.pause_once()
+
+    return flow
+
+
+@pytest.mark.parametrize("form", ["url", "env"])
+async def test_a_flow_on_an_aws_url_pauses_resumes_and_finishes(
+    kind: str, aws: Aws, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    url = aws.new_s3_url() if kind == "s3" else aws.new_dynamodb_url()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)  # the standard way to point elsewhere
+    if form == "env":
+        monkeypatch.setenv("ASYNCFLOW_BACKEND", url)
+    flow = _flow(url if form == "url" else None)
+    async with flow:
+        [first] = await flow.run("counter")
+        assert first.status == "paused"
+        assert [r.status for r in await flow.run()] == ["paused"]
+        assert await flow.get_state("last") == 2
+    # A new flow object (a new process, say) sees the same runs.
+    again = _flow(url if form == "url" else None)
+    assert [r.status for r in await again.run()] == ["succeeded"]
+    assert await again.run() == []
+    [run] = await again.list_runs()
+    assert (run.run_id, run.status) == (first.run_id, "succeeded")
+    assert [s.value for s in run.steps if s.kind == "sideeffect"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "url", ["s3://", "s3:bucket", "s3:///prefix", "dynamodb://", "dynamodb:table", "dynamodb://t/x"]
+)
+def test_a_malformed_aws_url_is_a_config_error(url: str) -> None:
+    with pytest.raises(asyncflow.ConfigError, match="names no"):
+        asyncflow.setup(url)
+
+
+def test_aws_urls_name_their_bucket_prefix_and_table() -> None:
+    s3 = asyncflow.setup("s3://my-bucket/some/prefix/").backend
+    assert isinstance(s3, asyncflow.S3Backend)
+    assert (s3.bucket, s3.prefix) == ("my-bucket", "some/prefix/")
+    assert s3.locate(("active", "r")) == "s3://my-bucket/some/prefix/active/r"
+    table = asyncflow.setup("dynamodb://my-table").backend
+    assert isinstance(table, asyncflow.DynamoDBBackend)
+    assert table.locate(("active", "r")) == "dynamodb://my-table/active/r"
+
+
+async def test_one_client_per_flow_lifetime(kind: str, make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    flow = _flow(backend)
+    async with flow:
+        client = backend._aws.client  # type: ignore[attr-defined]
+        await flow.run("counter")
+        async with flow:  # nested: the same client
+            await flow.run()
+        assert backend._aws.client is client  # type: ignore[attr-defined]
+    with pytest.raises(asyncflow.UsageError, match="not open"):
+        await backend.read(KEY)
+
+
+# -- leases ------------------------------------------------------------------------------------
+
+
+async def test_a_claim_excludes_others_until_its_lease_expires_then_fences_the_late_holder(
+    make_backend: MakeBackend, opened: Any
+) -> None:
+    clock = MockClock()
+    a = await opened(make_backend(clock=clock, lease_seconds=60))
+    b = await opened(make_backend(clock=clock, lease_seconds=60))
+    listed = await a.write(KEY, b"record")
+    async with a.claim_read([KEY], [listed]) as [held]:
+        assert held is not None
+        assert held.data == b"record"
+        async with b.claim_read([KEY], [held.version]) as [other]:
+            assert other is None, "a live lease must keep other invocations out"
+        async with b.claim(KEY) as taken:
+            assert not taken
+        clock.advance(61)  # the holder stalled past its lease
+        async with b.claim_read([KEY], [held.version]) as [taken_over]:
+            assert taken_over is not None
+            assert taken_over.data == b"record"
+            with pytest.raises(asyncflow.ConflictError):
+                await a.write(KEY, b"late write", if_version=held.version)
+            await b.write_and_release(KEY, b"by b", if_version=taken_over.version)
+    entry = await b.read(KEY)
+    assert entry is not None
+    assert entry.data == b"by b", "the late holder overwrote nothing"
+
+
+async def test_each_write_by_the_holder_renews_its_lease(
+    make_backend: MakeBackend, opened: Any
+) -> None:
+    clock = MockClock()
+    a = await opened(make_backend(clock=clock, lease_seconds=60))
+    b = await opened(make_backend(clock=clock, lease_seconds=60))
+    listed = await a.write(KEY, b"0")
+    async with a.claim_read([KEY], [listed]) as [held]:
+        assert held is not None
+        version = held.version
+        for step in range(3):
+            clock.advance(40)  # 120 s in all: twice the lease, never 60 s without a write
+            async with b.claim(KEY) as taken:
+                assert not taken, f"lease lost after renewal {step}"
+            version = await a.write(KEY, b"%d" % step, if_version=version)
+
+
+async def test_the_last_write_ends_the_lease_at_once(
+    make_backend: MakeBackend, opened: Any
+) -> None:
+    a = await opened(make_backend())
+    b = await opened(make_backend())
+    listed = await a.write(KEY, b"0")
+    async with a.claim_read([KEY], [listed]) as [held]:
+        assert held is not None
+        final = await a.write_and_release(KEY, b"paused", if_version=held.version)
+        async with b.claim_read([KEY], [final]) as [next_holder]:
+            assert next_holder is not None
+            assert next_holder.data == b"paused"
+
+
+async def test_leaving_a_claim_without_writing_releases_it(
+    make_backend: MakeBackend, opened: Any
+) -> None:
+    a = await opened(make_backend())
+    b = await opened(make_backend())
+    listed = await a.write(KEY, b"0")
+    async with a.claim_read([KEY], [listed]) as [held]:
+        assert held is not None
+    current = (await b.list("active"))[KEY[1]]
+    async with b.claim_read([KEY], [current]) as [entry]:
+        assert entry is not None
+        assert entry.data == b"0"
+    # A claim on a key with nothing stored holds it until released, and stores nothing.
+    async with a.claim(("active", "new")) as taken:
+        assert taken
+        async with b.claim(("active", "new")) as other:
+            assert not other
+        assert await b.read(("active", "new")) is None
+    assert "new" not in await b.list("active")
+    async with b.claim(("active", "new")) as taken:
+        assert taken
+
+
+async def test_a_crashed_invocations_runs_resume_once_its_lease_expires(
+    make_backend: MakeBackend, opened: Any
+) -> None:
+    clock = MockClock()
+    dying = await opened(make_backend(clock=clock, lease_seconds=300))
+    crashed = _flow(dying, clock=clock)
+    async with crashed:
+        await crashed.start("counter")
+        [(name, version)] = (await dying.list("active")).items()
+        async with dying.claim_read([("active", name)], [version]) as [held]:
+            assert held is not None
+            # Its process dies here: it forgets its claims, and nothing releases them.
+            dying._leases.held.clear()  # type: ignore[attr-defined]
+    later = _flow(make_backend(clock=clock, lease_seconds=300), clock=clock)
+    assert await later.run() == [], "a live lease keeps the run from a second executor"
+    clock.advance(301)
+    assert [r.status for r in await later.run()] == ["paused"]
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+EXPECTED_REQUESTS = {
+    "s3": {
+        # listing; then the run: read it, take the lease (a conditional write of the same
+        # bytes), and the final checkpoint (a conditional write that ends the lease)
+        "resume": {"ListObjectsV2": 1, "GetObject": 1, "PutObject": 2},
+        # placeholder claim, stored before executing, final checkpoint
+        "new": {"ListObjectsV2": 1, "PutObject": 3},
+    },
+    "dynamodb": {
+        # listing; the lease taken and the item read in one UpdateItem; the final checkpoint
+        "resume": {"Query": 1, "UpdateItem": 1, "PutItem": 1},
+        "new": {"Query": 1, "UpdateItem": 1, "PutItem": 2},
+    },
+}
+
+
+async def test_requests_per_run(kind: str, make_backend: MakeBackend) -> None:
+    requests = Requests()
+    flow = _flow(make_backend(session=requests.session()))
+    async with flow:
+        requests.counts.clear()
+        state_write = "PutObject" if kind == "s3" else "PutItem"
+        for step, trigger in (("new", "counter"), ("resume", None)):
+            requests.counts.clear()
+            # One side effect, one state write, then a pause.
+            [result] = await flow.run(trigger)
+            assert result.status == "paused"
+            counts = dict(requests.counts)
+            counts[state_write] -= 1  # set_state: its own object, written once
+            assert counts == EXPECTED_REQUESTS[kind][step], step
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+async def test_a_missing_bucket_or_table_is_a_backend_error_naming_it(
+    kind: str, aws: Aws
+) -> None:
+    if kind == "s3":
+        backend: asyncflow.Backend = asyncflow.S3Backend(
+            "no-such-bucket", endpoint_url=aws.endpoint
+        )
+    else:
+        backend = asyncflow.DynamoDBBackend("no-such-table", endpoint_url=aws.endpoint)
+    async with _flow(backend) as flow:
+        with pytest.raises(asyncflow.BackendError, match=r"no-such-.* does not exist") as info:
+            await flow.run("counter")
+        assert "no-such-" in str(info.value.location)
+        with pytest.raises(asyncflow.BackendError, match=r"does not exist.*active/run-1"):
+            await backend.read(KEY)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_an_unreachable_endpoint_is_a_backend_error(kind: str) -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    if kind == "s3":
+        backend: asyncflow.Backend = asyncflow.S3Backend(
+            "bucket", endpoint_url=endpoint, max_attempts=1
+        )
+    else:
+        backend = asyncflow.DynamoDBBackend("table", endpoint_url=endpoint, max_attempts=1)
+    async with _flow(backend) as flow:
+        with pytest.raises(asyncflow.BackendError, match="cannot reach") as info:
+            await flow.get_state("x")
+    assert info.value.location == backend.locate(("state", "x"))
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
+
+
+class Canned:
+    """A real HTTP server on 127.0.0.1 answering with canned responses, one per request
+    (the last repeats), and counting requests: AWS errors that moto does not produce."""
+
+    def __init__(self, responses: list[tuple[int, dict[str, str], bytes]]) -> None:
+        self.responses = responses
+        self.requests = 0
+        canned = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                i = min(canned.requests, len(canned.responses) - 1)
+                canned.requests += 1
+                status, headers, body = canned.responses[i]
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> Canned:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _aws_error(kind: str, code: str, status: int) -> tuple[int, dict[str, str], bytes]:
+    if kind == "s3":
+        body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>no</Message></Error>"
+        return status, {"Content-Type": "application/xml"}, body.encode()
+    body = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "no"})
+    return status, {"Content-Type": "application/x-amz-json-1.0"}, body.encode()
+
+
+def _canned_backend(kind: str, endpoint: str, attempts: int) -> asyncflow.Backend:
+    if kind == "s3":
+        return asyncflow.S3Backend("bucket", endpoint_url=endpoint, max_attempts=attempts)
+    return asyncflow.DynamoDBBackend("table", endpoint_url=endpoint, max_attempts=attempts)
+
+
+async def test_access_denied_is_a_backend_error_naming_the_key(kind: str) -> None:
+    code = "AccessDenied" if kind == "s3" else "AccessDeniedException"
+    with Canned([_aws_error(kind, code, 403 if kind == "s3" else 400)]) as server:
+        backend = _canned_backend(kind, server.endpoint, 3)
+        await backend.open()
+        try:
+            with pytest.raises(asyncflow.BackendError, match=r"access denied to .*run-1"):
+                await backend.read(KEY)
+        finally:
+            await backend.aclose()
+    assert server.requests == 1, "a denial is not retried"
+
+
+async def test_throttling_is_retried_with_backoff_then_reported(kind: str) -> None:
+    code = "SlowDown" if kind == "s3" else "ProvisionedThroughputExceededException"
+    with Canned([_aws_error(kind, code, 503 if kind == "s3" else 400)]) as server:
+        backend = _canned_backend(kind, server.endpoint, 2)
+        await backend.open()
+        try:
+            with pytest.raises(asyncflow.BackendError, match=r"throttl.*run-1.*2 attempts"):
+                await backend.read(KEY)
+        finally:
+            await backend.aclose()
+    assert server.requests == 2
+
+
+async def test_a_request_throttled_once_succeeds_on_retry(kind: str) -> None:
+    if kind == "s3":
+        ok = (200, {"ETag": '"e1"'}, b'asyncflow-object/1 {"n": "x"}\nhello')
+    else:
+        item = {"Item": {"d": {"B": "aGVsbG8="}, "v": {"S": "e1"}}}
+        ok = (200, {"Content-Type": "application/x-amz-json-1.0"}, json.dumps(item).encode())
+    code = "SlowDown" if kind == "s3" else "ThrottlingException"
+    throttled = _aws_error(kind, code, 503 if kind == "s3" else 400)
+    with Canned([throttled, ok]) as server:
+        backend = _canned_backend(kind, server.endpoint, 3)
+        await backend.open()
+        try:
+            entry = await backend.read(KEY)
+        finally:
+            await backend.aclose()
+    assert entry is not None
+    assert entry.data == b"hello"
+    assert server.requests == 2
+
+
+async def test_an_object_asyncflow_did_not_write_is_named(aws: Aws, opened: Any) -> None:
+    bucket = aws.new_bucket()
+    aws.s3.put_object(Bucket=bucket, Key="p/state/x", Body=b'{"not": "ours"}')
+    backend = await opened(asyncflow.S3Backend(bucket, "p", endpoint_url=aws.endpoint))
+    with pytest.raises(asyncflow.BackendError, match=r"s3://.*/p/state/x is not an object"):
+        await backend.read(("state", "x"))
+    aws.s3.put_object(Bucket=bucket, Key="p/state/a/b", Body=b"")
+    with pytest.raises(asyncflow.BackendError, match="not an object asyncflow wrote"):
+        await backend.list("state")
+
+
+# -- large records -----------------------------------------------------------------------------
+
+
+def _alone(exc: BaseException) -> BaseException:
+    # A storage failure inside a run currently leaves the invocation's task group as a group
+    # of one (the engine's, for every backend): look inside.
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def test_a_record_too_large_for_dynamodb_fails_naming_the_run_and_keeps_the_old_one(
+    aws: Aws,
+) -> None:
+    backend = asyncflow.DynamoDBBackend(aws.new_table(), endpoint_url=aws.endpoint)
+    flow = asyncflow.setup(backend)
+
+    @flow.sideeffect()
+    async def big(c: Context) -> str:
+        return "x" * 500_000
+
+    @flow.workflow()
+    async def hoard(c: Context) -> int:
+        await c.pause_once()
+        return len(await big(c))
+
+    async with flow:
+        [run] = await flow.run("hoard")
+        with pytest.raises(BaseException) as info:
+            await flow.run()
+        error = _alone(info.value)
+        assert isinstance(error, asyncflow.BackendError)
+        assert "at most 409,600" in str(error)
+        assert str(error.location).endswith(f"/active/{run.run_id}")
+        stored = await flow.get_run(run.run_id)
+        assert stored.status == "paused", "the stored record is the one before, whole"
+        with pytest.raises(asyncflow.BackendError, match="at most"):
+            await backend.write(("state", "k"), b"x" * (400 * 1024))
+        assert await backend.read(("state", "k")) is None
+
+
+async def test_s3_stores_large_records_whole(aws: Aws, opened: Any) -> None:
+    backend = await opened(asyncflow.S3Backend(aws.new_bucket(), endpoint_url=aws.endpoint))
+    data = bytes(range(256)) * 8192  # 2 MiB
+    version = await backend.write(KEY, data)
+    assert await backend.read(KEY) == asyncflow.Entry(data, version)
+
+
+def test_lease_and_attempt_settings_are_checked() -> None:
+    with pytest.raises(asyncflow.ConfigError, match="lease_seconds"):
+        asyncflow.S3Backend("bucket", lease_seconds=0)
+    with pytest.raises(asyncflow.ConfigError, match="max_attempts"):
+        asyncflow.DynamoDBBackend("table", max_attempts=0)
+    with pytest.raises(asyncflow.ConfigError, match="bucket"):
+        asyncflow.S3Backend("")
+
