@@ -123,14 +123,19 @@ class Backend(abc.ABC):
         Backends that can take a lease and read in one request override it.
         """
         async with AsyncExitStack() as stack:
-            held = [
-                i for i, key in enumerate(keys) if await stack.enter_async_context(self.claim(key))
-            ]
+            held: list[tuple[int, AsyncExitStack]] = []
+            for i, key in enumerate(keys):
+                one = AsyncExitStack()  # each claim on its own, to let go of the skipped ones
+                stack.push_async_callback(one.aclose)
+                if await one.enter_async_context(self.claim(key)):
+                    held.append((i, one))
             found: list[Entry | None] = [None] * len(keys)
-            entries = await self.read_many([keys[i] for i in held])
-            for i, entry in zip(held, entries, strict=True):
+            entries = await self.read_many([keys[i] for i, _ in held])
+            for (i, one), entry in zip(held, entries, strict=True):
                 if entry is not None and entry.version == versions[i]:
                     found[i] = entry
+                else:
+                    await one.aclose()
             yield found
 
     async def write_and_release(

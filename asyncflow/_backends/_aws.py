@@ -125,7 +125,7 @@ class AwsClient:
     async def open(self) -> None:
         if self._client is not None:
             return
-        session = self._session or get_session()
+        session = self._session or _new_session()
         stack = AsyncExitStack()
         with self.boundary("connect", self.describe):
             self._client = await stack.enter_async_context(
@@ -217,6 +217,25 @@ class AwsClient:
             f"{self.service} {operation} failed for {location}: {code or status}: {message}",
             location=location,
         )
+
+
+_loader: Any = None
+
+
+def _new_session() -> AioSession:
+    """A new session that reads botocore's data files through one process-wide loader.
+
+    Each session otherwise parses the service and endpoint JSON files again, which was most
+    of the cost of opening a backend. (Sessions are not shared: one may hold credentials and
+    locks tied to the event loop that used it.)
+    """
+    global _loader
+    session = get_session()
+    if _loader is None:
+        _loader = session.get_component("data_loader")
+    else:
+        session.register_component("data_loader", _loader)
+    return session
 
 
 class Leases:
