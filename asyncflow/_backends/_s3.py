@@ -151,20 +151,18 @@ class S3Backend(Backend):
 
     async def _get(self, key: Key) -> _Object | None:
         location = self.locate(key)
+        client = self._aws.client
         try:
-            response = await self._aws.call(
-                "get_object",
-                location,
-                conflicts=frozenset({"NoSuchKey"}),
-                Bucket=self.bucket,
-                Key=self._key(key),
-            )
+            # The body is read under the same hold of the limiter: a response whose body is
+            # unread keeps its pooled connection, and waiting for the limiter with it would
+            # starve the requests that hold the limiter of connections.
+            async with self._aws.limiter:
+                with self._aws.boundary("get_object", location, frozenset({"NoSuchKey"})):
+                    response = await client.get_object(Bucket=self.bucket, Key=self._key(key))
+                    async with response["Body"] as stream:
+                        body = await stream.read()
         except ConflictError:  # NoSuchKey: not there
             return None
-        async with self._aws.limiter:
-            with self._aws.boundary("get_object", location):
-                async with response["Body"] as stream:
-                    body = await stream.read()
         return self._unpack(key, body, response["ETag"])
 
     async def _put(self, key: Key, body: bytes, **conditions: Any) -> str:
