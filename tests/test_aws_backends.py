@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 
 import asyncflow
@@ -261,6 +262,19 @@ async def test_a_crashed_invocations_runs_resume_once_its_lease_expires(
     assert await later.run() == [], "a live lease keeps the run from a second executor"
     clock.advance(301)
     assert [r.status for r in await later.run()] == ["paused"]
+
+
+async def test_claiming_more_runs_at_once_than_the_client_has_connections(
+    aws: Aws, opened: Any
+) -> None:
+    backend = await opened(asyncflow.S3Backend(aws.new_bucket(), endpoint_url=aws.endpoint))
+    keys = [("active", f"run-{i:03d}") for i in range(100)]  # the pool holds 64
+    async with anyio.create_task_group() as tg:
+        for key in keys:
+            tg.start_soon(backend.write, key, key[1].encode())
+    listed = await backend.list("active")
+    async with backend.claim_read(keys, [listed[name] for _, name in keys]) as entries:
+        assert [e.data if e else None for e in entries] == [name.encode() for _, name in keys]
 
 
 # -- requests ----------------------------------------------------------------------------------
