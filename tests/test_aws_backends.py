@@ -264,6 +264,31 @@ async def test_a_crashed_invocations_runs_resume_once_its_lease_expires(
     assert [r.status for r in await later.run()] == ["paused"]
 
 
+async def test_a_dead_claims_placeholder_is_cleared_after_expiry(
+    make_backend: MakeBackend, opened: Any
+) -> None:
+    clock = MockClock()
+    a = await opened(make_backend(clock=clock, lease_seconds=60))
+    b = await opened(make_backend(clock=clock, lease_seconds=60))
+    new = ("active", "new")
+    async with a.claim(new) as taken:
+        assert taken
+        a._leases.held.clear()  # type: ignore[attr-defined]  # its process dies before writing
+    async with b.claim(new) as other:
+        assert not other
+    clock.advance(61)
+    listed = await b.list("active")  # S3 lists the placeholder; DynamoDB filters it out
+    async with b.claim_read([("active", n) for n in listed], list(listed.values())) as found:
+        assert list(found) == [None] * len(listed)
+    assert await b.list("active") == {}, "nothing is left to read again"
+    async with b.claim(new) as taken:
+        assert taken
+        await b.write(new, b"created", if_absent=True)
+    entry = await a.read(new)
+    assert entry is not None
+    assert entry.data == b"created"
+
+
 async def test_claiming_more_runs_at_once_than_the_client_has_connections(
     aws: Aws, opened: Any
 ) -> None:

@@ -259,11 +259,15 @@ class S3Backend(Backend):
 
     # -- claims --------------------------------------------------------------------------------
 
-    async def _take(self, key: Key, expected: str | None) -> Entry | None:
+    async def _take(self, key: Key, expected: str | None) -> Entry | bool | None:
         """Take the lease on ``key`` if it is at version ``expected`` (``None``: any) and
-        nobody else's lease is active. Returns the entry as held, or ``None``."""
+        nobody else's lease is active.
+
+        Returns the entry as held, ``True`` for a placeholder taken over, ``None`` if not
+        taken.
+        """
         found = await self._get(key)
-        if found is None or found.data is None:
+        if found is None:
             return None
         if expected is not None and found.etag != expected:
             return None
@@ -273,6 +277,10 @@ class S3Backend(Backend):
             etag = await self._put(key, self._pack(found.data, lease=True), IfMatch=found.etag)
         except ConflictError:
             return None
+        if found.data is None:
+            # The placeholder of a claim whose holder died before writing: now ours.
+            self._leases.held[key] = Held(None, None, placeholder=etag)
+            return True
         self._leases.held[key] = Held(etag, found.data)
         return Entry(found.data, etag)
 
@@ -331,8 +339,15 @@ class S3Backend(Backend):
             key = keys[i]
             held[key] = Held(None, None, released=True)  # reserved against our other tasks
             mine.add(key)
-            found[i] = await self._take(key, versions[i])
-            if found[i] is None:
+            taken = await self._take(key, versions[i])
+            if isinstance(taken, Entry):
+                found[i] = taken
+            elif taken:
+                # A dead claim's placeholder, listed as if it were a run: cleared, so that
+                # later invocations do not read it again.
+                await self._release(key)
+                mine.discard(key)
+            else:
                 held.pop(key, None)
                 mine.discard(key)
 
