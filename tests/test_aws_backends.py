@@ -354,6 +354,24 @@ async def test_a_missing_bucket_or_table_is_a_backend_error_naming_it(kind: str,
             await backend.read(KEY)
 
 
+async def test_missing_credentials_or_region_are_named(
+    kind: str, aws: Aws, monkeypatch: pytest.MonkeyPatch, opened: Any
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find
+    if kind == "dynamodb":
+        with pytest.raises(asyncflow.ConfigError, match=r"no AWS region .* set AWS_REGION"):
+            await opened(asyncflow.DynamoDBBackend("table", endpoint_url=aws.endpoint))
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        backend = asyncflow.DynamoDBBackend("table", endpoint_url=aws.endpoint)
+    else:
+        backend = asyncflow.S3Backend("bucket", endpoint_url=aws.endpoint)
+    await opened(backend)
+    with pytest.raises(asyncflow.BackendError, match=r"no usable AWS credentials to reach .*/k"):
+        await backend.read(("state", "k"))
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

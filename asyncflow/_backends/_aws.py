@@ -24,6 +24,7 @@ from botocore.exceptions import (
     ClientError,
     NoCredentialsError,
     NoRegionError,
+    ParamValidationError,
     PartialCredentialsError,
 )
 
@@ -180,6 +181,10 @@ class AwsClient:
         except NoRegionError:
             raise ConfigError(
                 f"no AWS region for {self.describe}: set AWS_REGION (or AWS_DEFAULT_REGION)"
+            ) from None
+        except ParamValidationError as exc:
+            raise BackendError(
+                f"{self.service} cannot take the request for {location}: {exc}", location=location
             ) from None
         except BotoCoreError as exc:
             raise BackendError(
