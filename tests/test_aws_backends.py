@@ -264,6 +264,37 @@ async def test_a_crashed_invocations_runs_resume_once_its_lease_expires(
     assert [r.status for r in await later.run()] == ["paused"]
 
 
+async def test_a_cancelled_invocation_ends_its_leases(make_backend: MakeBackend) -> None:
+    flow = asyncflow.setup(make_backend())
+    blocking, started = True, 0
+    all_started = anyio.Event()
+
+    @flow.sideeffect()
+    async def slow(c: Context) -> str:
+        nonlocal started
+        started += 1
+        if started == 3:
+            all_started.set()
+        if blocking:
+            await anyio.sleep_forever()
+        return "done"
+
+    @flow.workflow()
+    async def job(c: Context) -> str:
+        return await slow(c)
+
+    async with flow:
+        for _ in range(3):
+            await flow.start("job")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flow.run)
+            await all_started.wait()
+            tg.cancel_scope.cancel()
+        blocking = False
+        # No lease to wait for: the next invocation resumes all three at once.
+        assert [r.status for r in await flow.run()] == ["succeeded"] * 3
+
+
 async def test_a_dead_claims_placeholder_is_cleared_after_expiry(
     make_backend: MakeBackend, opened: Any
 ) -> None:
