@@ -271,7 +271,8 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
         label = f"AWS fan-out: one `flow.run()`, {where}, asyncio"
         if r := figures(f"aws-fanout-{kind}", label, size):
             per_run = ", ".join(f"{op} {n:g}" for op, n in r["requests_per_run"].items())
-            notes = reps_note(r) + (f"; requests per run: {per_run}" if per_run else "")
+            notes = f"{reps_note(r)}; client CPU {secs(r['cpu_s'])}"
+            notes += f"; requests per run: {per_run}" if per_run else ""
             rows.append(Row(label, size, secs(r["median_s"]), mib(r["peak_rss_mib"]), notes=notes))
 
     label = 'Cold path: `setup("s3://…")` + first request (fresh process, moto)'

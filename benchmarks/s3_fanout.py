@@ -3,8 +3,9 @@
 What it measures: the wall time of ONE ``await flow.run()`` that finds N paused runs and
 advances each by one 50 ms I/O side effect until it pauses again (the scenario of fanout.py),
 on the S3 or DynamoDB backend against moto's server, or on the file backend for comparison,
-and how many HTTP requests each run cost (counted with botocore's ``before-send`` event,
-retries included).
+how many HTTP requests each run cost (counted with botocore's ``before-send`` event, retries
+included), and the CPU time this process spent (asyncflow, botocore, httpx: the client's
+share; the rest of the wall time is waiting for the store).
 
 Why it matters: requests are what a deployment on S3 pays for, per run and per invocation;
 and the wall time says what part of the time budget the store takes.
@@ -163,14 +164,16 @@ async def measure(kind: str, where: str, runs: int, reps: int, sleep_s: float) -
     check(await flow.run(), runs, problems, "setup run")
 
     times: list[float] = []
+    cpu: list[float] = []
     per_run: list[dict[str, float]] = []
     for rep in range(reps):
         requests.counts.clear()
         flow = make_flow(kind, where, requests, sleep_s)  # a fresh invocation
         io_calls = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         results = await flow.run()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         check(results, runs, problems, f"rep {rep + 1}")
         per_run.append({op: n / runs for op, n in sorted(requests.counts.items())})
         log(f"rep {rep + 1}/{reps}: {times[-1]:.3f} s, requests {dict(requests.counts)}")
@@ -180,6 +183,7 @@ async def measure(kind: str, where: str, runs: int, reps: int, sleep_s: float) -
         "reps": reps,
         "times_s": times,
         "median_s": median(times),
+        "cpu_s": median(cpu),
         "requests_per_run": per_run[-1] if per_run else {},
         "peak_rss_mib": peak_rss_mib(),
         "problems": problems,

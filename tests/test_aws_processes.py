@@ -66,7 +66,7 @@ def worker(request: pytest.FixtureRequest, tmp_path: Path, aws: Aws) -> Worker:
 
 def test_concurrent_invocations_advance_each_run_exactly_once(worker: Worker) -> None:
     w = worker
-    n_runs, n_procs = 24, 4
+    n_runs, n_procs = 16, 4
     ids: list[str] = w.call("start", "tick", str(n_runs))
     first = w.call("run")
     assert sorted(r["run_id"] for r in first) == sorted(ids)
