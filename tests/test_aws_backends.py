@@ -130,6 +130,30 @@ async def test_a_flow_on_an_aws_url_pauses_resumes_and_finishes(
     assert [s.value for s in run.steps if s.kind == "sideeffect"] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_the_command_line_takes_an_aws_backend(
+    kind: str,
+    aws: Aws,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    loop: str,
+) -> None:
+    url = aws.new_s3_url() if kind == "s3" else aws.new_dynamodb_url()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
+    flow = _flow("memory:")
+    started = []
+    for _ in range(2):
+        with pytest.raises(SystemExit) as exit_:
+            flow.cli(["run", "counter", "--backend", url, "--loop", loop, "--json"])
+        assert exit_.value.code == 0
+        started.append(json.loads(capsys.readouterr().out)[0]["run_id"])
+    with pytest.raises(SystemExit):
+        flow.cli(["runs", "--backend", url, "--json"])
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(r["run_id"] for r in listed) == sorted(started)
+    assert {r["status"] for r in listed} == {"paused"}
+
+
 @pytest.mark.parametrize(
     "url",
     ["s3://", "s3:bucket", "s3:///prefix", "dynamodb://", "dynamodb:table", "dynamodb://t/x"],
