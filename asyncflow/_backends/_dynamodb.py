@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import itertools
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -115,13 +116,17 @@ class DynamoDBBackend(Backend):
             request: dict[str, Any] = {
                 self.table: {"Keys": [self._item_key(k) for k in chunk], "ConsistentRead": True}
             }
-            while request:
+            for attempt in itertools.count():
                 response = await self._aws.call(
                     "batch_get_item", self.locate(chunk[0]), RequestItems=request
                 )
                 for item in response.get("Responses", {}).get(self.table, ()):
                     found[(item["ns"]["S"], item["name"]["S"][1:])] = _entry(item)
                 request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    return
+                # Left over when the table is throttled or the answer passed 16 MB: back off.
+                await anyio.sleep(min(2.0, 0.05 * 2**attempt))
 
         async with anyio.create_task_group() as tg:
             for chunk in chunks:
