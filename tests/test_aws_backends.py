@@ -288,6 +288,51 @@ async def test_a_crashed_invocations_runs_resume_once_its_lease_expires(
     assert [r.status for r in await later.run()] == ["paused"]
 
 
+async def test_an_invocation_stalled_past_its_lease_loses_the_run_and_overwrites_nothing(
+    make_backend: MakeBackend,
+) -> None:
+    clock = MockClock()
+    executions: list[str] = []
+    entered, go_on = anyio.Event(), anyio.Event()
+
+    def make(who: str) -> asyncflow.Flow:
+        flow = asyncflow.setup(make_backend(clock=clock, lease_seconds=60), clock=clock)
+
+        @flow.sideeffect()
+        async def call(c: Context) -> str:
+            executions.append(who)
+            if who == "stalled":
+                entered.set()
+                await go_on.wait()
+            return who
+
+        @flow.workflow()
+        async def job(c: Context) -> str:
+            return await call(c)
+
+        return flow
+
+    stalled, other = make("stalled"), make("other")
+    async with stalled, other:
+        [run_id] = await stalled.start("job")
+        stalled_results: list[asyncflow.RunResult] = []
+
+        async def invoke_stalled() -> None:
+            stalled_results.extend(await stalled.run())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(invoke_stalled)
+            await entered.wait()
+            clock.advance(61)  # the side effect outlasts the lease
+            [taken_over] = await other.run()
+            go_on.set()
+        assert stalled_results == [], "the stalled invocation's write was refused"
+        assert taken_over.status == "succeeded"
+        assert executions == ["stalled", "other"]  # the price of a lease too short
+        run = await other.get_run(run_id)
+        assert (run.status, run.result) == ("succeeded", "other")
+
+
 async def test_a_cancelled_invocation_ends_its_leases(make_backend: MakeBackend) -> None:
     flow = asyncflow.setup(make_backend())
     blocking, started = True, 0
