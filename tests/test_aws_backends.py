@@ -389,6 +389,15 @@ async def test_a_dead_claims_placeholder_is_cleared_after_expiry(
     assert entry.data == b"created"
 
 
+async def test_listing_reads_every_page(make_backend: MakeBackend, opened: Any) -> None:
+    backend = await opened(make_backend())
+    backend._page_size = 2  # type: ignore[attr-defined]
+    written = {f"run-{i}": await backend.write(("active", f"run-{i}"), b"x") for i in range(5)}
+    async with backend.claim(("active", "held")):  # a placeholder: listed by S3 only
+        listed = await backend.list("active")
+    assert {k: v for k, v in listed.items() if k != "held"} == written
+
+
 async def test_claiming_more_runs_at_once_than_the_client_has_connections(
     aws: Aws, opened: Any
 ) -> None:

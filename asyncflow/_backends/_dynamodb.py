@@ -78,6 +78,8 @@ class DynamoDBBackend(Backend):
         )
         self._leases = Leases(lease_seconds, clock)
 
+    _page_size: int | None = None  # DynamoDB's own (1 MB) unless a test sets a smaller one
+
     def __repr__(self) -> str:
         return f"DynamoDBBackend({self.table!r})"
 
@@ -206,6 +208,8 @@ class DynamoDBBackend(Backend):
         start: dict[str, Any] | None = None
         while True:
             more: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
+            if self._page_size is not None:
+                more["Limit"] = self._page_size
             page = await self._aws.call(
                 "query",
                 f"dynamodb://{self.table}/{namespace}/",

@@ -106,6 +106,8 @@ class S3Backend(Backend):
         )
         self._leases = Leases(lease_seconds, clock)
 
+    _page_size: int | None = None  # S3's own (1,000) unless a test sets a smaller one
+
     def __repr__(self) -> str:
         return f"S3Backend({self.bucket!r}, {self.prefix.rstrip('/')!r})"
 
@@ -237,6 +239,8 @@ class S3Backend(Backend):
         token: str | None = None
         while True:
             more: dict[str, Any] = {"ContinuationToken": token} if token else {}
+            if self._page_size is not None:
+                more["MaxKeys"] = self._page_size
             page = await self._aws.call(
                 "list_objects_v2", location, Bucket=self.bucket, Prefix=start, **more
             )
