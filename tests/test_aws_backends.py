@@ -130,6 +130,19 @@ async def test_a_flow_on_an_aws_url_pauses_resumes_and_finishes(
     assert [s.value for s in run.steps if s.kind == "sideeffect"] == [1, 2, 3]
 
 
+def test_one_flow_serves_successive_event_loops(
+    kind: str, aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flow made at module level, run by `asyncio.run()` per Lambda invocation (or by trio)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
+    flow = _flow(aws.new_s3_url() if kind == "s3" else aws.new_dynamodb_url())
+    statuses = [
+        [r.status for r in anyio.run(flow.run, trigger, backend=loop)]
+        for trigger, loop in (("counter", "asyncio"), (None, "trio"), (None, "asyncio"))
+    ]
+    assert statuses == [["paused"], ["paused"], ["succeeded"]]
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
 def test_the_command_line_takes_an_aws_backend(
     kind: str,

@@ -121,12 +121,15 @@ class AwsClient:
         self._config = config.merge(client_config) if client_config is not None else config
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
-        self.limiter = anyio.CapacityLimiter(MAX_CONNECTIONS)
+        self.limiter = anyio.CapacityLimiter(MAX_CONNECTIONS)  # replaced by each open()
 
     async def open(self) -> None:
         if self._client is not None:
             return
         session = self._session or _new_session()
+        # Made here, in the event loop that will use it: a Flow may be opened again later
+        # under another loop (asyncio.run per Lambda invocation, or trio).
+        self.limiter = anyio.CapacityLimiter(MAX_CONNECTIONS)
         stack = AsyncExitStack()
         with self.boundary("connect", self.describe):
             self._client = await stack.enter_async_context(
