@@ -474,6 +474,12 @@ async def test_a_missing_bucket_or_table_is_a_backend_error_naming_it(kind: str,
         assert "no-such-" in str(info.value.location)
         with pytest.raises(asyncflow.BackendError, match=r"does not exist.*active/run-1"):
             await backend.read(KEY)
+        # Raised as itself by the calls that fan out, not inside an exception group.
+        with pytest.raises(asyncflow.BackendError, match="does not exist"):
+            await backend.read_many([KEY, ("active", "run-2")])
+        with pytest.raises(asyncflow.BackendError, match="does not exist"):
+            async with backend.claim_read([KEY, ("active", "run-2")], ["v1", "v2"]):
+                pass
 
 
 async def test_missing_credentials_or_region_are_named(

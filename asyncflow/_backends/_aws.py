@@ -10,7 +10,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +28,17 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from .._exceptions import BackendError, ConfigError, ConflictError, UsageError
+from .._exceptions import AsyncflowError, BackendError, ConfigError, ConflictError, UsageError
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "AwsClient", "Held", "Leases", "lease_owner", "shielded"]
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "AwsClient",
+    "Held",
+    "Leases",
+    "concurrently",
+    "lease_owner",
+    "shielded",
+]
 
 logger = logging.getLogger("asyncflow")
 
@@ -275,3 +283,25 @@ async def shielded(fn: Callable[[], Any], what: str) -> None:
             await fn()
         except BackendError as exc:
             logger.debug("could not release %s: %s", what, exc)
+
+
+async def concurrently(calls: Iterable[Callable[[], Awaitable[object]]]) -> None:
+    """Await every call at once. The first asyncflow error cancels the others and is raised
+    as itself: a caller sees a ``BackendError``, not a group of them."""
+    failure: AsyncflowError | None = None
+
+    async with anyio.create_task_group() as tg:
+
+        async def one(call: Callable[[], Awaitable[object]]) -> None:
+            nonlocal failure
+            try:
+                await call()
+            except AsyncflowError as exc:
+                if failure is None:
+                    failure = exc
+                tg.cancel_scope.cancel()
+
+        for call in calls:
+            tg.start_soon(one, call)
+    if failure is not None:
+        raise failure

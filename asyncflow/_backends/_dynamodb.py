@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import itertools
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -13,7 +14,7 @@ import anyio
 
 from .._backend import Backend, Entry, Key
 from .._exceptions import BackendError, ConfigError, ConflictError
-from ._aws import DEFAULT_LEASE_SECONDS, AwsClient, Held, Leases, shielded
+from ._aws import DEFAULT_LEASE_SECONDS, AwsClient, Held, Leases, concurrently, shielded
 
 __all__ = ["ITEM_LIMIT", "DynamoDBBackend"]
 
@@ -130,9 +131,7 @@ class DynamoDBBackend(Backend):
                 # Left over when the table is throttled or the answer passed 16 MB: back off.
                 await anyio.sleep(min(2.0, 0.05 * 2**attempt))
 
-        async with anyio.create_task_group() as tg:
-            for chunk in chunks:
-                tg.start_soon(fetch, chunk)
+        await concurrently(functools.partial(fetch, chunk) for chunk in chunks)
         return [found.get(key) for key in keys]
 
     async def write(
@@ -332,10 +331,9 @@ class DynamoDBBackend(Backend):
                 mine.discard(key)
 
         try:
-            async with anyio.create_task_group() as tg:
-                for i, key in enumerate(keys):
-                    if key not in held:
-                        tg.start_soon(take, i)
+            await concurrently(
+                functools.partial(take, i) for i, key in enumerate(keys) if key not in held
+            )
             yield found
         finally:
             async with anyio.create_task_group() as tg:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -15,7 +16,7 @@ import anyio
 
 from .._backend import Backend, Entry, Key
 from .._exceptions import BackendError, ConfigError, ConflictError
-from ._aws import DEFAULT_LEASE_SECONDS, AwsClient, Held, Leases, shielded
+from ._aws import DEFAULT_LEASE_SECONDS, AwsClient, Held, Leases, concurrently, shielded
 
 __all__ = ["S3Backend"]
 
@@ -187,6 +188,15 @@ class S3Backend(Backend):
             return None
         return Entry(found.data, found.etag)
 
+    async def read_many(self, keys: Sequence[Key]) -> builtins.list[Entry | None]:
+        found: builtins.list[Entry | None] = [None] * len(keys)
+
+        async def one(i: int) -> None:
+            found[i] = await self.read(keys[i])
+
+        await concurrently(functools.partial(one, i) for i in range(len(keys)))
+        return found
+
     async def write(
         self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
     ) -> str:
@@ -356,10 +366,9 @@ class S3Backend(Backend):
                 mine.discard(key)
 
         try:
-            async with anyio.create_task_group() as tg:
-                for i, key in enumerate(keys):
-                    if key not in held:
-                        tg.start_soon(take, i)
+            await concurrently(
+                functools.partial(take, i) for i, key in enumerate(keys) if key not in held
+            )
             yield found
         finally:
             async with anyio.create_task_group() as tg:
