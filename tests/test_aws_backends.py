@@ -11,6 +11,7 @@ import json
 import socket
 import sys
 import threading
+import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,17 @@ async def opened() -> AsyncIterator[Callable[[asyncflow.Backend], Any]]:
     yield open_
     for backend in backends:
         await backend.aclose()
+
+
+@pytest.fixture
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test credentials and region, for the tests that talk to a server other than moto."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
 
 
 class Requests:
@@ -500,12 +512,81 @@ async def test_missing_credentials_or_region_are_named(
         await backend.read(("state", "k"))
 
 
+class FakeInstanceMetadata(http.server.ThreadingHTTPServer):
+    """The EC2 instance metadata service, as far as credentials go (IMDSv2), on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        role = "/latest/meta-data/iam/security-credentials/"
+        credentials = {
+            "Code": "Success",
+            "Type": "AWS-HMAC",
+            "AccessKeyId": "from-the-role",
+            "SecretAccessKey": "secret",
+            "Token": "token",
+            "Expiration": "2099-01-01T00:00:00Z",
+        }
+        answers = {
+            "/latest/api/token": b"imds-token",
+            role: b"the-role",
+            role + "the-role": json.dumps(credentials).encode(),
+        }
+        paths = self.paths
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                path = urllib.parse.urlsplit(self.path).path  # sent in absolute form
+                paths.append(path)
+                body = answers.get(path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            do_GET = do_PUT = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+async def test_credentials_from_an_instance_role(
+    kind: str, aws: Aws, monkeypatch: pytest.MonkeyPatch, opened: Any
+) -> None:
+    """aiobotocore fetches them over its own HTTP session: on trio too."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    imds = FakeInstanceMetadata()
+    try:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint)
+        monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
+        if kind == "s3":
+            backend: asyncflow.Backend = asyncflow.S3Backend(
+                aws.new_bucket(), endpoint_url=aws.endpoint
+            )
+        else:
+            backend = asyncflow.DynamoDBBackend(aws.new_table(), endpoint_url=aws.endpoint)
+        await opened(backend)
+        assert await backend.read(KEY) is None
+    finally:
+        imds.shutdown()
+        imds.server_close()
+    assert "/latest/meta-data/iam/security-credentials/the-role" in imds.paths
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+@pytest.mark.usefixtures("credentials")
 async def test_an_unreachable_endpoint_is_a_backend_error(kind: str) -> None:
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     if kind == "s3":
@@ -579,6 +660,7 @@ def _canned_backend(kind: str, endpoint: str, attempts: int) -> asyncflow.Backen
     return asyncflow.DynamoDBBackend("table", endpoint_url=endpoint, max_attempts=attempts)
 
 
+@pytest.mark.usefixtures("credentials")
 async def test_access_denied_is_a_backend_error_naming_the_key(kind: str) -> None:
     code = "AccessDenied" if kind == "s3" else "AccessDeniedException"
     with Canned([_aws_error(kind, code, 403 if kind == "s3" else 400)]) as server:
@@ -592,6 +674,7 @@ async def test_access_denied_is_a_backend_error_naming_the_key(kind: str) -> Non
     assert server.requests == 1, "a denial is not retried"
 
 
+@pytest.mark.usefixtures("credentials")
 async def test_throttling_is_retried_with_backoff_then_reported(kind: str) -> None:
     code = "SlowDown" if kind == "s3" else "ProvisionedThroughputExceededException"
     with Canned([_aws_error(kind, code, 503 if kind == "s3" else 400)]) as server:
@@ -605,6 +688,31 @@ async def test_throttling_is_retried_with_backoff_then_reported(kind: str) -> No
     assert server.requests == 2
 
 
+@pytest.mark.usefixtures("credentials")
+async def test_a_client_config_given_in_code_applies(kind: str) -> None:
+    from botocore.config import Config
+
+    code = "SlowDown" if kind == "s3" else "ThrottlingException"
+    with Canned([_aws_error(kind, code, 503 if kind == "s3" else 400)]) as server:
+        config = Config(retries={"mode": "standard", "total_max_attempts": 1})
+        if kind == "s3":
+            backend: asyncflow.Backend = asyncflow.S3Backend(
+                "bucket", endpoint_url=server.endpoint, client_config=config
+            )
+        else:
+            backend = asyncflow.DynamoDBBackend(
+                "table", endpoint_url=server.endpoint, client_config=config
+            )
+        await backend.open()
+        try:
+            with pytest.raises(asyncflow.BackendError, match="after 1 attempts"):
+                await backend.read(KEY)
+        finally:
+            await backend.aclose()
+    assert server.requests == 1, "the config given overrides asyncflow's 5 attempts"
+
+
+@pytest.mark.usefixtures("credentials")
 async def test_a_request_throttled_once_succeeds_on_retry(kind: str) -> None:
     if kind == "s3":
         ok = (200, {"ETag": '"e1"'}, b'asyncflow-object/1 {"n": "x"}\nhello')

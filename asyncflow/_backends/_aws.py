@@ -247,6 +247,10 @@ def _new_session() -> AioSession:
     """
     global _loader
     session = get_session()
+    # The session's default config decides how it finds credentials: with the httpx session
+    # there too, the instance-role and container providers run on anyio (with aiohttp's, they
+    # fail under trio with "no running event loop").
+    session.set_default_client_config(AioConfig(http_session_cls=HttpxSession))
     if _loader is None:
         _loader = session.get_component("data_loader")
     else:

@@ -45,7 +45,9 @@ class DynamoDBBackend(Backend):
         table: the table's name.
         endpoint_url: the endpoint to use instead of AWS's (DynamoDB Local, moto).
         region_name: the region, else the one configured in the environment.
-        session: an ``aiobotocore.session.AioSession`` to build the client from.
+        session: an ``aiobotocore.session.AioSession`` to build the client from (on trio,
+            with ``AioConfig(http_session_cls=HttpxSession)`` as its default client config,
+            so that it fetches role credentials on trio too).
         client_config: a ``botocore.config.Config`` merged over asyncflow's.
         lease_seconds: how long a claim lasts without a write by its holder.
         max_attempts: attempts per request (throttling and network errors are retried with

@@ -69,7 +69,9 @@ class S3Backend(Backend):
         prefix: where in the bucket (``""``: at the top).
         endpoint_url: the endpoint to use instead of AWS's (MinIO, R2, moto).
         region_name: the region, else the one configured in the environment.
-        session: an ``aiobotocore.session.AioSession`` to build the client from.
+        session: an ``aiobotocore.session.AioSession`` to build the client from (on trio,
+            with ``AioConfig(http_session_cls=HttpxSession)`` as its default client config,
+            so that it fetches role credentials on trio too).
         client_config: a ``botocore.config.Config`` merged over asyncflow's (which sets the
             httpx HTTP session and the retries).
         lease_seconds: how long a claim lasts without a write by its holder. A side effect
