@@ -119,22 +119,19 @@ def _flow(backend: str | asyncflow.Backend, **kwargs: Any) -> asyncflow.Flow:
     return flow
 
 
-@pytest.mark.parametrize("form", ["url", "env"])
 async def test_a_flow_on_an_aws_url_pauses_resumes_and_finishes(
-    kind: str, aws: Aws, monkeypatch: pytest.MonkeyPatch, form: str
+    kind: str, aws: Aws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = aws.new_s3_url() if kind == "s3" else aws.new_dynamodb_url()
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)  # the standard way to point elsewhere
-    if form == "env":
-        monkeypatch.setenv("ASYNCFLOW_BACKEND", url)
-    flow = _flow(url if form == "url" else None)
+    flow = _flow(url)
     async with flow:
         [first] = await flow.run("counter")
         assert first.status == "paused"
         assert [r.status for r in await flow.run()] == ["paused"]
         assert await flow.get_state("last") == 2
     # A new flow object (a new process, say) sees the same runs.
-    again = _flow(url if form == "url" else None)
+    again = _flow(url)
     assert [r.status for r in await again.run()] == ["succeeded"]
     assert await again.run() == []
     [run] = await again.list_runs()
@@ -186,6 +183,18 @@ def test_the_command_line_takes_an_aws_backend(
 def test_a_malformed_aws_url_is_a_config_error(url: str) -> None:
     with pytest.raises(asyncflow.ConfigError, match="names no"):
         asyncflow.setup(url)
+
+
+def test_asyncflow_backend_in_the_environment_names_an_aws_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ASYNCFLOW_BACKEND", "s3://from-env/p")
+    backend = asyncflow.setup().backend
+    assert isinstance(backend, asyncflow.S3Backend)
+    assert (backend.bucket, backend.prefix) == ("from-env", "p/")
+    monkeypatch.setenv("ASYNCFLOW_BACKEND", "dynamodb://")
+    with pytest.raises(asyncflow.ConfigError, match=r"ASYNCFLOW_BACKEND: .* names no table"):
+        asyncflow.setup().backend  # noqa: B018
 
 
 def test_aws_urls_name_their_bucket_prefix_and_table() -> None:
