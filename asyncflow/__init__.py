@@ -37,8 +37,10 @@ from ._triggers import every_trigger as every_trigger
 from ._triggers import state_trigger as state_trigger
 
 if TYPE_CHECKING:
+    from ._backends._dynamodb import DynamoDBBackend as DynamoDBBackend
     from ._backends._file import FileBackend as FileBackend
     from ._backends._memory import MemoryBackend as MemoryBackend
+    from ._backends._s3 import S3Backend as S3Backend
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "Context",
+    "DynamoDBBackend",
     "Entry",
     "EventCycleError",
     "FileBackend",
@@ -61,6 +64,7 @@ __all__ = [
     "RunNotFoundError",
     "RunResult",
     "RunStatus",
+    "S3Backend",
     "SerializationError",
     "SideEffectError",
     "Step",
@@ -78,8 +82,10 @@ __all__ = [
 # Backends load on first use: a Lambda cold start that keeps its runs in S3 should not pay for
 # the file backend's imports (nor anyone for a backend they do not use).
 _LAZY = {
+    "DynamoDBBackend": "._backends._dynamodb",
     "FileBackend": "._backends._file",
     "MemoryBackend": "._backends._memory",
+    "S3Backend": "._backends._s3",
 }
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+import builtins
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -105,6 +106,58 @@ class Backend(abc.ABC):
         if the process dies, the key becomes claimable again (at once, or once a lease
         expires).
         """
+
+    @asynccontextmanager
+    async def claim_read(
+        self, keys: Sequence[Key], versions: Sequence[str]
+    ) -> AsyncIterator[builtins.list[Entry | None]]:
+        """Claim every key still at its listed version, and read it: one sweep for many keys.
+
+        Used as ``async with backend.claim_read(keys, versions) as entries:``. ``entries[i]``
+        is what is stored at ``keys[i]``, now held by the caller, or ``None`` where the key
+        is held elsewhere, gone, or no longer at ``versions[i]``. The claims last until the
+        block exits. The version in each entry is the one to write against: a backend whose
+        claims are writes (leases) returns the version its claim made.
+
+        The default claims each key with :meth:`claim`, then reads with :meth:`read_many`.
+        Backends that can take a lease and read in one request override it.
+        """
+        async with AsyncExitStack() as stack:
+            # Each claim is left on its own (not through the stack, which costs more per key
+            # when there are thousands), so that the skipped ones are let go of at once.
+            held: dict[int, AbstractAsyncContextManager[bool]] = {}
+
+            async def let_go() -> None:
+                while held:
+                    await held.popitem()[1].__aexit__(None, None, None)
+
+            stack.push_async_callback(let_go)
+            for i, key in enumerate(keys):
+                claim = self.claim(key)
+                if await claim.__aenter__():
+                    held[i] = claim
+                else:
+                    await claim.__aexit__(None, None, None)
+            found: list[Entry | None] = [None] * len(keys)
+            entries = await self.read_many([keys[i] for i in held])
+            for (i, claim), entry in zip(list(held.items()), entries, strict=True):
+                if entry is not None and entry.version == versions[i]:
+                    found[i] = entry
+                else:
+                    del held[i]
+                    await claim.__aexit__(None, None, None)
+            yield found
+
+    async def write_and_release(
+        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
+    ) -> str:
+        """:meth:`write`, as the caller's last write under its claim on ``key``.
+
+        A backend whose claims are leases stored with the object ends the lease in the same
+        request, sparing a request when the claim is released; the caller must not write
+        ``key`` again under this claim. The default is :meth:`write`.
+        """
+        return await self.write(key, data, if_version=if_version, if_absent=if_absent)
 
     def locate(self, key: Key) -> str:
         """Describe where ``key`` lives (a path or URL), for error messages."""

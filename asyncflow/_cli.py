@@ -59,7 +59,9 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
-        "--backend", metavar="URL", help="where runs are kept, e.g. file:.asyncflow or memory:"
+        "--backend",
+        metavar="URL",
+        help="where runs are kept: file:<folder>, memory:, s3://<bucket>/<prefix>, dynamodb://<table>",
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
     common.add_argument(

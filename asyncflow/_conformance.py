@@ -208,6 +208,50 @@ async def check_create_race(b: Backend) -> None:
     )
 
 
+@_check
+async def check_claim_read(b: Backend) -> None:
+    """Claiming many keys at their listed versions reads them and holds them."""
+    await b.write(("ns", "a"), b"A")
+    await b.write(("ns", "changed"), b"old")
+    listed = await b.list("ns")
+    await b.write(("ns", "changed"), b"new")
+    keys = [("ns", "a"), ("ns", "changed"), ("ns", "gone")]
+    async with b.claim_read(keys, [listed["a"], listed["changed"], "no-such-version"]) as found:
+        _require(len(found) == 3, "claim_read must give one result per key")
+        a, changed, gone = found
+        a = _present(a, "claim_read must read a key still at its listed version")
+        _require(a.data == b"A", "claim_read must return the bytes stored")
+        _require(changed is None, "claim_read must skip a key changed since the listing")
+        _require(gone is None, "claim_read must skip a key that is not there")
+        async with b.claim(("ns", "a")) as again:
+            _require(not again, "a key held by claim_read must not be claimable again")
+        async with b.claim(("ns", "changed")) as other:
+            _require(other, "claim_read must not hold the keys it skipped")
+        version = await b.write(("ns", "a"), b"A2", if_version=a.version)
+        entry = _present(await b.read(("ns", "a")), "a write under claim_read was lost")
+        _require(entry == Entry(b"A2", version), "write with claim_read's version must work")
+    async with b.claim(("ns", "a")) as held:
+        _require(held, "claim_read must release its claims when its block exits")
+    async with b.claim_read([], []) as none:
+        _require(list(none) == [], "claim_read of no keys must give nothing")
+
+
+@_check
+async def check_write_and_release(b: Backend) -> None:
+    """The last write under a claim stores like write(), and the key is claimable after."""
+    listed = await b.write(("ns", "k"), b"one")
+    async with b.claim_read([("ns", "k")], [listed]) as [held]:
+        held = _present(held, "an unheld key must be claimable")
+        await _conflicts(
+            b.write_and_release(("ns", "k"), b"x", if_version=listed + "-stale"),
+            "write_and_release with a stale version",
+        )
+        version = await b.write_and_release(("ns", "k"), b"two", if_version=held.version)
+    _require(await b.read(("ns", "k")) == Entry(b"two", version), "write_and_release lost data")
+    async with b.claim_read([("ns", "k")], [version]) as [again]:
+        _require(again is not None, "a released key must be claimable again")
+
+
 async def check_backend(make_backend: Callable[[], Awaitable[Backend]]) -> None:
     """Run every conformance check, each on a fresh backend from ``make_backend``.
 

@@ -109,13 +109,17 @@ class Execution:
         self.indexed = list(indexed)  # the run's entries in the wait index, as last seen
         self.lock: anyio.Lock | None = None  # made when first needed
 
-    async def save(self) -> bytes:
-        """Store the record (compare-and-swap on the version read); return what was written."""
+    async def save(self, *, last: bool = False) -> bytes:
+        """Store the record (compare-and-swap on the version read); return what was written.
+
+        ``last``: the invocation's final write of this run, which also ends its claim.
+        """
         self.record.updated_at = self.clock()
         data = self.record.encode()
         # Before the write: branches of the run may record steps while it is under way.
         self.dirty = False
-        self.version = await self.backend.write(
+        write = self.backend.write_and_release if last else self.backend.write
+        self.version = await write(
             self.key, data, if_version=self.version, if_absent=self.version is None
         )
         if self.indexed or self.record.status == "paused":
@@ -197,7 +201,7 @@ class Execution:
         else:
             record.wake_at = record.wait_event = None
         try:
-            data = await self.save()
+            data = await self.save(last=True)
             if record.status in FINISHED:
                 await finish(self.backend, record.run_id, data, self.version)
         except ConflictError:
@@ -275,12 +279,19 @@ async def invoke(
         # ends: a run another invocation holds is skipped, and nothing that is read below can
         # change under us. (Claiming run by run as they execute measured slower: each claim
         # then waits on the event loop's thread for the GIL held by the file threads.)
-        held = [
+        names = [
             run_id
             for run_id in sorted(listed)  # ids sort by creation time
             if not index.sleeping(run_id, now)
-            and await claims.enter_async_context(backend.claim((ACTIVE, run_id)))
         ]
+        keys = [(ACTIVE, run_id) for run_id in names]
+        # Changed since the listing (entry None): another invocation advanced it meanwhile, so
+        # its new state was not due when this one began. Backends with leases take the lease
+        # and read in one request per run here.
+        entries = await claims.enter_async_context(
+            backend.claim_read(keys, [listed[n] for n in names])
+        )
+        held = [name for name, entry in zip(names, entries, strict=True) if entry is not None]
         jobs: list[tuple[RunRecord, str | None]] = []
         for record in new:
             key = (ACTIVE, record.run_id)
@@ -290,13 +301,10 @@ async def invoke(
                 # A fresh id held elsewhere can only be a hash collision of the claim (about
                 # one in 2**62): keep the run for the next invocation rather than lose it.
                 await backend.write(key, record.encode(), if_absent=True)
-        # Read and check every claimed record before anything executes: a damaged file stops
-        # the invocation here, before it changed anything.
-        keys = [(ACTIVE, run_id) for run_id in held]
-        for key, entry in zip(keys, await backend.read_many(keys), strict=True):
-            # Changed since the listing: another invocation advanced it meanwhile, so its new
-            # state was not due when this one began.
-            if entry is not None and entry.version == listed[key[1]]:
+        # Check every claimed record before anything executes: a damaged file stops the
+        # invocation here, before it changed anything.
+        for key, entry in zip(keys, entries, strict=True):
+            if entry is not None:
                 jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
         results = await _advance_all(invocation, jobs, index, max_concurrency, stop_at)
         held += [record.run_id for record, version in jobs if version is None]

@@ -39,7 +39,10 @@ W = TypeVar("W", bound=Callable[..., Awaitable[Any]])
 
 #: Used when neither ``setup()`` nor ``ASYNCFLOW_BACKEND`` names a backend.
 DEFAULT_BACKEND = "file:.asyncflow"
-_FORMS = "'memory:', 'file:<folder>' or an asyncflow.Backend instance"
+_FORMS = (
+    "'memory:', 'file:<folder>', 's3://<bucket>/<prefix>', 'dynamodb://<table>'"
+    " or an asyncflow.Backend instance"
+)
 
 
 def setup(
@@ -51,9 +54,10 @@ def setup(
     """Create a :class:`Flow`: the place a script registers its workflows.
 
     Args:
-        backend: where runs and state are kept: ``"memory:"``, ``"file:<folder>"`` or a
-            :class:`Backend`. Default: the ``ASYNCFLOW_BACKEND`` environment variable if set,
-            else ``"file:.asyncflow"`` (a folder in the working directory).
+        backend: where runs and state are kept: ``"memory:"``, ``"file:<folder>"``,
+            ``"s3://<bucket>/<prefix>"``, ``"dynamodb://<table>"`` or a :class:`Backend`.
+            Default: the ``ASYNCFLOW_BACKEND`` environment variable if set, else
+            ``"file:.asyncflow"`` (a folder in the working directory).
         max_concurrency: how many runs one invocation advances at once. Runs mostly wait
             (on their side effects' I/O, on storage), so many at once is what makes an
             invocation over thousands of runs fast; lower it if your side effects must not
@@ -94,6 +98,20 @@ def open_backend(spec: str | Backend | None) -> Backend:
         from ._backends._file import FileBackend
 
         return FileBackend(rest)
+    if sep and scheme == "s3":
+        bucket, _, prefix = rest.removeprefix("//").partition("/")
+        if not rest.startswith("//") or not bucket:
+            raise ConfigError(f"backend {spec!r} names no bucket: use 's3://<bucket>/<prefix>'")
+        from ._backends._s3 import S3Backend
+
+        return S3Backend(bucket, prefix)
+    if sep and scheme == "dynamodb":
+        table = rest.removeprefix("//")
+        if not rest.startswith("//") or not table or "/" in table:
+            raise ConfigError(f"backend {spec!r} names no table: use 'dynamodb://<table>'")
+        from ._backends._dynamodb import DynamoDBBackend
+
+        return DynamoDBBackend(table)
     raise ConfigError(f"unknown backend {spec!r}: use {_FORMS}")
 
 

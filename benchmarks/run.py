@@ -46,12 +46,15 @@ class Sizes:
     tt_replay_steps: int
     import_reps: int
     branch_items: int
+    aws_runs: int
+    aws_reps: int
+    cold_reps: int
     lambda_calls: int = 2_000  # invocations timed per rep (lambda_overhead.py)
     lambda_reps: int = 5
 
 
-FULL = Sizes(10_000, 3, 100, 3, 10_000, 5, 2_000, 10, 1_000)
-QUICK = Sizes(1_000, 1, 20, 1, 1_000, 3, 300, 5, 200, lambda_calls=300, lambda_reps=2)
+FULL = Sizes(10_000, 3, 100, 3, 10_000, 5, 2_000, 10, 1_000, 1_000, 3, 7)
+QUICK = Sizes(1_000, 1, 20, 1, 1_000, 3, 300, 5, 200, 100, 1, 3, lambda_calls=300, lambda_reps=2)
 
 
 @dataclass
@@ -129,6 +132,14 @@ def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
             "timers.py", f"--runs={sizes.fanout_runs}",
             f"--waiters={sizes.fanout_runs // 10}", f"--reps={sizes.fanout_reps}",
         ],
+        **{
+            f"aws-fanout-{kind}": [
+                "s3_fanout.py", f"--backend={kind}", f"--runs={sizes.aws_runs}",
+                f"--reps={sizes.aws_reps}",
+            ]
+            for kind in ("file", "s3", "dynamodb")
+        },
+        "coldpath": ["coldpath.py", f"--reps={sizes.cold_reps}"],
     }  # fmt: skip
     unknown = skip - plan.keys()
     if unknown:
@@ -314,6 +325,26 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
                 notes=f"handler {micros(r['url_s'])}; first call of a container (loop thread, "
                 f"backend opened) {secs(r['first_call_s'])}")
         )  # fmt: skip
+    size = f"{sizes.aws_runs:,} paused runs × 50 ms I/O"
+    stores = {"file": "file backend", "s3": "S3 (moto)", "dynamodb": "DynamoDB (moto)"}
+    for kind, where in stores.items():
+        label = f"AWS fan-out: one `flow.run()`, {where}, asyncio"
+        if r := figures(f"aws-fanout-{kind}", label, size):
+            per_run = ", ".join(f"{op} {n:g}" for op, n in r["requests_per_run"].items())
+            notes = f"{reps_note(r)}; client CPU {secs(r['cpu_s'])}"
+            notes += f"; requests per run: {per_run}" if per_run else ""
+            rows.append(Row(label, size, secs(r["median_s"]), mib(r["peak_rss_mib"]), notes=notes))
+
+    label = 'Cold path: `setup("s3://…")` + first request (fresh process, moto)'
+    if r := figures("coldpath", label, "—"):
+        notes = (
+            f"median of {r['reps']}: import asyncflow {secs(r['asyncflow_import_s'])}, setup"
+            f" {secs(r['asyncflow_setup_s'])} (imports aiobotocore), first request"
+            f" {secs(r['asyncflow_first_request_s'])} (client + request); aiobotocore import"
+            f" alone {secs(r['aiobotocore_import_s'])}; plain aiobotocore import + client +"
+            f" one request {secs(r['plain_aiobotocore_s'])}"
+        )
+        rows.append(Row(label, "—", secs(r["asyncflow_total_s"]), notes=notes))
 
     head = ("Benchmark", "Size", "Result", "Peak RSS", "Target", "Met", "Notes")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,74 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(params=["memory", "file"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of an empty backend of each kind this package ships."""
+    """The URL of an empty backend of each kind that runs fast enough for every flow test.
+
+    (The S3 and DynamoDB backends run the conformance suite and their own flow tests against
+    moto, in tests/test_aws_backends.py: moto answers about a hundred requests a second here,
+    too slow to run every flow test through it.)
+    """
     return "memory:" if request.param == "memory" else f"file:{tmp_path / 'store'}"
+
+
+class Aws:
+    """moto's server: a real S3 and DynamoDB endpoint over HTTP on 127.0.0.1."""
+
+    def __init__(self, endpoint: str) -> None:
+        import boto3
+
+        self.endpoint = endpoint
+        self.s3 = boto3.client("s3", endpoint_url=endpoint)
+        self.dynamodb = boto3.client("dynamodb", endpoint_url=endpoint)
+
+    def new_bucket(self) -> str:
+        name = f"asyncflow-{uuid.uuid4().hex[:12]}"
+        self.s3.create_bucket(Bucket=name)
+        return name
+
+    def new_table(self) -> str:
+        name = f"asyncflow-{uuid.uuid4().hex[:12]}"
+        self.dynamodb.create_table(
+            TableName=name,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[
+                {"AttributeName": "ns", "AttributeType": "S"},
+                {"AttributeName": "name", "AttributeType": "S"},
+            ],
+            KeySchema=[
+                {"AttributeName": "ns", "KeyType": "HASH"},
+                {"AttributeName": "name", "KeyType": "RANGE"},
+            ],
+        )
+        return name
+
+    def new_s3_url(self) -> str:
+        return f"s3://{self.new_bucket()}/some/prefix"
+
+    def new_dynamodb_url(self) -> str:
+        return f"dynamodb://{self.new_table()}"
+
+
+@pytest.fixture(scope="session")
+def aws() -> Iterator[Aws]:
+    """moto's server, started once for the session, with test credentials in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+                env.delenv(name, raising=False)
+            env.setenv("AWS_ACCESS_KEY_ID", "testing")
+            env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            env.setenv("AWS_CONFIG_FILE", "/dev/null")
+            env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            yield Aws(f"http://{host}:{port}")
+    finally:
+        server.stop()
 
 
 @pytest.fixture

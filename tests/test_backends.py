@@ -16,15 +16,21 @@ from asyncflow.testing import BACKEND_CHECKS, check_backend
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "s3", "dynamodb"])
 async def backend(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[asyncflow.Backend]:
     made: asyncflow.Backend
     if request.param == "memory":
         made = asyncflow.MemoryBackend()
-    else:
+    elif request.param == "file":
         made = asyncflow.FileBackend(tmp_path / "store")
+    elif request.param == "s3":
+        aws = request.getfixturevalue("aws")
+        made = asyncflow.S3Backend(aws.new_bucket(), "p", endpoint_url=aws.endpoint)
+    else:
+        aws = request.getfixturevalue("aws")
+        made = asyncflow.DynamoDBBackend(aws.new_table(), endpoint_url=aws.endpoint)
     await made.open()
     yield made
     await made.aclose()

@@ -45,7 +45,7 @@ def test_import_loads_no_aws_or_http_library() -> None:
     code = (
         "import sys, asyncflow, asyncflow.testing;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in"
-        " ('aiobotocore', 'botocore', 'boto3', 'httpx', 'httpcore', 'aiofiles',"
+        " ('aiobotocore', 'botocore', 'boto3', 'httpx', 'httpx2', 'httpcore', 'aiofiles',"
         " 'uvicorn', 'starlette')"
         " or m in ('asyncflow.aws_lambda', 'asyncflow.asgi', 'asyncflow._http')))"
     )
@@ -76,7 +76,8 @@ def test_the_package_imports_only_what_it_declares() -> None:
     import ast
     from pathlib import Path
 
-    declared = {"anyio", "exceptiongroup"}
+    # botocore comes with aiobotocore, which pins the exact versions it works with.
+    declared = {"anyio", "exceptiongroup", "aiobotocore", "botocore"}
     # trio: only used when it is the running library, found in sys.modules; uvicorn: `serve`
     # imports it when run, and says to install asyncflow[server] if it is missing.
     optional = {"trio", "uvicorn"}

@@ -1,0 +1,378 @@
+"""The S3 backend (``s3://bucket/prefix``): one object per key, leases inside the objects."""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+import anyio
+
+from .._backend import Backend, Entry, Key
+from .._exceptions import BackendError, ConfigError, ConflictError
+from ._aws import DEFAULT_LEASE_SECONDS, AwsClient, Held, Leases, concurrently, shielded
+
+__all__ = ["S3Backend"]
+
+# Every object starts with this line, then the caller's bytes. The header's nonce makes each
+# write's bytes, hence its ETag (the MD5 of the bytes), new: a compare-and-swap on the ETag
+# cannot be fooled by a writer that stored the same bytes again.
+_MAGIC = b"asyncflow-object/1 "
+_CONFLICTS = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+# A conditional write or delete of an object that is not there answers NoSuchKey.
+_CONFLICTS_IF_MATCH = _CONFLICTS | {"NoSuchKey"}
+
+
+def encode_name(name: str) -> str:
+    """Any Unicode name as one ASCII key segment (reversible; no ``/``, no dot segments)."""
+    return quote(name, safe="-_~").replace(".", "%2E") if name else "%"
+
+
+def decode_name(segment: str) -> str:
+    return "" if segment == "%" else unquote(segment, errors="strict")
+
+
+@dataclass
+class _Object:
+    """An object as stored: the caller's bytes (``None`` in a placeholder) and its lease."""
+
+    data: bytes | None
+    etag: str
+    lease_owner: str | None
+    lease_until: float | None
+
+
+class S3Backend(Backend):
+    """Keeps each run and state value as one object under ``s3://bucket/prefix/``.
+
+    Layout: ``<prefix>/<namespace>/<encoded name>``; each object is one header line
+    (``asyncflow-object/1 {...}``) followed by the bytes asyncflow stores. Versions are ETags;
+    every write is conditional where asyncflow needs it (``If-Match``, ``If-None-Match: *``),
+    so the bucket needs no lock service.
+
+    A claim is a lease written into the object itself with ``If-Match`` on the ETag read: it
+    lasts ``lease_seconds`` and each write by the holder renews it; the holder's last write
+    ends it. A claim taken over after expiry changes the ETag, so the late holder's next
+    write fails instead of overwriting.
+
+    Credentials and region come from the standard AWS chain; ``AWS_ENDPOINT_URL`` or
+    ``AWS_ENDPOINT_URL_S3`` point it at any S3-compatible store.
+
+    Args:
+        bucket: the bucket; it must exist.
+        prefix: where in the bucket (``""``: at the top).
+        endpoint_url: the endpoint to use instead of AWS's (MinIO, R2, moto).
+        region_name: the region, else the one configured in the environment.
+        session: an ``aiobotocore.session.AioSession`` to build the client from (on trio,
+            with ``AioConfig(http_session_cls=HttpxSession)`` as its default client config,
+            so that it fetches role credentials on trio too).
+        client_config: a ``botocore.config.Config`` merged over asyncflow's (which sets the
+            httpx HTTP session and the retries).
+        lease_seconds: how long a claim lasts without a write by its holder. A side effect
+            that runs longer may be executed again by another invocation.
+        max_attempts: attempts per request (throttling and network errors are retried with
+            exponential backoff).
+        clock: the time used for leases (default :func:`time.time`).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        session: Any = None,
+        client_config: Any = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        max_attempts: int = 5,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if not isinstance(bucket, str) or not bucket or "/" in bucket:
+            raise ConfigError(f"not an S3 bucket name: {bucket!r}")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._aws = AwsClient(
+            "s3",
+            session=session,
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+            client_config=client_config,
+            max_attempts=max_attempts,
+            describe=f"S3 bucket {bucket!r}",
+        )
+        self._leases = Leases(lease_seconds, clock)
+
+    _page_size: int | None = None  # S3's own (1,000) unless a test sets a smaller one
+
+    def __repr__(self) -> str:
+        return f"S3Backend({self.bucket!r}, {self.prefix.rstrip('/')!r})"
+
+    async def open(self) -> None:
+        await self._aws.open()
+
+    async def aclose(self) -> None:
+        await self._aws.aclose()
+
+    def _key(self, key: Key) -> str:
+        return f"{self.prefix}{key[0]}/{encode_name(key[1])}"
+
+    def locate(self, key: Key) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    # -- the stored form -----------------------------------------------------------------------
+
+    def _pack(self, data: bytes | None, lease: bool) -> bytes:
+        header: dict[str, Any] = {"n": secrets.token_hex(8)}
+        if lease:
+            header["lease"] = [self._leases.owner, self._leases.until()]
+        if data is None:
+            header["placeholder"] = True
+        return _MAGIC + json.dumps(header).encode() + b"\n" + (data or b"")
+
+    def _unpack(self, key: Key, body: bytes, etag: str) -> _Object:
+        end = body.find(b"\n")
+        try:
+            if not body.startswith(_MAGIC) or end < 0:
+                raise ValueError("no asyncflow header")
+            header = json.loads(body[len(_MAGIC) : end])
+            lease = header.get("lease") or [None, None]
+            owner, until = str(lease[0]) if lease[0] else None, lease[1]
+            if until is not None:
+                until = float(until)
+        except (ValueError, TypeError, IndexError):
+            raise BackendError(
+                f"{self.locate(key)} is not an object asyncflow wrote; move it out of the prefix",
+                location=self.locate(key),
+            ) from None
+        data = None if header.get("placeholder") else body[end + 1 :]
+        return _Object(data, etag, owner, until)
+
+    async def _get(self, key: Key) -> _Object | None:
+        location = self.locate(key)
+        client = self._aws.client
+        try:
+            # The body is read under the same hold of the limiter: a response whose body is
+            # unread keeps its pooled connection, and waiting for the limiter with it would
+            # starve the requests that hold the limiter of connections.
+            async with self._aws.limiter:
+                with self._aws.boundary("get_object", location, frozenset({"NoSuchKey"})):
+                    response = await client.get_object(Bucket=self.bucket, Key=self._key(key))
+                    async with response["Body"] as stream:
+                        body = await stream.read()
+        except ConflictError:  # NoSuchKey: not there
+            return None
+        return self._unpack(key, body, response["ETag"])
+
+    async def _put(self, key: Key, body: bytes, **conditions: Any) -> str:
+        response = await self._aws.call(
+            "put_object",
+            self.locate(key),
+            conflicts=_CONFLICTS_IF_MATCH if "IfMatch" in conditions else _CONFLICTS,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=body,
+            **conditions,
+        )
+        return str(response["ETag"])
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def read(self, key: Key) -> Entry | None:
+        found = await self._get(key)
+        if found is None or found.data is None:
+            return None
+        return Entry(found.data, found.etag)
+
+    async def read_many(self, keys: Sequence[Key]) -> builtins.list[Entry | None]:
+        found: builtins.list[Entry | None] = [None] * len(keys)
+
+        async def one(i: int) -> None:
+            found[i] = await self.read(keys[i])
+
+        await concurrently(functools.partial(one, i) for i in range(len(keys)))
+        return found
+
+    async def write(
+        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
+    ) -> str:
+        return await self._write(key, data, if_version, if_absent, release=False)
+
+    async def write_and_release(
+        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
+    ) -> str:
+        return await self._write(key, data, if_version, if_absent, release=True)
+
+    async def _write(
+        self, key: Key, data: bytes, if_version: str | None, if_absent: bool, release: bool
+    ) -> str:
+        held = self._leases.held.get(key)
+        mine = held is not None and not held.released
+        conditions: dict[str, Any] = {}
+        if if_absent:
+            if mine and held is not None and held.placeholder is not None:
+                # Our own placeholder stands in for "absent".
+                conditions["IfMatch"] = held.placeholder
+            else:
+                conditions["IfNoneMatch"] = "*"
+        if if_version is not None:
+            conditions["IfMatch"] = if_version
+        # Each write by the holder renews its lease; a write by anyone else ends any lease.
+        etag = await self._put(key, self._pack(data, lease=mine and not release), **conditions)
+        if mine and held is not None:
+            held.version, held.data, held.released = etag, data, release
+            held.placeholder = None
+        return etag
+
+    async def delete(self, key: Key, *, if_version: str | None = None) -> None:
+        conditions: dict[str, Any] = {"IfMatch": if_version} if if_version is not None else {}
+        await self._aws.call(
+            "delete_object",
+            self.locate(key),
+            conflicts=_CONFLICTS_IF_MATCH,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            **conditions,
+        )
+        held = self._leases.held.get(key)
+        if held is not None:
+            held.released = True
+
+    async def list(self, namespace: str) -> dict[str, str]:
+        start = f"{self.prefix}{namespace}/"
+        location = f"s3://{self.bucket}/{start}"
+        found: dict[str, str] = {}
+        token: str | None = None
+        while True:
+            more: dict[str, Any] = {"ContinuationToken": token} if token else {}
+            if self._page_size is not None:
+                more["MaxKeys"] = self._page_size
+            page = await self._aws.call(
+                "list_objects_v2", location, Bucket=self.bucket, Prefix=start, **more
+            )
+            for item in page.get("Contents", ()):
+                segment = item["Key"][len(start) :]
+                try:
+                    name = decode_name(segment)
+                except UnicodeDecodeError:
+                    name = None
+                if name is None or encode_name(name) != segment:
+                    raise BackendError(
+                        f"s3://{self.bucket}/{item['Key']} is not an object asyncflow wrote (its"
+                        " name is not one asyncflow would give); move it out of the prefix",
+                        location=f"s3://{self.bucket}/{item['Key']}",
+                    )
+                found[name] = str(item["ETag"])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return found
+
+    # -- claims --------------------------------------------------------------------------------
+
+    async def _take(self, key: Key, expected: str | None) -> Entry | bool | None:
+        """Take the lease on ``key`` if it is at version ``expected`` (``None``: any) and
+        nobody else's lease is active.
+
+        Returns the entry as held, ``True`` for a placeholder taken over, ``None`` if not
+        taken.
+        """
+        found = await self._get(key)
+        if found is None:
+            return None
+        if expected is not None and found.etag != expected:
+            return None
+        if self._leases.active(found.lease_until):
+            return None
+        try:
+            etag = await self._put(key, self._pack(found.data, lease=True), IfMatch=found.etag)
+        except ConflictError:
+            return None
+        if found.data is None:
+            # The placeholder of a claim whose holder died before writing: now ours.
+            self._leases.held[key] = Held(None, None, placeholder=etag)
+            return True
+        self._leases.held[key] = Held(etag, found.data)
+        return Entry(found.data, etag)
+
+    async def _take_absent(self, key: Key) -> bool:
+        """Hold a key with nothing stored by writing a placeholder (first writer wins)."""
+        try:
+            etag = await self._put(key, self._pack(None, lease=True), IfNoneMatch="*")
+        except ConflictError:
+            return False
+        self._leases.held[key] = Held(None, None, placeholder=etag)
+        return True
+
+    async def _release(self, key: Key) -> None:
+        held = self._leases.held.pop(key, None)
+        if held is None or held.released:
+            return
+        if held.placeholder is not None:
+            placeholder = held.placeholder
+            await shielded(lambda: self.delete(key, if_version=placeholder), self.locate(key))
+        elif held.data is not None and held.version is not None:
+            data, version = held.data, held.version
+            await shielded(
+                lambda: self._put(key, self._pack(data, lease=False), IfMatch=version),
+                self.locate(key),
+            )
+
+    @asynccontextmanager
+    async def claim(self, key: Key) -> AsyncIterator[bool]:
+        held = self._leases.held
+        if key in held:
+            yield False
+            return
+        held[key] = Held(None, None, released=True)  # reserved against our other tasks
+        taken = False
+        try:
+            # New runs are what the runtime claims this way: try the placeholder first.
+            taken = await self._take_absent(key) or await self._take(key, None) is not None
+        finally:
+            if not taken:
+                held.pop(key, None)
+        try:
+            yield taken
+        finally:
+            if taken:
+                await self._release(key)
+
+    @asynccontextmanager
+    async def claim_read(
+        self, keys: Sequence[Key], versions: Sequence[str]
+    ) -> AsyncIterator[builtins.list[Entry | None]]:
+        held = self._leases.held
+        found: list[Entry | None] = [None] * len(keys)
+        mine: set[Key] = set()
+
+        async def take(i: int) -> None:
+            key = keys[i]
+            held[key] = Held(None, None, released=True)  # reserved against our other tasks
+            mine.add(key)
+            taken = await self._take(key, versions[i])
+            if isinstance(taken, Entry):
+                found[i] = taken
+            elif taken:
+                # A dead claim's placeholder, listed as if it were a run: cleared, so that
+                # later invocations do not read it again.
+                await self._release(key)
+                mine.discard(key)
+            else:
+                held.pop(key, None)
+                mine.discard(key)
+
+        try:
+            await concurrently(
+                functools.partial(take, i) for i, key in enumerate(keys) if key not in held
+            )
+            yield found
+        finally:
+            async with anyio.create_task_group() as tg:
+                for key in mine:
+                    tg.start_soon(self._release, key)
