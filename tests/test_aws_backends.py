@@ -135,6 +135,62 @@ async def test_a_flow_on_an_aws_url_pauses_resumes_and_finishes(
     assert [s.value for s in run.steps if s.kind == "sideeffect"] == [1, 2, 3]
 
 
+async def test_events_timers_keys_branches_and_retries_on_an_aws_store(
+    kind: str, aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 5's primitives need nothing of a backend but its interface: the same flow on S3
+    and DynamoDB as on files."""
+    url = aws.new_s3_url() if kind == "s3" else aws.new_dynamodb_url()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
+    clock = MockClock()
+    flow = asyncflow.setup(url, clock=clock)
+    calls: list[str] = []
+
+    @flow.sideeffect(retry=asyncflow.Retry(attempts=2, initial=600, jitter=0))
+    async def flaky(c: Context) -> str:
+        calls.append("flaky")
+        if calls.count("flaky") == 1:
+            raise ConnectionError("down")
+        return "up"
+
+    @flow.sideeffect()
+    async def part(c: Context, n: int) -> int:
+        calls.append(f"part{n}")
+        return n * n
+
+    @flow.workflow()
+    async def deploy(c: Context, args: Any) -> Any:
+        squares = await c.map(part, [1, 2, 3])
+        approval = await c.wait_event(f"approve:{c.run_id}")
+        await c.sleep(3600)
+        return [squares, approval, await flaky(c)]
+
+    @flow.workflow(trigger=asyncflow.event_trigger("approve-all"))
+    async def audit(c: Context, args: Any) -> Any:
+        return args
+
+    async with flow:
+        [run] = await flow.run("deploy", {"v": 1}, key="release-1")
+        assert run.status == "paused"
+        assert await flow.run("deploy", {"v": 1}, key="release-1") == [], "one run per key"
+        assert await flow.run() == [], "a waiting run is skipped"
+        woken = await flow.emit(f"approve:{run.run_id}", {"by": "ops"})
+        assert [(r.run_id, r.status) for r in woken] == [(run.run_id, "paused")]
+        wakeup = await flow.next_wakeup()
+        assert wakeup is not None
+        assert wakeup.timestamp() == clock.now() + 3600
+        clock.advance(3600)
+        [retrying] = await flow.run()  # the first attempt fails; the retry waits durably
+        assert retrying.status == "paused"
+        clock.advance(600)
+        [done] = await flow.run()
+        assert done.result == [[1, 4, 9], {"by": "ops"}, "up"]
+        [audited] = await flow.emit("approve-all", 7)
+        assert (audited.workflow, audited.result) == ("audit", 7)
+    assert sorted(calls[:3]) == ["part1", "part2", "part3"]
+    assert calls[3:] == ["flaky", "flaky"], "every side effect ran once, the flaky one twice"
+
+
 def test_one_flow_serves_successive_event_loops(
     kind: str, aws: Aws, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,13 +12,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from lambda_events import rest, scheduled, sqs, url
 
 import asyncflow
 import asyncflow.aws_lambda
+
+if TYPE_CHECKING:
+    from conftest import Aws
 
 TESTS = Path(__file__).resolve().parent
 
@@ -59,7 +62,7 @@ class Lambda:
 
 
 @pytest.fixture
-def aws(tmp_path: Path) -> Lambda:
+def lam(tmp_path: Path) -> Lambda:
     return Lambda(tmp_path)
 
 
@@ -75,8 +78,8 @@ def http(answer: dict[str, Any]) -> tuple[int, Any]:
     return response["statusCode"], json.loads(response["body"])
 
 
-def test_every_event_kind_on_one_warm_container(aws: Lambda) -> None:
-    answers = aws(
+def test_every_event_kind_on_one_warm_container(lam: Lambda) -> None:
+    answers = lam(
         url({"trigger": "greet", "args": {"name": "url"}}),
         rest({"trigger": "wait"}, b64=True),
         scheduled(),
@@ -106,14 +109,14 @@ def test_every_event_kind_on_one_warm_container(aws: Lambda) -> None:
     assert [r["result"] for r in ok(answers[7])] == [{"name": "world"}]
     # One event loop thread opened the backend once for all eight invocations, and nothing
     # closed it between them.
-    assert aws.report == {"opened": 1, "closed": 0, "open_threads": 1, "main_thread": False}
+    assert lam.report == {"opened": 1, "closed": 0, "open_threads": 1, "main_thread": False}
 
 
-def test_a_function_url_shows_one_run(aws: Lambda) -> None:
-    (first,) = aws(url({"trigger": "wait"}))
+def test_a_function_url_shows_one_run(lam: Lambda) -> None:
+    (first,) = lam(url({"trigger": "wait"}))
     _, body = http(first)
     run_id = body[0]["run_id"]
-    found, missing, listed = aws(
+    found, missing, listed = lam(
         rest(method="GET", path=f"/runs/{run_id}"),
         url(method="GET", path="/runs/nope"),
         rest(method="GET", path="/runs", query={"status": ["succeeded", "paused"]}),
@@ -126,8 +129,8 @@ def test_a_function_url_shows_one_run(aws: Lambda) -> None:
     assert (status, body) == (404, {"error": "no run with id 'nope'"})
 
 
-def test_bad_http_requests_get_400_404_405_413_and_change_nothing(aws: Lambda) -> None:
-    answers = aws(
+def test_bad_http_requests_get_400_404_405_413_and_change_nothing(lam: Lambda) -> None:
+    answers = lam(
         url("{not json"),
         url([1, 2]),
         url({"trigger": "nope"}),
@@ -154,8 +157,8 @@ def test_bad_http_requests_get_400_404_405_413_and_change_nothing(aws: Lambda) -
 
 
 def test_a_token_is_required_when_set(tmp_path: Path) -> None:
-    aws = Lambda(tmp_path, token="s3cret")
-    answers = aws(
+    lam = Lambda(tmp_path, token="s3cret")
+    answers = lam(
         url({"trigger": "greet"}),
         url({"trigger": "greet"}, headers={"authorization": "Bearer wrong"}),
         rest({"trigger": "greet"}, headers={"Authorization": "Bearer s3cret"}),
@@ -169,24 +172,24 @@ def test_a_token_is_required_when_set(tmp_path: Path) -> None:
     assert len(ok(answers[5])) == 1
 
 
-def test_an_unexpected_failure_is_a_500_with_an_error_id_and_no_details(aws: Lambda) -> None:
-    (first,) = aws(url({"trigger": "wait"}))
+def test_an_unexpected_failure_is_a_500_with_an_error_id_and_no_details(lam: Lambda) -> None:
+    (first,) = lam(url({"trigger": "wait"}))
     run_id = http(first)[1][0]["run_id"]
-    path = Path(asyncflow.FileBackend(aws.store).locate(("active", run_id)))
+    path = Path(asyncflow.FileBackend(lam.store).locate(("active", run_id)))
     path.write_bytes(b"\x00 not a record")
-    (answer,) = aws(url({}))
+    (answer,) = lam(url({}))
     status, body = http(answer)
     assert status == 500
     assert set(body) == {"error", "error_id"}
     assert body["error"] == "internal error"
     assert str(path) not in json.dumps(body)
     # The details are in the function's log, under that id.
-    assert body["error_id"] in aws.stderr
-    assert str(path) in aws.stderr
+    assert body["error_id"] in lam.stderr
+    assert str(path) in lam.stderr
     assert path.read_bytes() == b"\x00 not a record"  # left as found
 
 
-def test_sqs_reports_only_the_failed_messages(aws: Lambda) -> None:
+def test_sqs_reports_only_the_failed_messages(lam: Lambda) -> None:
     batch = sqs(
         {"trigger": "greet", "args": {"name": "sqs"}},
         "{broken",
@@ -195,7 +198,7 @@ def test_sqs_reports_only_the_failed_messages(aws: Lambda) -> None:
         {"event": "shipped", "args": "box"},
         [1],
     )
-    answer, listing = aws(batch, url(method="GET", path="/runs"))
+    answer, listing = lam(batch, url(method="GET", path="/runs"))
     assert ok(answer) == {"batchItemFailures": [{"itemIdentifier": m} for m in ("m1", "m2", "m5")]}
     runs = {r["workflow"]: r for r in http(listing)[1]}
     assert set(runs) == {"greet", "wait", "on_shipped"}
@@ -205,8 +208,8 @@ def test_sqs_reports_only_the_failed_messages(aws: Lambda) -> None:
     assert runs["wait"]["status"] == "paused"
 
 
-def test_events_over_a_function_url_a_direct_invocation_and_sqs(aws: Lambda) -> None:
-    started, woken, direct, batch, again = aws(
+def test_events_over_a_function_url_a_direct_invocation_and_sqs(lam: Lambda) -> None:
+    started, woken, direct, batch, again = lam(
         {"trigger": "approve"},
         url({"event": "approved", "args": {"by": "ops"}}),
         {"event": "shipped", "args": 1},
@@ -223,7 +226,7 @@ def test_events_over_a_function_url_a_direct_invocation_and_sqs(aws: Lambda) -> 
     ]
     assert [(r["workflow"], r["result"]) for r in ok(direct)] == [("on_shipped", 1)]
     assert ok(batch) == ok(again) == {"batchItemFailures": []}
-    (listing,) = aws(url(method="GET", path="/runs"))
+    (listing,) = lam(url(method="GET", path="/runs"))
     results = sorted((r["workflow"], json.dumps(r["result"])) for r in http(listing)[1])
     assert results == [
         ("approve", '{"by": "ops"}'),
@@ -256,8 +259,8 @@ def test_sqs_reports_a_message_whose_runs_could_not_be_stored() -> None:
         handler.close()
 
 
-def test_direct_invocations_raise_on_bad_input(aws: Lambda) -> None:
-    answers = aws(
+def test_direct_invocations_raise_on_bad_input(lam: Lambda) -> None:
+    answers = lam(
         {"trigger": "nope"},
         {"foo": 1},
         ["trigger"],
@@ -271,10 +274,10 @@ def test_direct_invocations_raise_on_bad_input(aws: Lambda) -> None:
     assert answers[4]["raised"].startswith("UsageError: unrecognised EventBridge detail")
 
 
-def test_no_run_starts_when_too_little_time_is_left(aws: Lambda) -> None:
+def test_no_run_starts_when_too_little_time_is_left(lam: Lambda) -> None:
     # `slow` takes "a minute" (it moves the flow's clock); the safety margin is 1 s and
     # max_concurrency 1, so each invocation with 5 s left starts one run only.
-    answers = aws(
+    answers = lam(
         ({"trigger": "slow", "args": 1}, 5_000),
         ({"trigger": "slow", "args": 2}, 5_000),  # the new run goes first; run 1 waits
         (scheduled(), 500),  # less than the margin: nothing starts
@@ -419,3 +422,40 @@ async def test_time_limit_starts_no_run_past_it(make_flow: Any, clock: Any) -> N
     assert all(r.steps == () for r in pending)
     rest = await flow.run()
     assert sorted(r.status for r in rest) == ["paused"] * 3 + ["succeeded"] * 2
+
+
+@pytest.mark.parametrize("kind", ["s3", "dynamodb"])
+def test_a_deployed_handler_keeps_its_runs_in_the_aws_store(kind: str, aws: Aws) -> None:
+    """As the SAM template deploys it: ASYNCFLOW_BACKEND names the store; moto stands in for
+    AWS. A second container (process) resumes what the first one started."""
+    store = aws.new_s3_url() if kind == "s3" else aws.new_dynamodb_url()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(TESTS),
+        "AWS_LAMBDA_FUNCTION_NAME": "asyncflow-test",
+        "ASYNCFLOW_BACKEND": store,
+        "AWS_ENDPOINT_URL": aws.endpoint,
+    }
+
+    def container(*events: Any) -> list[Any]:
+        proc = subprocess.run(
+            [sys.executable, str(TESTS / "proc_lambda_driver.py"), "proc_lambda_s3_app.handler"],
+            input=json.dumps([{"event": e} for e in events]),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return [json.loads(line) for line in proc.stdout.splitlines()]
+
+    started, report = container(url({"trigger": "watch", "args": {"item": "lemon"}}))
+    assert report == {"report": {"backend": "S3Backend" if kind == "s3" else "DynamoDBBackend"}}
+    status, [run] = http(started)
+    assert (status, run["status"]) == (200, "paused")
+    resumed, listing, _ = container(scheduled(), url(method="GET", path="/runs"))
+    assert [(r["run_id"], r["status"], r["result"]) for r in ok(resumed)] == [
+        (run["run_id"], "succeeded", 120)
+    ]
+    assert [r["status"] for r in http(listing)[1]] == ["succeeded"]
