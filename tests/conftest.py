@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,13 +68,46 @@ class Aws:
         return f"dynamodb://{self.new_table()}"
 
 
+def _atomic_moto_server() -> Any:
+    """moto's threaded server on 127.0.0.1 (a free port), answering one request at a time.
+
+    moto checks a conditional write's condition and then writes, without a lock: two
+    concurrent conditional writes to one key can both succeed, which S3 and DynamoDB never
+    allow (and the race tests caught: a lease taken twice, a side effect run twice). Each
+    request is processed under one lock, as the real services make each conditional write
+    atomic; connections are still served by a thread each.
+    """
+    from moto.server import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        ThreadedMotoServer,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def atomic(environ: dict[str, Any], start_response: Any) -> Any:
+        with lock:
+            return list(app(environ, start_response))  # the body made under the lock too
+
+    class Server(ThreadedMotoServer):
+        def _server_entry(self) -> None:  # moto's own, with the app wrapped
+            self._server = make_server(
+                "127.0.0.1", 0, atomic, threaded=True, request_handler=MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return Server(ip_address="127.0.0.1", port=0, verbose=False)
+
+
 @pytest.fixture(scope="session")
 def aws() -> Iterator[Aws]:
     """moto's server, started once for the session, with test credentials in the environment."""
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = _atomic_moto_server()
     server.start()
     host, port = server.get_host_and_port()
     try:
