@@ -202,11 +202,15 @@ class Execution:
             record.wake_at = record.wait_event = None
         try:
             data = await self.save(last=True)
-            if record.status in FINISHED:
-                await finish(self.backend, record.run_id, data, self.version)
         except ConflictError:
             logger.warning("run %s was changed by another invocation; skipped", record.run_id)
             return None
+        if record.status in FINISHED:
+            # A conflict here: the outcome is stored, and another invocation found the finished
+            # record in `active` (a lease ends with the final write) and completes the move.
+            # The run was advanced here, and is reported here.
+            with contextlib.suppress(ConflictError):
+                await finish(self.backend, record.run_id, data, self.version)
         return RunResult._of(record)
 
 

@@ -517,6 +517,83 @@ EXPECTED_REQUESTS = {
 }
 
 
+class _OtherInvocationBeforeDelete(asyncflow.Backend):
+    """A real AWS backend that, before deleting a run from ``active`` (the end of moving a
+    finished run), lets another invocation run: one that finds the finished record there, as
+    a racing process listing at that moment does once the final write ended the lease."""
+
+    def __init__(self, inner: asyncflow.Backend, other: asyncflow.Flow) -> None:
+        self.inner, self.other = inner, other
+        self.other_results: list[asyncflow.RunResult] | None = None
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def read(self, key: asyncflow.Key) -> asyncflow.Entry | None:
+        return await self.inner.read(key)
+
+    async def write(self, key: asyncflow.Key, data: bytes, **conditions: Any) -> str:
+        return await self.inner.write(key, data, **conditions)
+
+    async def write_and_release(self, key: asyncflow.Key, data: bytes, **conditions: Any) -> str:
+        return await self.inner.write_and_release(key, data, **conditions)
+
+    async def delete(self, key: asyncflow.Key, **conditions: Any) -> None:
+        if key[0] == "active" and self.other_results is None:
+            self.other_results = await self.other.run()
+        await self.inner.delete(key, **conditions)
+
+    async def list(self, namespace: str) -> dict[str, str]:
+        return await self.inner.list(namespace)
+
+    def claim(self, key: asyncflow.Key) -> Any:
+        return self.inner.claim(key)
+
+    def claim_read(self, keys: Any, versions: Any) -> Any:
+        return self.inner.claim_read(keys, versions)
+
+
+async def test_a_run_whose_move_another_invocation_completes_is_reported_once(
+    make_backend: MakeBackend,
+) -> None:
+    calls: list[str] = []
+
+    def make_flow(backend: asyncflow.Backend) -> asyncflow.Flow:
+        flow = asyncflow.setup(backend)
+
+        @flow.sideeffect()
+        async def act(c: Context) -> str:
+            calls.append(c.run_id)
+            return "acted"
+
+        @flow.workflow()
+        async def job(c: Context) -> str:
+            await c.pause_once()
+            return await act(c)
+
+        return flow
+
+    other = make_flow(make_backend())
+    racing = _OtherInvocationBeforeDelete(make_backend(), other)
+    flow = make_flow(racing)
+    async with flow, other:
+        [started] = await flow.run("job")
+        [result] = await flow.run()
+        assert (result.run_id, result.status, result.result) == (
+            started.run_id,
+            "succeeded",
+            "acted",
+        )
+        assert racing.other_results == [], "the other invocation completed the move, silently"
+        assert calls == [started.run_id]
+        [stored] = await flow.list_runs()
+        assert (stored.run_id, stored.status) == (started.run_id, "succeeded")
+        assert await racing.list("active") == {}
+
+
 async def test_requests_per_run(kind: str, make_backend: MakeBackend) -> None:
     requests = Requests()
     flow = _flow(make_backend(session=requests.session()))
