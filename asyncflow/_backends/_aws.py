@@ -5,13 +5,16 @@ Imported only when one of these backends is built: it loads aiobotocore and boto
 
 from __future__ import annotations
 
+import abc
+import builtins
+import functools
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from .._backend import Backend, Entry, Key
 from .._exceptions import AsyncflowError, BackendError, ConfigError, ConflictError, UsageError
 
 __all__ = [
@@ -309,3 +313,77 @@ async def concurrently(calls: Iterable[Callable[[], Awaitable[object]]]) -> None
             tg.start_soon(one, call)
     if failure is not None:
         raise failure
+
+
+class LeasedBackend(Backend):
+    """Claims as leases, shared by the S3 and DynamoDB backends: what each store does is
+    taking (:meth:`_take`, :meth:`_take_new`) and ending (:meth:`_release`) one lease."""
+
+    _leases: Leases
+
+    @abc.abstractmethod
+    async def _take(self, key: Key, expected: str | None) -> Entry | bool | None:
+        """Take the lease on ``key`` at version ``expected`` (``None``: any). Returns the
+        entry as held, ``True`` for a placeholder held (nothing stored), ``None`` if not
+        taken."""
+
+    async def _take_new(self, key: Key) -> bool:
+        """Take the lease on a key expected to hold nothing yet (a new run)."""
+        return await self._take(key, None) is not None
+
+    @abc.abstractmethod
+    async def _release(self, key: Key) -> None:
+        """End this backend's lease on ``key``, if it still holds one."""
+
+    @asynccontextmanager
+    async def claim(self, key: Key) -> AsyncIterator[bool]:
+        held = self._leases.held
+        if key in held:
+            yield False
+            return
+        held[key] = Held(None, None, released=True)  # reserved against our other tasks
+        taken = False
+        try:
+            taken = await self._take_new(key)
+        finally:
+            if not taken:
+                held.pop(key, None)
+        try:
+            yield taken
+        finally:
+            if taken:
+                await self._release(key)
+
+    @asynccontextmanager
+    async def claim_read(
+        self, keys: Sequence[Key], versions: Sequence[str]
+    ) -> AsyncIterator[builtins.list[Entry | None]]:
+        held = self._leases.held
+        found: list[Entry | None] = [None] * len(keys)
+        mine: set[Key] = set()
+
+        async def take(i: int) -> None:
+            key = keys[i]
+            held[key] = Held(None, None, released=True)  # reserved against our other tasks
+            mine.add(key)
+            taken = await self._take(key, versions[i])
+            if isinstance(taken, Entry):
+                found[i] = taken
+            elif taken:
+                # A dead claim's placeholder, listed as if it were a run: cleared, so that
+                # later invocations do not read it again.
+                await self._release(key)
+                mine.discard(key)
+            else:
+                held.pop(key, None)
+                mine.discard(key)
+
+        try:
+            await concurrently(
+                functools.partial(take, i) for i, key in enumerate(keys) if key not in held
+            )
+            yield found
+        finally:
+            async with anyio.create_task_group() as tg:
+                for key in mine:
+                    tg.start_soon(self._release, key)

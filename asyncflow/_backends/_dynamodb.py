@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import builtins
 import functools
 import itertools
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 
-from .._backend import Backend, Entry, Key
+from .._backend import Entry, Key
 from .._exceptions import BackendError, ConfigError, ConflictError
-from ._aws import DEFAULT_LEASE_SECONDS, AwsClient, Held, Leases, concurrently, shielded
+from ._aws import (
+    DEFAULT_LEASE_SECONDS,
+    AwsClient,
+    Held,
+    LeasedBackend,
+    Leases,
+    concurrently,
+    shielded,
+)
 
 __all__ = ["ITEM_LIMIT", "DynamoDBBackend"]
 
@@ -24,7 +30,7 @@ _CONFLICTS = frozenset({"ConditionalCheckFailedException"})
 _FREE_LEASE = "(attribute_not_exists(lo) OR lu < :now)"
 
 
-class DynamoDBBackend(Backend):
+class DynamoDBBackend(LeasedBackend):
     """Keeps each run and state value as one item of a DynamoDB table.
 
     The table must exist, with the string partition key ``ns`` and the string sort key
@@ -293,54 +299,6 @@ class DynamoDBBackend(Backend):
                 ),
                 self.locate(key),
             )
-
-    @asynccontextmanager
-    async def claim(self, key: Key) -> AsyncIterator[bool]:
-        held = self._leases.held
-        if key in held:
-            yield False
-            return
-        held[key] = Held(None, None, released=True)  # reserved against our other tasks
-        taken: Entry | bool | None = None
-        try:
-            taken = await self._take(key, None)
-        finally:
-            if taken is None:
-                held.pop(key, None)
-        try:
-            yield taken is not None
-        finally:
-            if taken is not None:
-                await self._release(key)
-
-    @asynccontextmanager
-    async def claim_read(
-        self, keys: Sequence[Key], versions: Sequence[str]
-    ) -> AsyncIterator[builtins.list[Entry | None]]:
-        held = self._leases.held
-        found: list[Entry | None] = [None] * len(keys)
-        mine: set[Key] = set()
-
-        async def take(i: int) -> None:
-            key = keys[i]
-            held[key] = Held(None, None, released=True)  # reserved against our other tasks
-            mine.add(key)
-            taken = await self._take(key, versions[i])
-            if isinstance(taken, Entry):
-                found[i] = taken
-            else:
-                held.pop(key, None)
-                mine.discard(key)
-
-        try:
-            await concurrently(
-                functools.partial(take, i) for i, key in enumerate(keys) if key not in held
-            )
-            yield found
-        finally:
-            async with anyio.create_task_group() as tg:
-                for key in mine:
-                    tg.start_soon(self._release, key)
 
 
 def _entry(item: dict[str, Any] | None) -> Entry | None:

@@ -6,17 +6,22 @@ import builtins
 import functools
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
-import anyio
-
-from .._backend import Backend, Entry, Key
+from .._backend import Entry, Key
 from .._exceptions import BackendError, ConfigError, ConflictError
-from ._aws import DEFAULT_LEASE_SECONDS, AwsClient, Held, Leases, concurrently, shielded
+from ._aws import (
+    DEFAULT_LEASE_SECONDS,
+    AwsClient,
+    Held,
+    LeasedBackend,
+    Leases,
+    concurrently,
+    shielded,
+)
 
 __all__ = ["S3Backend"]
 
@@ -48,7 +53,7 @@ class _Object:
     lease_until: float | None
 
 
-class S3Backend(Backend):
+class S3Backend(LeasedBackend):
     """Keeps each run and state value as one object under ``s3://bucket/prefix/``.
 
     Layout: ``<prefix>/<namespace>/<encoded name>``; each object is one header line
@@ -300,6 +305,10 @@ class S3Backend(Backend):
         self._leases.held[key] = Held(etag, found.data)
         return Entry(found.data, etag)
 
+    async def _take_new(self, key: Key) -> bool:
+        # New runs are what the runtime claims this way: try the placeholder first.
+        return await self._take_absent(key) or await self._take(key, None) is not None
+
     async def _take_absent(self, key: Key) -> bool:
         """Hold a key with nothing stored by writing a placeholder (first writer wins)."""
         try:
@@ -322,57 +331,3 @@ class S3Backend(Backend):
                 lambda: self._put(key, self._pack(data, lease=False), IfMatch=version),
                 self.locate(key),
             )
-
-    @asynccontextmanager
-    async def claim(self, key: Key) -> AsyncIterator[bool]:
-        held = self._leases.held
-        if key in held:
-            yield False
-            return
-        held[key] = Held(None, None, released=True)  # reserved against our other tasks
-        taken = False
-        try:
-            # New runs are what the runtime claims this way: try the placeholder first.
-            taken = await self._take_absent(key) or await self._take(key, None) is not None
-        finally:
-            if not taken:
-                held.pop(key, None)
-        try:
-            yield taken
-        finally:
-            if taken:
-                await self._release(key)
-
-    @asynccontextmanager
-    async def claim_read(
-        self, keys: Sequence[Key], versions: Sequence[str]
-    ) -> AsyncIterator[builtins.list[Entry | None]]:
-        held = self._leases.held
-        found: list[Entry | None] = [None] * len(keys)
-        mine: set[Key] = set()
-
-        async def take(i: int) -> None:
-            key = keys[i]
-            held[key] = Held(None, None, released=True)  # reserved against our other tasks
-            mine.add(key)
-            taken = await self._take(key, versions[i])
-            if isinstance(taken, Entry):
-                found[i] = taken
-            elif taken:
-                # A dead claim's placeholder, listed as if it were a run: cleared, so that
-                # later invocations do not read it again.
-                await self._release(key)
-                mine.discard(key)
-            else:
-                held.pop(key, None)
-                mine.discard(key)
-
-        try:
-            await concurrently(
-                functools.partial(take, i) for i, key in enumerate(keys) if key not in held
-            )
-            yield found
-        finally:
-            async with anyio.create_task_group() as tg:
-                for key in mine:
-                    tg.start_soon(self._release, key)
