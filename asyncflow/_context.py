@@ -226,9 +226,7 @@ class Context:
         until = step.get("until")
         if step.get("timed_out") or (until is not None and self._exec.clock() >= until):
             if not step.get("timed_out"):
-                step = {k: v for k, v in step.items() if k != "branch"}
-                step["timed_out"] = True
-                self._replace(pos, step, dumps(step, ""))
+                self._mark(pos, step, timed_out=True)
             raise WaitTimeout(name, float(until or 0))
         record = self._record
         if record.wait_event not in (None, name):
@@ -317,9 +315,7 @@ class Context:
         until = float(step["until"])
         if self._exec.clock() >= until:
             # Marked, so that a clock set back later cannot put the run to sleep again here.
-            done = {k: v for k, v in step.items() if k != "branch"}
-            done["done"] = True
-            self._replace(self._pos - 1, done, dumps(done, ""))
+            self._mark(self._pos - 1, step, done=True)
             return
         self._suspend(until)
 
@@ -336,9 +332,7 @@ class Context:
         except AsyncflowError as exc:
             self._fatal = exc  # storage failing: the run stops, the replay delivers it again
             raise
-        sent = {k: v for k, v in step.items() if k != "branch"}
-        sent["sent"] = True
-        self._replace(pos, sent, dumps(sent, ""))
+        self._mark(pos, step, sent=True)
 
     async def pause_once(self) -> None:
         """Suspend the run here, once; a later invocation resumes it past this point.
@@ -609,6 +603,11 @@ class Context:
             text = with_branch(text, self._path)
         self._record.replace(self._own[pos], step, text)
         self._exec.dirty = True
+
+    def _mark(self, pos: int, step: dict[str, Any], **fields: Any) -> None:
+        """Record ``fields`` on the step at ``pos`` (its outcome: sent, done, timed out)."""
+        marked = {k: v for k, v in step.items() if k != "branch"} | fields
+        self._replace(pos, marked, dumps(marked, ""))
 
     def _where(self, pos: int) -> str:
         return f"step {pos + 1}" + (f" of branch {self._path}" if self._path else "")
