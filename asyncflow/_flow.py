@@ -414,17 +414,23 @@ class Flow:
         Raises:
             SerializationError: ``args`` cannot be stored as JSON (nothing was changed).
         """
+        stop_at = None if time_limit is None else self.clock() + time_limit
+        async with self._using() as backend:
+            await self._deliver(name, args)
+            return await invoke(
+                backend, self.clock, self._workflows, [], self.max_concurrency, stop_at
+            )
+
+    async def _deliver(self, name: str, args: Any) -> None:
+        """Emit event ``name`` without advancing anything: the runs it starts are stored and
+        the runs waiting for it woken, all due at the next invocation."""
         if not isinstance(name, str) or not name:
             raise UsageError(f"the event name must be a non-empty string, not {name!r}")
         from ._events import deliver
 
         args = json.loads(dumps(args, f"the args of event {name!r}"))
-        stop_at = None if time_limit is None else self.clock() + time_limit
         async with self._using() as backend:
             await deliver(backend, self.clock, self._workflows, "event", name, args, new_run_id())
-            return await invoke(
-                backend, self.clock, self._workflows, [], self.max_concurrency, stop_at
-            )
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a pending or paused run: it stops before its next step, for good.

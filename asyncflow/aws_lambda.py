@@ -219,9 +219,9 @@ class LambdaHandler:
                     raise BadRequest(400, "an SQS record without a body")
                 order = parse_order(decode_json(body.encode()))
                 if order.event is not None:
-                    # Delivered (its runs stored, its waiters woken) and no run started: the
+                    # Delivered (its runs stored, its waiters woken) and no run advanced: the
                     # one invocation below advances them with the rest.
-                    await order.perform(self.flow, time_limit=0)
+                    await self.flow._deliver(order.event, order.args)
                 elif order.trigger is not None:
                     # SQS delivers a message at least once: its id makes a redelivery start
                     # nothing twice (unless the message names a key of its own).
