@@ -15,6 +15,7 @@ from ._exceptions import AsyncflowError as AsyncflowError
 from ._exceptions import BackendError as BackendError
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import ConflictError as ConflictError
+from ._exceptions import DamagedRecordError as DamagedRecordError
 from ._exceptions import EventCycleError as EventCycleError
 from ._exceptions import NonDeterminismError as NonDeterminismError
 from ._exceptions import RunNotFoundError as RunNotFoundError
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "Context",
+    "DamagedRecordError",
     "DynamoDBBackend",
     "Entry",
     "EventCycleError",

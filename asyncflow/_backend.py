@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import anyio
 
+from ._exceptions import AsyncflowError
+
 __all__ = ["Backend", "Entry", "Key"]
 
 #: A stored object's address: ``(namespace, name)``. asyncflow chooses the namespaces (plain
@@ -57,14 +59,20 @@ class Backend(abc.ABC):
         """
         results: list[Entry | None] = [None] * len(keys)
         limiter = anyio.CapacityLimiter(64)
+        failures: list[AsyncflowError] = []
 
         async def one(i: int, key: Key) -> None:
             async with limiter:
-                results[i] = await self.read(key)
+                try:
+                    results[i] = await self.read(key)
+                except AsyncflowError as exc:  # raised as itself below, not in a group
+                    failures.append(exc)
 
         async with anyio.create_task_group() as tg:
             for i, key in enumerate(keys):
                 tg.start_soon(one, i, key)
+        if failures:
+            raise failures[0]
         return results
 
     @abc.abstractmethod

@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", parents=[common], help="list runs, with what each one waits for")
     runs.add_argument(
         "--status",
-        choices=("pending", "paused", "succeeded", "failed", "cancelled"),
+        choices=("pending", "paused", "succeeded", "failed", "cancelled", "damaged"),
         help="only these",
     )
     show = sub.add_parser("show", parents=[common], help="show one run with its steps and logs")
@@ -111,6 +111,8 @@ def _payload(text: str | None) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise UsageError(f"ARGS_JSON is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError("ARGS_JSON nests too deeply to be read") from None
 
 
 def _report(results: Sequence[RunResult], args: argparse.Namespace) -> int:
@@ -118,6 +120,8 @@ def _report(results: Sequence[RunResult], args: argparse.Namespace) -> int:
         _print_json([dataclasses.asdict(r) for r in results])
     else:
         print(format_summary(results), end="")
+    if any(r.status == "damaged" for r in results):
+        return BAD_INPUT  # a stored record was skipped: someone must look at it
     return RUN_FAILED if any(r.status == "failed" for r in results) else OK
 
 
@@ -148,16 +152,20 @@ async def _cancel(flow: Flow, args: argparse.Namespace) -> int:
 
 async def _runs(flow: Flow, args: argparse.Namespace) -> int:
     runs = await flow.list_runs(args.status)
+    code = BAD_INPUT if any(r.status == "damaged" for r in runs) else OK
     if args.json:
         _print_json([_run_dict(r, steps=False) for r in runs])
-        return OK
+        return code
     rows = [("RUN_ID", "WORKFLOW", "STATUS", "UPDATED", "WAITING FOR")]
     rows += [(r.run_id, r.workflow, r.status, _time(r.updated_at), waiting_for(r)) for r in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
         print(f"{line}  {row[4]}".rstrip())
-    return OK
+    for r in runs:
+        if r.status == "damaged":
+            print(f"error: run {r.run_id} skipped: {r.error}", file=sys.stderr)
+    return code
 
 
 def waiting_for(run: Run) -> str:
@@ -174,9 +182,10 @@ def waiting_for(run: Run) -> str:
 
 async def _show(flow: Flow, args: argparse.Namespace) -> int:
     run = await flow.get_run(args.run_id)
+    code = BAD_INPUT if run.status == "damaged" else OK
     if args.json:
         _print_json(_run_dict(run, steps=True))
-        return OK
+        return code
     print(f"run_id: {run.run_id}")
     print(f"workflow: {run.workflow}")
     print(f"trigger: {run.trigger}")
@@ -190,13 +199,16 @@ async def _show(flow: Flow, args: argparse.Namespace) -> int:
         print(f"result: {_compact(run.result)}")
     if run.error is not None:
         print(f"error: {run.error}")
+    if run.traceback is not None:
+        print("traceback:")
+        print("".join(f"  {line}" for line in run.traceback.splitlines(keepends=True)).rstrip())
     print("steps:")
     for i, step in enumerate(run.steps, 1):
         print(f"  {i}. {_describe(step)}")
     print("logs:")
     for line in run.logs:
         print(f"  - {line}")
-    return OK
+    return code
 
 
 _COMMANDS = {

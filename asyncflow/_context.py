@@ -11,12 +11,20 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 from ._exceptions import (
     AsyncflowError,
     NonDeterminismError,
+    SerializationError,
     SideEffectError,
     UsageError,
     WaitTimeout,
 )
 from ._journal import Journal, with_branch
-from ._record import dumps, new_run_id, step_text
+from ._record import (
+    bounded_traceback,
+    dumps,
+    new_run_id,
+    step_text,
+    storable_name,
+    storable_text,
+)
 from ._retry import Retry, attempt, schedule, wait_until
 
 if TYPE_CHECKING:
@@ -117,11 +125,16 @@ class Context:
         """Append ``message`` (as text) to the run's log, once: replays do not log it again.
 
         The line also goes to the ``asyncflow`` logger at INFO level.
+
+        Raises:
+            SerializationError: the text cannot be stored (a lone surrogate); nothing is
+                recorded.
         """
         if self._replay("log", None) is not None:
             return
         text = str(message)
-        self._append({"kind": "log", "message": text}, step_text("log", message=dumps(text, "")))
+        text_json = dumps(text, "the message logged")
+        self._append({"kind": "log", "message": text}, step_text("log", message=text_json))
         logger.info("%s %s: %s", self.workflow, self.run_id, text)
 
     async def get_state(self, name: str, default: Any = None) -> Any:
@@ -133,6 +146,7 @@ class Context:
         step = self._replay("get_state", name)
         if step is not None:
             return step["value"]
+        storable_name(name, "state")
         value_json = await self._exec.read_state(name, default)
         value = json.loads(value_json)
         self._append(
@@ -153,6 +167,7 @@ class Context:
                 # Recorded, but the change it made may not have reached its triggers: a crash.
                 await self._deliver(self._pos - 1, step, "state", again=True)
             return
+        storable_name(name, "state")
         value_json = dumps(value, f"the value for state {name!r}")
         if not self._exec.invocation.state_triggered(name):
             await self._exec.write_state(name, value_json)
@@ -443,11 +458,13 @@ class Context:
             if "error" in step:
                 self._pos += step.get("span", 0)
                 error = step["error"]
+                trace = error.get("traceback")
                 raise SideEffectError(
                     name,
                     str(error.get("type")),
                     str(error.get("message")),
                     attempts=step.get("attempts", 1),
+                    traceback=trace if isinstance(trace, str) else None,
                 )
             # Started but not finished: it paused inside, or waits to be retried. Enter it
             # again; its inner steps, recorded after it (or in its attempt's journal), replay.
@@ -481,25 +498,54 @@ class Context:
                 # the side effect's failure.
                 self._check_live()
                 failed += 1
-                error = {"type": type(exc).__qualname__, "message": str(exc)}
+                error = {"type": type(exc).__qualname__, "message": storable_text(str(exc))}
                 if retry is not None and failed < retry.attempts and retry.retries(exc):
                     retry_at = schedule(self, name, pos, retry, failed, error)
                     # Stored before the wait: a crash meanwhile must not forget the attempt.
                     await self._checkpoint()
                     continue
-                outcome = {"kind": "sideeffect", "name": name, "span": self._pos - pos - 1}
-                outcome["error"] = error
-                if retry is not None:
-                    outcome["attempts"] = failed
-                self._replace(pos, outcome, _outcome_text(outcome))
-                await self._store_outcome()
-                raise SideEffectError(
-                    name, error["type"], error["message"], attempts=failed or 1
-                ) from exc
-            else:
-                value = self._record_value(name, pos, value, None if retry is None else failed + 1)
-                await self._store_outcome()
-                return value
+                error["traceback"] = bounded_traceback(exc)
+                await self._fail_step(name, pos, error, None if retry is None else failed, exc)
+            try:
+                value_json = self._storable(name, value)
+            except SerializationError as exc:
+                # It ran, but what it returned cannot be stored: its recorded failure, so that
+                # replays raise it without running it again (not retried: it did its work).
+                failed += 1
+                error = {"type": "SerializationError", "message": str(exc)}
+                await self._fail_step(name, pos, error, None if retry is None else failed, exc)
+            attempts = None if retry is None else failed + 1
+            value = self._record_value(name, pos, value_json, attempts)
+            await self._store_outcome()
+            return value
+
+    async def _fail_step(
+        self,
+        name: str,
+        pos: int,
+        error: dict[str, str],
+        attempts: int | None,
+        exc: Exception,
+    ) -> NoReturn:
+        """Record the side effect at ``pos`` as failed with ``error``; raise it to the caller."""
+        outcome: dict[str, Any] = {"kind": "sideeffect", "name": name, "span": self._pos - pos - 1}
+        outcome["error"] = error
+        if attempts is not None:
+            outcome["attempts"] = attempts
+        self._replace(pos, outcome, _outcome_text(outcome))
+        await self._store_outcome()
+        raise SideEffectError(
+            name,
+            error["type"],
+            error["message"],
+            attempts=attempts or 1,
+            traceback=error.get("traceback"),
+        ) from exc
+
+    def _storable(self, name: str, value: Any) -> str:
+        """The JSON text of what side effect ``name`` returned (SerializationError if none)."""
+        self._check_live()  # the body may have swallowed a pause or a fatal error
+        return dumps(value, f"the value returned by side effect {name!r}")
 
     async def _store_outcome(self) -> None:
         """Store a side effect's outcome now if branches are running.
@@ -511,14 +557,9 @@ class Context:
         if self._journal.gathers:
             await self._checkpoint()
 
-    def _record_value(self, name: str, pos: int, value: Any, attempts: int | None) -> Any:
-        """Record what the side effect at ``pos`` returned; return it as replays will."""
-        self._check_live()  # the body may have swallowed a pause or a fatal error
-        try:
-            value_json = dumps(value, f"the value returned by side effect {name!r}")
-        except AsyncflowError as exc:
-            self._fatal = exc
-            raise
+    def _record_value(self, name: str, pos: int, value_json: str, attempts: int | None) -> Any:
+        """Record what the side effect at ``pos`` returned (as JSON text); return it as
+        replays will."""
         value = json.loads(value_json)  # hand back what replays will return
         outcome = {"kind": "sideeffect", "name": name, "span": self._pos - pos - 1}
         if attempts is not None:
@@ -643,6 +684,7 @@ def _outcome_text(step: dict[str, Any], value_json: str | None = None) -> str:
 def _check_name(name: object, what: str) -> None:
     if not isinstance(name, str) or not name:
         raise UsageError(f"the {what} name must be a non-empty string, not {name!r}")
+    storable_name(name, what)
 
 
 def _seconds(value: object, what: str) -> float:

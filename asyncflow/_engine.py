@@ -20,10 +20,26 @@ if TYPE_CHECKING:
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-from ._backend import Backend, Key
+from ._backend import Backend, Entry, Key
 from ._context import Context, Suspend
-from ._exceptions import AsyncflowError, BackendError, ConflictError, EventCycleError
-from ._record import FINISHED, RunRecord, decode_state, dumps, encode_state, new_run_id
+from ._exceptions import (
+    AsyncflowError,
+    BackendError,
+    ConflictError,
+    DamagedRecordError,
+    EventCycleError,
+    SideEffectError,
+)
+from ._record import (
+    FINISHED,
+    RunRecord,
+    bounded_traceback,
+    decode_state,
+    dumps,
+    encode_state,
+    new_run_id,
+    storable_text,
+)
 from ._results import RunResult
 from ._waits import WAITS, WaitIndex, sync_index
 
@@ -147,8 +163,7 @@ class Execution:
         return dumps(await read_state(self.backend, name, default), f"the default for {name!r}")
 
     async def write_state(self, name: str, value_json: str) -> None:
-        # Each key is its own object, written whole: writers of other keys are never lost.
-        await self.backend.write((STATE, name), encode_state(name, value_json))
+        await write_state(self.backend, name, value_json)
 
     async def execute(self, workflow: Workflow) -> RunResult | None:
         """Replay the run to its next stop and store it. ``None`` if it was lost to another
@@ -186,8 +201,15 @@ class Execution:
                 raise  # cancellation, KeyboardInterrupt: not the run's outcome
             if failure is not None:
                 record.status = "failed"
-                record.error = f"{type(failure).__name__}: {failure}"
-                logger.info("run %s of %s failed: %s", record.run_id, workflow.name, record.error)
+                record.error = storable_text(f"{type(failure).__name__}: {failure}")
+                record.traceback = _traceback_of(failure)
+                logger.error(
+                    "run %s of %s failed: %s\n%s",
+                    record.run_id,
+                    workflow.name,
+                    record.error,
+                    record.traceback,
+                )
         else:
             if ctx._suspended:
                 record.status = "paused"  # it caught the Suspend and returned: still paused
@@ -221,6 +243,37 @@ async def read_state(backend: Backend, name: str, default: Any) -> Any:
     if entry is None:
         return default
     return decode_state(entry.data, name, backend.locate(key))
+
+
+async def write_state(backend: Backend, name: str, value_json: str) -> None:
+    """Set state ``name``. Each key is its own object, written whole: writers of other keys
+    are never lost. What is stored is read first and written over only if it is asyncflow's
+    record of that state: a damaged one raises DamagedRecordError and is left untouched."""
+    key = (STATE, name)
+    data = encode_state(name, value_json)
+    for _ in range(50):
+        entry = await backend.read(key)
+        if entry is not None:
+            decode_state(entry.data, name, backend.locate(key))
+        try:
+            await backend.write(
+                key,
+                data,
+                if_version=None if entry is None else entry.version,
+                if_absent=entry is None,
+            )
+            return
+        except ConflictError:
+            continue  # another writer in between: read what it wrote, then write over it
+    raise BackendError(f"state {name!r} kept changing; it could not be set", location=None)
+
+
+def _traceback_of(failure: BaseException) -> str:
+    text = bounded_traceback(failure)
+    if isinstance(failure, SideEffectError) and failure.__cause__ is None and failure.traceback:
+        # Replayed: the side effect's exception is gone, its traceback was recorded.
+        text += f"\nThe side effect raised, when it ran:\n{failure.traceback}"
+    return text
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -292,9 +345,7 @@ async def invoke(
         # Changed since the listing (entry None): another invocation advanced it meanwhile, so
         # its new state was not due when this one began. Backends with leases take the lease
         # and read in one request per run here.
-        entries = await claims.enter_async_context(
-            backend.claim_read(keys, [listed[n] for n in names])
-        )
+        entries, damaged = await _claim_read(claims, backend, keys, [listed[n] for n in names])
         held = [name for name, entry in zip(names, entries, strict=True) if entry is not None]
         jobs: list[tuple[RunRecord, str | None]] = []
         for record in new:
@@ -305,12 +356,15 @@ async def invoke(
                 # A fresh id held elsewhere can only be a hash collision of the claim (about
                 # one in 2**62): keep the run for the next invocation rather than lose it.
                 await backend.write(key, record.encode(), if_absent=True)
-        # Check every claimed record before anything executes: a damaged file stops the
-        # invocation here, before it changed anything.
+        # A record that cannot be used is reported and skipped, never written: the other runs
+        # go on.
         for key, entry in zip(keys, entries, strict=True):
             if entry is not None:
-                jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
+                claimed = _decode(backend, key, entry.data, damaged)
+                if claimed is not None:
+                    jobs.append((claimed, entry.version))
         results = await _advance_all(invocation, jobs, index, max_concurrency, stop_at)
+        results += [RunResult._damaged(key[1], error) for key, error in damaged.items()]
         held += [record.run_id for record, version in jobs if version is None]
         results += await _event_rounds(invocation, claims, set(held), max_concurrency, stop_at)
     return results
@@ -395,11 +449,68 @@ async def _event_rounds(
                 held.add(run_id)
         keys = [(ACTIVE, run_id) for run_id in due if run_id in held]
         jobs: list[tuple[RunRecord, str | None]] = []
-        for key, entry in zip(keys, await backend.read_many(keys), strict=True):
+        damaged: dict[Key, DamagedRecordError] = {}
+        for key, entry in zip(keys, await _read_many(backend, keys, damaged), strict=True):
             if entry is not None:
-                jobs.append((RunRecord.decode(entry.data, backend.locate(key)), entry.version))
+                record = _decode(backend, key, entry.data, damaged)
+                if record is not None:
+                    jobs.append((record, entry.version))
         results += await _advance_all(invocation, jobs, WaitIndex(()), max_concurrency, stop_at)
+        results += [RunResult._damaged(key[1], error) for key, error in damaged.items()]
     return results
+
+
+async def _claim_read(
+    claims: AsyncExitStack, backend: Backend, keys: list[Key], versions: list[str]
+) -> tuple[list[Entry | None], dict[Key, DamagedRecordError]]:
+    """``backend.claim_read`` under ``claims``, with the keys whose stored object cannot be
+    read set apart (their entry ``None``), so that one of them does not stop the others."""
+    damaged: dict[Key, DamagedRecordError] = {}
+    try:
+        entries = await claims.enter_async_context(backend.claim_read(keys, versions))
+    except DamagedRecordError:
+        # Rare: claim and read key by key to find which (the batch let go of its claims).
+        entries = []
+        for key, version in zip(keys, versions, strict=True):
+            try:
+                one = await claims.enter_async_context(backend.claim_read([key], [version]))
+            except DamagedRecordError as exc:
+                _report(damaged, key, exc)
+                one = [None]
+            entries += one
+    return entries, damaged
+
+
+async def _read_many(
+    backend: Backend, keys: list[Key], damaged: dict[Key, DamagedRecordError]
+) -> list[Entry | None]:
+    """``backend.read_many``, with the keys that cannot be read set apart (entry ``None``)."""
+    try:
+        return await backend.read_many(keys)
+    except DamagedRecordError:
+        entries: list[Entry | None] = []
+        for key in keys:
+            try:
+                entries.append(await backend.read(key))
+            except DamagedRecordError as exc:
+                _report(damaged, key, exc)
+                entries.append(None)
+        return entries
+
+
+def _decode(
+    backend: Backend, key: Key, data: bytes, damaged: dict[Key, DamagedRecordError]
+) -> RunRecord | None:
+    try:
+        return RunRecord.decode(data, backend.locate(key), key[1])
+    except DamagedRecordError as exc:
+        _report(damaged, key, exc)
+        return None
+
+
+def _report(damaged: dict[Key, DamagedRecordError], key: Key, error: DamagedRecordError) -> None:
+    damaged[key] = error
+    logger.error("run %s skipped: %s", key[1], error)
 
 
 def _workflows_of(results: list[RunResult]) -> str:

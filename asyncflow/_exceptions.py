@@ -13,7 +13,8 @@ Our exception hierarchy::
     ├── WaitTimeout            (c.wait_event() saw no event in time; seen by the workflow)
     ├── EventCycleError        (events kept starting runs that emit events, without end)
     └── BackendError           (storage failed or holds something that is not ours)
-        └── ConflictError      (a conditional write lost to another writer)
+        ├── ConflictError      (a conditional write lost to another writer)
+        └── DamagedRecordError (a stored record asyncflow cannot use; left untouched)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "BackendError",
     "ConfigError",
     "ConflictError",
+    "DamagedRecordError",
     "EventCycleError",
     "NonDeterminismError",
     "RunNotFoundError",
@@ -64,9 +66,14 @@ class RunNotFoundError(AsyncflowError):
 
 
 class SerializationError(AsyncflowError):
-    """A value that must be stored cannot be encoded as JSON.
+    """A value that must be stored cannot be: it is not JSON (bytes, sets, datetimes...), holds
+    NaN or an infinity, a lone surrogate (``"\\ud800"``, which cannot be written as UTF-8), or is
+    nested deeper than 100 levels.
 
     The message names what produced the value (a side effect, a state key, a trigger's args).
+    Raised where the value enters, before anything is written. A side effect's value that
+    cannot be stored is that side effect's recorded failure: the workflow sees
+    :class:`SideEffectError` with ``type_name == "SerializationError"``, on replays too.
     """
 
 
@@ -81,15 +88,26 @@ class SideEffectError(AsyncflowError):
         type_name: the original exception's type name, e.g. ``"ValueError"``.
         message: the original exception's message.
         attempts: how many attempts were made (more than 1 when it was retried).
+        traceback: the original exception's traceback as recorded (bounded in size), or
+            ``None`` (records written before tracebacks were kept).
     """
 
-    def __init__(self, name: str, type_name: str, message: str, *, attempts: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        type_name: str,
+        message: str,
+        *,
+        attempts: int = 1,
+        traceback: str | None = None,
+    ) -> None:
         tried = f" (attempt {attempts})" if attempts > 1 else ""
         super().__init__(f"side effect {name!r} raised {type_name}{tried}: {message}")
         self.name = name
         self.type_name = type_name
         self.message = message
         self.attempts = attempts
+        self.traceback = traceback
 
 
 class NonDeterminismError(AsyncflowError):
@@ -140,4 +158,15 @@ class ConflictError(BackendError):
 
     Backends raise it from :meth:`asyncflow.Backend.write` and :meth:`~asyncflow.Backend.delete`;
     the runtime handles it (another invocation got there first), so users rarely see it.
+    """
+
+
+class DamagedRecordError(BackendError):
+    """The store holds, where asyncflow keeps a run or a state value, something it cannot use:
+    damaged or foreign content, a directory or an unreadable file in place of a file, a copy
+    of another run's record.
+
+    asyncflow never overwrites it. An invocation reports such a run (status ``"damaged"``)
+    and advances the others; a workflow reading or writing such a state value gets this
+    error. Restore the record from a backup or move it away.
     """

@@ -12,17 +12,18 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from ._backend import Backend
+from ._backend import Backend, Entry, Key
 from ._context import Context
 from ._engine import ACTIVE, DONE, Workflow, create_runs, invoke, read_state
 from ._exceptions import (
     ConfigError,
     ConflictError,
+    DamagedRecordError,
     RunNotFoundError,
     UnknownTriggerError,
     UsageError,
 )
-from ._record import RunRecord, dumps, new_run_id
+from ._record import RunRecord, dumps, new_run_id, storable_name
 from ._results import Run, RunResult, RunStatus
 from ._retry import Retry, check_timeout
 from ._triggers import Trigger, as_trigger
@@ -426,6 +427,7 @@ class Flow:
         the runs waiting for it woken, all due at the next invocation."""
         if not isinstance(name, str) or not name:
             raise UsageError(f"the event name must be a non-empty string, not {name!r}")
+        storable_name(name, "event")
         from ._events import deliver
 
         args = json.loads(dumps(args, f"the args of event {name!r}"))
@@ -457,12 +459,13 @@ class Flow:
 
         Raises:
             RunNotFoundError: there is no such run.
-            UsageError: the run has not failed.
+            UsageError: the run has not failed, or its workflow is not defined here (the run
+                is left as it was).
         """
         from ._manage import reopen
 
         async with self._using() as backend:
-            await reopen(backend, self.clock, run_id)
+            await reopen(backend, self.clock, run_id, self._workflows)
             return await invoke(backend, self.clock, self._workflows, [], self.max_concurrency)
 
     async def next_wakeup(self) -> datetime | None:
@@ -486,30 +489,50 @@ class Flow:
         Raises:
             RunNotFoundError: there is no such run.
         """
+        if not _plausible_id(run_id):
+            raise RunNotFoundError(run_id)  # no store could hold it: not one of ours
         async with self._using() as backend:
             # Finished again last: a run that finishes meanwhile is written to finished, then
             # removed from active, and could otherwise be missed in both.
             for namespace in (DONE, ACTIVE, DONE):
                 key = (namespace, run_id)
-                entry = await backend.read(key)
-                if entry is not None:
-                    return Run._of(RunRecord.decode(entry.data, backend.locate(key)))
+                try:
+                    entry = await backend.read(key)
+                    if entry is not None:
+                        return Run._of(RunRecord.decode(entry.data, backend.locate(key), run_id))
+                except DamagedRecordError as exc:
+                    return Run._damaged(run_id, exc)
         raise RunNotFoundError(run_id)
 
     async def list_runs(self, status: RunStatus | Sequence[RunStatus] | None = None) -> list[Run]:
-        """Every stored run (or those with ``status``), oldest first."""
+        """Every stored run (or those with ``status``), oldest first.
+
+        A stored record that cannot be used is listed as a run of status ``"damaged"`` (its
+        ``error`` says why), after the others; the file is left untouched.
+        """
         wanted = {status} if isinstance(status, str) else set(status) if status else None
         async with self._using() as backend:
             runs: dict[str, Run] = {}
             # Finished last: a run caught between the two namespaces counts as finished.
             for namespace in (ACTIVE, DONE):
                 keys = [(namespace, name) for name in await backend.list(namespace)]
-                for key, entry in zip(keys, await backend.read_many(keys), strict=True):
-                    if entry is not None:
-                        record = RunRecord.decode(entry.data, backend.locate(key))
-                        runs[record.run_id] = Run._of(record)
+                entries: list[Entry | DamagedRecordError | None]
+                try:
+                    entries = list(await backend.read_many(keys))
+                except DamagedRecordError:  # rare: read them one by one to find which
+                    entries = [await _read_or_damaged(backend, key) for key in keys]
+                for key, entry in zip(keys, entries, strict=True):
+                    if isinstance(entry, DamagedRecordError):
+                        runs[key[1]] = Run._damaged(key[1], entry)
+                    elif entry is not None:
+                        try:
+                            record = RunRecord.decode(entry.data, backend.locate(key), key[1])
+                        except DamagedRecordError as exc:
+                            runs[key[1]] = Run._damaged(key[1], exc)
+                        else:
+                            runs[record.run_id] = Run._of(record)
         found = [r for r in runs.values() if wanted is None or r.status in wanted]
-        return sorted(found, key=lambda r: (r.created_at, r.run_id))
+        return sorted(found, key=lambda r: (r.status == "damaged", r.created_at, r.run_id))
 
     async def get_state(self, name: str, default: Any = None) -> Any:
         """The current value of shared state ``name`` (``default`` if never set)."""
@@ -527,3 +550,22 @@ class Flow:
         from ._cli import main
 
         raise SystemExit(main(self, argv))
+
+
+def _plausible_id(run_id: object) -> bool:
+    """Whether ``run_id`` could name a stored run: ids are short text (asyncflow's are 20
+    hexadecimal digits), and no store can hold a name UTF-8 cannot encode."""
+    if not isinstance(run_id, str) or not run_id or len(run_id) > 200:
+        return False
+    try:
+        run_id.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def _read_or_damaged(backend: Backend, key: Key) -> Entry | DamagedRecordError | None:
+    try:
+        return await backend.read(key)
+    except DamagedRecordError as exc:
+        return exc

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from ._backend import Backend
 from ._engine import ACTIVE, DONE, finish
 from ._exceptions import BackendError, ConflictError, RunNotFoundError, UsageError
-from ._record import FINISHED, RunRecord, dumps
+from ._record import FINISHED, RunRecord, dumps, storable_name
 from ._waits import WAITS, WaitIndex, sha256_hex
 
 __all__ = ["KEYS", "cancel", "claim_key", "reopen"]
@@ -32,11 +32,11 @@ async def cancel(backend: Backend, clock: Callable[[], float], run_id: str) -> N
             done = await backend.read((DONE, run_id))
             if done is None:
                 raise RunNotFoundError(run_id)
-            status = RunRecord.decode(done.data, backend.locate((DONE, run_id))).status
+            status = RunRecord.decode(done.data, backend.locate((DONE, run_id)), run_id).status
             raise UsageError(
                 f"run {run_id} has {status} already; only a waiting run can be cancelled"
             )
-        record = RunRecord.decode(entry.data, backend.locate(key))
+        record = RunRecord.decode(entry.data, backend.locate(key), run_id)
         if record.status in FINISHED:
             raise UsageError(
                 f"run {run_id} has {record.status} already; only a waiting run can be cancelled"
@@ -59,13 +59,21 @@ async def cancel(backend: Backend, clock: Callable[[], float], run_id: str) -> N
     await finish(backend, run_id, data, version)
 
 
-async def reopen(backend: Backend, clock: Callable[[], float], run_id: str) -> None:
+async def reopen(
+    backend: Backend,
+    clock: Callable[[], float],
+    run_id: str,
+    workflows: Container[str] | None = None,
+) -> None:
     """Move a failed run back to the active runs, ready to execute again from its journal.
 
     The failed side effect (the last one that raised) or the wait that timed out, and
     everything recorded after it, are dropped, so it executes again; the steps before it
     replay. A run that failed on its own
     exception keeps its whole journal and replays it up to the failure.
+
+    ``workflows``: the workflows the caller defines; a run of another is left as it was
+    (UsageError), since nothing here could execute it.
     """
     key = (DONE, run_id)
     entry = await backend.read(key)
@@ -73,9 +81,14 @@ async def reopen(backend: Backend, clock: Callable[[], float], run_id: str) -> N
         if await backend.read((ACTIVE, run_id)) is not None:
             raise UsageError(f"run {run_id} has not failed; only a failed run can be retried")
         raise RunNotFoundError(run_id)
-    record = RunRecord.decode(entry.data, backend.locate(key))
+    record = RunRecord.decode(entry.data, backend.locate(key), run_id)
     if record.status != "failed":
         raise UsageError(f"run {run_id} has {record.status}; only a failed run can be retried")
+    if workflows is not None and record.workflow not in workflows:
+        raise UsageError(
+            f"run {run_id} belongs to workflow {record.workflow!r}, which this script does not"
+            " define; it is left as it was (retry it from the script that defines it)"
+        )
     steps = record.steps
     error = record.error or ""
     if error.startswith(("SideEffectError", "WaitTimeout")):
@@ -91,6 +104,7 @@ async def reopen(backend: Backend, clock: Callable[[], float], run_id: str) -> N
             steps = _reopened(steps, failed[-1])
     raw = json.loads(record.encode())
     raw.update(status="pending", error=None, result=None, steps=steps, updated_at=clock())
+    raw.pop("traceback", None)
     reopened = RunRecord.decode(json.dumps(raw, ensure_ascii=False).encode(), backend.locate(key))
     try:
         await backend.write((ACTIVE, run_id), reopened.encode(), if_absent=True)
@@ -182,6 +196,7 @@ async def claim_key(backend: Backend, record: RunRecord, key: str) -> bool:
     """
     if not isinstance(key, str) or not key:
         raise UsageError(f"an idempotency key must be a non-empty string, not {key!r}")
+    storable_name(key, "idempotency key")
     name = sha256_hex(f"{record.workflow}\0{key}")[:40]
     content = {
         "asyncflow": "key",

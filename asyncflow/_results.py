@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._exceptions import DamagedRecordError
 from ._record import RunRecord
 
 __all__ = ["Run", "RunResult", "RunStatus", "Step"]
 
-RunStatus = Literal["pending", "paused", "succeeded", "failed", "cancelled"]
+#: ``"damaged"``: a stored record asyncflow cannot use (see :class:`DamagedRecordError`).
+RunStatus = Literal["pending", "paused", "succeeded", "failed", "cancelled", "damaged"]
 
 
 @dataclass(frozen=True)
@@ -19,18 +21,23 @@ class RunResult:
     Attributes:
         workflow: the workflow's name.
         run_id: the run's id.
-        status: ``"succeeded"``, ``"failed"`` or ``"paused"``.
+        status: ``"succeeded"``, ``"failed"`` or ``"paused"``; ``"damaged"`` for a due run
+            whose stored record cannot be used: it was skipped, left untouched, and ``error``
+            says why and where (``workflow`` is ``"?"`` when the record does not say).
         logs: every line the run has logged so far, first to last.
         result: the workflow's return value (as stored: JSON round-tripped), once it succeeded.
         error: ``"TypeName: message"`` when the run failed, else ``None``.
+        traceback: where the exception the run failed on was raised (bounded in size), when
+            it failed on one.
     """
 
     workflow: str
     run_id: str
-    status: Literal["succeeded", "failed", "paused"]
+    status: Literal["succeeded", "failed", "paused", "damaged"]
     logs: list[str] = field(default_factory=list)
     result: Any = None
     error: str | None = None
+    traceback: str | None = None
 
     @classmethod
     def _of(cls, record: RunRecord) -> RunResult:
@@ -41,7 +48,12 @@ class RunResult:
             logs=record.logs,
             result=record.result,
             error=record.error,
+            traceback=record.traceback,
         )
+
+    @classmethod
+    def _damaged(cls, run_id: str, error: DamagedRecordError) -> RunResult:
+        return cls(workflow="?", run_id=run_id, status="damaged", error=str(error))
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,9 @@ class Run:
 
     A paused run says what it waits for: ``wake_at`` (epoch seconds) is the earliest time it
     may resume, ``wait_event`` the event it waits for; both ``None``: the next invocation.
+    A failed run has its ``error`` and, if it failed on an exception, its ``traceback``.
+    A ``"damaged"`` run is a stored record asyncflow cannot use: ``error`` says why and where,
+    the other fields are empty (``workflow`` ``"?"``, times 0).
     """
 
     workflow: str
@@ -101,6 +116,7 @@ class Run:
     steps: tuple[Step, ...]
     wake_at: float | None = None
     wait_event: str | None = None
+    traceback: str | None = None
 
     @classmethod
     def _of(cls, record: RunRecord) -> Run:
@@ -118,6 +134,23 @@ class Run:
             steps=tuple(_step(s) for s in record.steps),
             wake_at=record.wake_at,
             wait_event=record.wait_event,
+            traceback=record.traceback,
+        )
+
+    @classmethod
+    def _damaged(cls, run_id: str, error: DamagedRecordError) -> Run:
+        return cls(
+            workflow="?",
+            run_id=run_id,
+            status="damaged",
+            trigger="",
+            args=None,
+            created_at=0.0,
+            updated_at=0.0,
+            logs=[],
+            result=None,
+            error=str(error),
+            steps=(),
         )
 
 

@@ -87,7 +87,7 @@ async def test_the_routes() -> None:
         # The same shapes as the CLI's --json.
         assert set(shown) == {
             "workflow", "run_id", "status", "trigger", "args", "created_at", "updated_at",
-            "logs", "result", "error", "steps", "wake_at", "wait_event",
+            "logs", "result", "error", "steps", "wake_at", "wait_event", "traceback",
         }  # fmt: skip
 
 

@@ -130,32 +130,36 @@ def _flow(folder: Path) -> asyncflow.Flow:
     "content",
     [b"{not json", b'{"some": "other tool"}', b"\xff\xfe", b'{"asyncflow": "run", "format": 1}'],
 )
-async def test_damaged_run_file_stops_the_invocation_and_is_kept(
+async def test_damaged_run_file_is_reported_skipped_and_kept(
     tmp_path: Path, content: bytes
 ) -> None:
     flow = _flow(tmp_path)
-    await flow.start("wf")
+    [good_id] = await flow.start("wf")
     [bad_id] = await flow.start("wf")
     path = tmp_path / "active" / f"{bad_id}.json"
     path.write_bytes(content)
-    before = {p: p.read_bytes() for p in (tmp_path / "active").iterdir()}
-    with pytest.raises(asyncflow.BackendError) as info:
-        await flow.run()
-    assert info.value.location == str(path)
-    assert str(path) in str(info.value)
-    after = {p: p.read_bytes() for p in (tmp_path / "active").iterdir()}
-    assert after == before, "nothing was overwritten, not even the good run"
-    with pytest.raises(asyncflow.BackendError, match=str(path)):
-        await flow.get_run(bad_id)
+    results = await flow.run()
+    assert [(r.run_id, r.status) for r in results] == [(good_id, "paused"), (bad_id, "damaged")]
+    error = results[1].error
+    assert error is not None
+    assert str(path) in error
+    assert path.read_bytes() == content, "never overwritten"
+    run = await flow.get_run(bad_id)
+    assert run.status == "damaged"
+    assert run.error is not None
+    assert str(path) in run.error
 
 
-async def test_foreign_file_name_is_named(tmp_path: Path) -> None:
+async def test_a_file_whose_name_asyncflow_never_gives_is_left_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     flow = _flow(tmp_path)
     await flow.run("wf")
     stray = tmp_path / "active" / "My Notes.json"
     stray.write_text("{}")
-    with pytest.raises(asyncflow.BackendError, match=r"My Notes\.json"):
-        await flow.run()
+    [result] = await flow.run()
+    assert result.status == "succeeded", "the other runs go on"
+    assert "My Notes.json" in caplog.text
     assert stray.read_text() == "{}"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent / "proc_cli_flow.py"
-RESULT_KEYS = {"workflow", "run_id", "status", "logs", "result", "error"}
+RESULT_KEYS = {"workflow", "run_id", "status", "logs", "result", "error", "traceback"}
 
 
 class Cli:

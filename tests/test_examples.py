@@ -41,7 +41,7 @@ def run_json(tmp_path: Path, example: str, *argv: str) -> tuple[list[dict], str]
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     for r in results:
-        assert set(r) == {"workflow", "run_id", "status", "logs", "result", "error"}
+        assert set(r) == {"workflow", "run_id", "status", "logs", "result", "error", "traceback"}
     return results, proc.stderr
 
 

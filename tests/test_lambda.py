@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,19 +174,37 @@ def test_a_token_is_required_when_set(tmp_path: Path) -> None:
 
 
 def test_an_unexpected_failure_is_a_500_with_an_error_id_and_no_details(lam: Lambda) -> None:
-    (first,) = lam(url({"trigger": "wait"}))
-    run_id = http(first)[1][0]["run_id"]
-    path = Path(asyncflow.FileBackend(lam.store).locate(("active", run_id)))
-    path.write_bytes(b"\x00 not a record")
+    lam(url({"trigger": "wait"}))
+    folder = Path(asyncflow.FileBackend(lam.store).locate(("active", "x"))).parent
+    shutil.rmtree(folder)
+    folder.write_bytes(b"a file where the folder of runs should be")
     (answer,) = lam(url({}))
     status, body = http(answer)
     assert status == 500
     assert set(body) == {"error", "error_id"}
     assert body["error"] == "internal error"
-    assert str(path) not in json.dumps(body)
+    assert str(folder) not in json.dumps(body)
     # The details are in the function's log, under that id.
     assert body["error_id"] in lam.stderr
-    assert str(path) in lam.stderr
+    assert str(folder) in lam.stderr
+    assert folder.read_bytes() == b"a file where the folder of runs should be"  # left as found
+
+
+def test_a_damaged_record_is_reported_in_the_answer_and_the_other_runs_advance(
+    lam: Lambda,
+) -> None:
+    (first,) = lam(url({"trigger": "wait"}))
+    run_id = http(first)[1][0]["run_id"]
+    path = Path(asyncflow.FileBackend(lam.store).locate(("active", run_id)))
+    path.write_bytes(b"\x00 not a record")
+    (answer,) = lam(url({"trigger": "wait"}))
+    status, body = http(answer)
+    assert status == 200
+    assert [(r["status"], r["run_id"] == run_id) for r in body] == [
+        ("paused", False),
+        ("damaged", True),
+    ]
+    assert str(path) in body[1]["error"]
     assert path.read_bytes() == b"\x00 not a record"  # left as found
 
 

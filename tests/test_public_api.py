@@ -37,7 +37,7 @@ def test_every_error_derives_from_the_root() -> None:
         if isinstance(getattr(asyncflow, n), type)
         and issubclass(getattr(asyncflow, n), BaseException)
     ]
-    assert len(errors) == 12
+    assert len(errors) == 13
     assert all(issubclass(e, asyncflow.AsyncflowError) for e in errors)
 
 
@@ -104,6 +104,7 @@ def test_results_are_frozen_dataclasses() -> None:
         "logs",
         "result",
         "error",
+        "traceback",
     ]
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.status = "failed"  # type: ignore[misc]

@@ -394,9 +394,9 @@ def test_wake_at_is_stored_and_checked() -> None:
     assert RunRecord.decode(record.encode(), "x").wake_at is None
     record.wake_at = 123.5
     assert RunRecord.decode(record.encode(), "x").wake_at == 123.5
-    for bad in (b'"soon"', b"NaN", b"true"):
+    for bad, why in ((b'"soon"', "wake_at"), (b"NaN", "NaN"), (b"true", "wake_at")):
         damaged = record.encode().replace(b'"wake_at":123.5', b'"wake_at":' + bad)
-        with pytest.raises(asyncflow.BackendError, match="wake_at"):
+        with pytest.raises(asyncflow.BackendError, match=why):
             RunRecord.decode(damaged, "x")
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import stat
 import threading
 import zlib
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -15,7 +17,7 @@ from urllib.parse import unquote
 import anyio
 
 from .._backend import Backend, Entry, Key
-from .._exceptions import BackendError, ConfigError, ConflictError
+from .._exceptions import BackendError, ConfigError, ConflictError, DamagedRecordError
 from ._threads import ThreadBatcher
 
 try:
@@ -24,6 +26,8 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["FileBackend"]
+
+logger = logging.getLogger("asyncflow")
 
 # Characters never written raw into a file name: path separators and characters other
 # systems reject, plus ASCII capitals, so that two names differing only in case stay two files
@@ -133,13 +137,19 @@ class FileBackend(Backend):
         paths = [self._path(key) for key in keys]
         chunks = [paths[i : i + 64] for i in range(0, len(paths), 64)]
         results: list[list[Entry | None]] = [[] for _ in chunks]
+        failures: list[BackendError] = []
 
         async def one(i: int) -> None:
-            results[i] = await self._threads.run(lambda: [_read(p) for p in chunks[i]])
+            try:
+                results[i] = await self._threads.run(lambda: [_read(p) for p in chunks[i]])
+            except BackendError as exc:  # raised as itself below, not in a group
+                failures.append(exc)
 
         async with anyio.create_task_group() as tg:
             for i in range(len(chunks)):
                 tg.start_soon(one, i)
+        if failures:
+            raise failures[0]
         return [entry for chunk in results for entry in chunk]
 
     async def write(
@@ -193,11 +203,14 @@ class FileBackend(Backend):
                 except UnicodeDecodeError:
                     name = None
                 if name is None or encode_name(name) != stem:
-                    raise BackendError(
-                        f"{os.path.join(folder, n)} is not a file asyncflow wrote (its name is"
-                        " not one asyncflow would give); move it out of the folder",
-                        location=os.path.join(folder, n),
+                    # Not ours (another tool's, a copy renamed by hand): never read, never
+                    # written; said, so that someone moves it.
+                    logger.warning(
+                        "%s is not a file asyncflow wrote (its name is not one asyncflow would"
+                        " give); it is skipped: move it out of the folder",
+                        os.path.join(folder, n),
                     )
+                    continue
                 version = _version_of(os.path.join(folder, n))
                 if version is not None:  # else deleted since the scan
                     found[name] = version
@@ -328,21 +341,42 @@ def _version_of(path: str) -> str | None:
 def _read(path: str) -> Entry | None:
     # os-level calls, not open(): the io layer's objects cost more than these small reads.
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO in place of the file must not block the read forever.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise _error("cannot read", path, exc) from exc
+        raise _read_error(path, exc) from exc
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _unusable(path, "it is not a regular file")
         data = os.read(fd, st.st_size + 1)
         if len(data) > st.st_size:  # it grew since the fstat (a writer not using asyncflow)
             data += b"".join(iter(lambda: os.read(fd, 65536), b""))
         return Entry(data, _version(st))
     except OSError as exc:
-        raise _error("cannot read", path, exc) from exc
+        raise _read_error(path, exc) from exc
     finally:
         os.close(fd)
+
+
+# What is at the path, not the storage, is at fault: that one object cannot be used.
+_UNUSABLE = frozenset({errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP, errno.ENXIO})
+
+
+def _read_error(path: str, exc: OSError) -> BackendError:
+    if exc.errno in _UNUSABLE:
+        return _unusable(path, exc.strerror or str(exc))
+    return _error("cannot read", path, exc)
+
+
+def _unusable(path: str, why: str) -> DamagedRecordError:
+    return DamagedRecordError(
+        f"{path} cannot be used: {why}. asyncflow leaves it untouched; restore it from a"
+        " backup or move it away.",
+        location=path,
+    )
 
 
 def _expect(path: str, current: str | None, if_version: str | None, if_absent: bool) -> None:
