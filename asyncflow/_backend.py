@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import anyio
 
-from ._exceptions import AsyncflowError
+from ._exceptions import AsyncflowError, DamagedRecordError
 
-__all__ = ["Backend", "Entry", "Key"]
+__all__ = ["Backend", "DamagedEntry", "Entry", "Key"]
 
 #: A stored object's address: ``(namespace, name)``. asyncflow chooses the namespaces (plain
 #: ASCII words); names can be any Unicode text, so a backend must encode them so that no name
@@ -30,6 +30,14 @@ class Entry:
 
     data: bytes
     version: str
+
+
+@dataclass(frozen=True)
+class DamagedEntry(Entry):
+    """What :meth:`Backend.claim_read` may give for a key whose stored object cannot be used
+    (not held): the others are claimed and read all the same. ``data`` is empty."""
+
+    error: DamagedRecordError
 
 
 class Backend(abc.ABC):
@@ -123,7 +131,9 @@ class Backend(abc.ABC):
 
         Used as ``async with backend.claim_read(keys, versions) as entries:``. ``entries[i]``
         is what is stored at ``keys[i]``, now held by the caller, or ``None`` where the key
-        is held elsewhere, gone, or no longer at ``versions[i]``. The claims last until the
+        is held elsewhere, gone, or no longer at ``versions[i]``. A backend that claims and
+        reads in one request gives a :class:`DamagedEntry` (not held) where the object
+        cannot be used, instead of raising for all of them. The claims last until the
         block exits. The version in each entry is the one to write against: a backend whose
         claims are writes (leases) returns the version its claim made.
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-from ._backend import Backend, Entry, Key
+from ._backend import Backend, DamagedEntry, Entry, Key
 from ._context import Context, Suspend
 from ._exceptions import (
     AsyncflowError,
@@ -478,6 +478,10 @@ async def _claim_read(
                 _report(damaged, key, exc)
                 one = [None]
             entries += one
+    for i, entry in enumerate(entries):
+        if isinstance(entry, DamagedEntry):
+            _report(damaged, keys[i], entry.error)
+            entries[i] = None
     return entries, damaged
 
 

@@ -873,15 +873,18 @@ async def test_a_request_throttled_once_succeeds_on_retry(kind: str) -> None:
     assert server.requests == 2
 
 
-async def test_an_object_asyncflow_did_not_write_is_named(aws: Aws, opened: Any) -> None:
+async def test_an_object_asyncflow_did_not_write_is_named_and_skipped(
+    aws: Aws, opened: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     bucket = aws.new_bucket()
     aws.s3.put_object(Bucket=bucket, Key="p/state/x", Body=b'{"not": "ours"}')
     backend = await opened(asyncflow.S3Backend(bucket, "p", endpoint_url=aws.endpoint))
-    with pytest.raises(asyncflow.BackendError, match=r"s3://.*/p/state/x is not an object"):
+    with pytest.raises(asyncflow.DamagedRecordError, match=r"s3://.*/p/state/x is not an object"):
         await backend.read(("state", "x"))
     aws.s3.put_object(Bucket=bucket, Key="p/state/a/b", Body=b"")
-    with pytest.raises(asyncflow.BackendError, match="not an object asyncflow wrote"):
-        await backend.list("state")
+    assert list(await backend.list("state")) == ["x"]
+    assert "s3://" in caplog.text
+    assert "p/state/a/b is not an object asyncflow wrote" in caplog.text
 
 
 # -- large records -----------------------------------------------------------------------------

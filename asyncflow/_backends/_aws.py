@@ -31,8 +31,15 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from .._backend import Backend, Entry, Key
-from .._exceptions import AsyncflowError, BackendError, ConfigError, ConflictError, UsageError
+from .._backend import Backend, DamagedEntry, Entry, Key
+from .._exceptions import (
+    AsyncflowError,
+    BackendError,
+    ConfigError,
+    ConflictError,
+    DamagedRecordError,
+    UsageError,
+)
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
@@ -366,7 +373,13 @@ class LeasedBackend(Backend):
             key = keys[i]
             held[key] = Held(None, None, released=True)  # reserved against our other tasks
             mine.add(key)
-            taken = await self._take(key, versions[i])
+            try:
+                taken = await self._take(key, versions[i])
+            except DamagedRecordError as exc:
+                # Not ours to use: said for this key, while the others are taken (cancelling
+                # them mid-request could leave leases that hold them back for a while).
+                found[i] = DamagedEntry(b"", "", exc)
+                taken = None
             if isinstance(taken, Entry):
                 found[i] = taken
             elif taken:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +24,8 @@ from ._aws import (
 )
 
 __all__ = ["ITEM_LIMIT", "DynamoDBBackend"]
+
+logger = logging.getLogger("asyncflow")
 
 #: The largest item DynamoDB stores (400 KB, attribute names and values together).
 ITEM_LIMIT = 400 * 1024
@@ -230,7 +233,19 @@ class DynamoDBBackend(LeasedBackend):
                 **more,
             )
             for item in page.get("Items", ()):
-                found[item["name"]["S"][1:]] = item["v"]["S"]
+                name, version = item.get("name", {}).get("S"), item.get("v", {}).get("S")
+                if not isinstance(name, str) or not isinstance(version, str):
+                    # Not an item asyncflow wrote: never read, never written; said, so that
+                    # someone removes it.
+                    logger.warning(
+                        "an item in dynamodb://%s/%s/ is not one asyncflow wrote (%s); it is"
+                        " skipped: remove it",
+                        self.table,
+                        namespace,
+                        f"name {name!r}, no version" if isinstance(name, str) else "no name",
+                    )
+                    continue
+                found[name[1:]] = version
             start = page.get("LastEvaluatedKey")
             if not start:
                 return found

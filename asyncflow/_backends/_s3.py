@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import functools
 import json
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from .._backend import Entry, Key
-from .._exceptions import BackendError, ConfigError, ConflictError
+from .._exceptions import ConfigError, ConflictError, DamagedRecordError
 from ._aws import (
     DEFAULT_LEASE_SECONDS,
     AwsClient,
@@ -24,6 +25,8 @@ from ._aws import (
 )
 
 __all__ = ["S3Backend"]
+
+logger = logging.getLogger("asyncflow")
 
 # Every object starts with this line, then the caller's bytes. The header's nonce makes each
 # write's bytes, hence its ETag (the MD5 of the bytes), new: a compare-and-swap on the ETag
@@ -151,9 +154,10 @@ class S3Backend(LeasedBackend):
             owner, until = str(lease[0]) if lease[0] else None, lease[1]
             if until is not None:
                 until = float(until)
-        except (ValueError, TypeError, IndexError):
-            raise BackendError(
-                f"{self.locate(key)} is not an object asyncflow wrote; move it out of the prefix",
+        except (ValueError, TypeError, IndexError, RecursionError):
+            raise DamagedRecordError(
+                f"{self.locate(key)} is not an object asyncflow wrote; asyncflow leaves it"
+                " untouched: restore it from a backup or move it out of the prefix",
                 location=self.locate(key),
             ) from None
         data = None if header.get("placeholder") else body[end + 1 :]
@@ -268,11 +272,14 @@ class S3Backend(LeasedBackend):
                 except UnicodeDecodeError:
                     name = None
                 if name is None or encode_name(name) != segment:
-                    raise BackendError(
-                        f"s3://{self.bucket}/{item['Key']} is not an object asyncflow wrote (its"
-                        " name is not one asyncflow would give); move it out of the prefix",
-                        location=f"s3://{self.bucket}/{item['Key']}",
+                    # Not ours: never read, never written; said, so that someone moves it.
+                    logger.warning(
+                        "s3://%s/%s is not an object asyncflow wrote (its name is not one"
+                        " asyncflow would give); it is skipped: move it out of the prefix",
+                        self.bucket,
+                        item["Key"],
                     )
+                    continue
                 found[name] = str(item["ETag"])
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
