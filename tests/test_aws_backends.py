@@ -600,6 +600,7 @@ async def test_requests_per_run(kind: str, make_backend: MakeBackend) -> None:
     async with flow:
         requests.counts.clear()
         state_write = "PutObject" if kind == "s3" else "PutItem"
+        state_read = "GetObject" if kind == "s3" else "GetItem"
         for step, trigger in (("new", "counter"), ("resume", None)):
             requests.counts.clear()
             # One side effect, one state write, then a pause.
@@ -607,6 +608,9 @@ async def test_requests_per_run(kind: str, make_backend: MakeBackend) -> None:
             assert result.status == "paused"
             counts = dict(requests.counts)
             counts[state_write] -= 1  # set_state: its own object, written once
+            # ... after it was read: a damaged one is never written over.
+            counts[state_read] -= 1
+            counts = {name: n for name, n in counts.items() if n}
             assert counts == EXPECTED_REQUESTS[kind][step], step
 
 
