@@ -78,7 +78,8 @@ class Response:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return json.dumps(self.body, ensure_ascii=False).encode()
+        # (backslashreplace: a lone surrogate a client sent, quoted back, stays an escape)
+        return json.dumps(self.body, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,8 @@ def decode_json(data: bytes) -> Any:
         raise BadRequest(400, "the request body is not UTF-8 text") from None
     except ValueError as exc:
         raise BadRequest(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(400, "the request body nests too deeply to be read") from None
 
 
 def run_dict(run: Run, *, steps: bool) -> dict[str, Any]:
@@ -228,7 +231,19 @@ class Api:
         except Exception as exc:  # anything else is ours to fix, not the client's
             return internal_error(exc)
 
-    async def _route(self, request: Request, time_limit: float | None) -> Response:
+    def gate(self, request: Request) -> Response | None:
+        """The answer to ``request`` that needs no body (its route, token and method are
+        checked), or ``None`` when the body must be read and the request handled.
+
+        A transport that streams bodies calls this first: an unauthenticated client is
+        answered before it sends a byte of its body.
+        """
+        try:
+            return self._gate(request)
+        except BadRequest as exc:
+            return Response(exc.status, {"error": str(exc)}, _allow(exc))
+
+    def _gate(self, request: Request) -> Response | None:
         method, path = request.method.upper(), request.path
         if path == "/healthz":
             _method(method, "GET")
@@ -243,6 +258,13 @@ class Api:
                 {"www-authenticate": "Bearer"},
             )
         _method(method, *allowed)
+        return None
+
+    async def _route(self, request: Request, time_limit: float | None) -> Response:
+        method, path = request.method.upper(), request.path
+        early = self._gate(request)
+        if early is not None:
+            return early
         if len(request.body) > self.max_body_size:
             raise BadRequest(413, f"the request body exceeds {self.max_body_size} bytes")
         flow = self.flow

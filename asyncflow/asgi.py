@@ -11,13 +11,17 @@ uvicorn), or mount it in a Starlette or FastAPI application. Routes (JSON in and
 - ``GET /healthz``: no token needed.
 
 Bad requests get 400, a missing token 401, unknown runs and routes 404, wrong methods 405,
-bodies over the size limit 413, anything unexpected 500 with an error id (details in the log).
+a body that does not arrive in time 408, bodies over the size limit 413, anything unexpected
+500 with an error id (details in the log). The route, token and method are checked before a
+byte of the body is read, and the connection is closed after those answers: a client without
+the token cannot make the server hold its body.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import anyio
@@ -27,6 +31,9 @@ from ._flow import Flow
 from ._http import MAX_BODY_SIZE, Api, Request, Response
 
 __all__ = ["ASGIApp", "app"]
+
+#: Default seconds a client has to send its whole request body (else 408).
+BODY_TIMEOUT = 30.0
 
 logger = logging.getLogger("asyncflow")
 
@@ -42,6 +49,7 @@ def app(
     token: str | None = None,
     max_body_size: int = MAX_BODY_SIZE,
     resume_every: float | None = None,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> ASGIApp:
     """An ASGI application serving ``flow``.
 
@@ -55,6 +63,8 @@ def app(
         max_body_size: the largest request body accepted, in bytes (else 413).
         resume_every: if given, seconds between resumptions of the due runs, done in the
             background from lifespan startup to shutdown.
+        body_timeout: seconds a client has to send its whole body once its request's headers
+            passed the checks (else 408 and the connection is closed).
 
     Raises:
         UsageError: a setting that cannot work.
@@ -65,15 +75,25 @@ def app(
         or not resume_every > 0
     ):
         raise UsageError(f"resume_every must be a positive number of seconds, not {resume_every}")
-    return ASGIApp(Api(flow, token=token, max_body_size=max_body_size), resume_every)
+    if (
+        isinstance(body_timeout, bool)
+        or not isinstance(body_timeout, int | float)
+        or not 0 < body_timeout < float("inf")
+    ):
+        raise UsageError(f"body_timeout must be a positive number of seconds, not {body_timeout}")
+    api = Api(flow, token=token, max_body_size=max_body_size)
+    return ASGIApp(api, resume_every, float(body_timeout))
 
 
 class ASGIApp:
     """The application :func:`app` returns."""
 
-    def __init__(self, api: Api, resume_every: float | None) -> None:
+    def __init__(
+        self, api: Api, resume_every: float | None, body_timeout: float = BODY_TIMEOUT
+    ) -> None:
         self._api = api
         self._resume_every = resume_every
+        self._body_timeout = body_timeout
 
     @property
     def flow(self) -> Flow:
@@ -92,22 +112,20 @@ class ASGIApp:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope.get("headers", [])
         }
-        try:
-            body = await _read_body(receive, headers, self._api.max_body_size)
-        except _Disconnected:
-            return  # the client is gone before it sent its request: nothing to run or answer
-        if body is None:
-            limit = self._api.max_body_size
-            response = Response(413, {"error": f"the request body exceeds {limit} bytes"})
-        else:
-            request = Request(
-                method=scope["method"],
-                path=_route_path(scope),
-                query=scope.get("query_string", b"").decode("latin-1"),
-                headers=headers,
-                body=body,
+        request = Request(
+            method=scope["method"],
+            path=_route_path(scope),
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
+        )
+        response = await self._answer(request, receive)
+        if response is None:
+            return  # the client is gone before it sent its request: nothing to do
+        if response.status in (401, 408, 413):
+            # The rest of the body is not read: close instead of keeping the connection.
+            response = dataclasses.replace(
+                response, headers={**response.headers, "connection": "close"}
             )
-            response = await self._api.handle(request)
         data = response.encode()
         await send(
             {
@@ -121,6 +139,26 @@ class ASGIApp:
             }
         )
         await send({"type": "http.response.body", "body": data})
+
+    async def _answer(self, request: Request, receive: Receive) -> Response | None:
+        """The response to ``request`` (whose body is still to be received); ``None`` if
+        the client left before it sent the whole body."""
+        # Route, token and method first: nothing of the body is read for a request refused.
+        early = self._api.gate(request)
+        if early is not None:
+            return early
+        limit = self._api.max_body_size
+        try:
+            with anyio.fail_after(self._body_timeout):
+                body = await _read_body(receive, request.headers, limit)
+        except _Disconnected:
+            return None
+        except TimeoutError:
+            error = f"the request body did not arrive within {self._body_timeout:g} seconds"
+            return Response(408, {"error": error})
+        if body is None:
+            return Response(413, {"error": f"the request body exceeds {limit} bytes"})
+        return await self._api.handle(dataclasses.replace(request, body=body))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -155,7 +193,7 @@ class _Disconnected(Exception):
     """The client left before sending its whole request (never leaves this module)."""
 
 
-async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes | None:
+async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes | None:
     """The request body, or ``None`` as soon as it is known to exceed ``limit``.
 
     Raises:
