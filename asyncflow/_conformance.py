@@ -36,6 +36,21 @@ AWKWARD_NAMES = [
     "emoji 🎉",
     "tab\tand\nnewline",
     "x" * 60,
+    # Equal to a file system that ignores case or Unicode normalization; kept apart.
+    "\u00c9",  # É
+    "\u00e9",  # é
+    "e\u0301",  # e and a combining accent
+    "\u03a3",  # Σ
+    "\u03c3",  # σ
+    "\u03c2",  # ς
+    "\u212a",  # the Kelvin sign
+    "k",
+    "\u00df",  # ß
+    "ss",
+    # Long names: longer than many file systems allow in a file name.
+    "s" * 300,
+    "名" * 84,
+    "名" * 85,
 ]
 
 

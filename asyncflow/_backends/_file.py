@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -31,10 +32,12 @@ logger = logging.getLogger("asyncflow")
 
 # Characters never written raw into a file name: path separators and characters other
 # systems reject, plus ASCII capitals, so that two names differing only in case stay two files
-# on case-insensitive file systems (macOS, Windows shares).
+# on case-insensitive file systems (macOS, Windows shares). Non-ASCII characters are written
+# raw unless case or Unicode normalization could make them equal to others (see _raw_ok).
 _UNSAFE = frozenset('/\\%:*?"<>|') | frozenset(map(chr, range(0x20))) | {"\x7f"}
 _UNSAFE |= frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _MAX_NAME_BYTES = 200  # file systems cap a name at 255 bytes; leave room for suffixes
+_LONG = "%%"  # the start of a long name's file name: "%%" and its SHA-256 (never encoded else)
 _SUFFIX = ".json"
 _LOCK_FOLDER = ".locks"
 _CLAIM_SPACE = 1 << 56  # a claim locks one byte at a hash of the key, below this offset
@@ -42,13 +45,71 @@ _STRIPES = 64  # conditional writes lock one of these bytes of another file
 
 
 def encode_name(name: str) -> str:
-    """Turn any Unicode name into one safe file name, reversibly (see :func:`decode_name`)."""
+    """Turn any Unicode name into one safe file name, reversibly (see :func:`decode_name`).
+
+    Names longer than 200 bytes so encoded are not given here: see :func:`file_stem`.
+    """
     if not name:
         return "%"  # a lone "%" is never produced otherwise
-    parts = ["".join(f"%{b:02X}" for b in ch.encode()) if ch in _UNSAFE else ch for ch in name]
+    if name.isascii():
+        parts = [_escaped(ch) if ch in _UNSAFE else ch for ch in name]
+    else:
+        parts = [
+            _escaped(ch) if ch in _UNSAFE or not (ch.isascii() or _raw_ok(ch)) else ch
+            for ch in name
+        ]
     if parts[0] == ".":  # never ".", "..", or a hidden file
         parts[0] = "%2E"
     return "".join(parts)
+
+
+def _escaped(ch: str) -> str:
+    return "".join(f"%{b:02X}" for b in ch.encode())
+
+
+@functools.lru_cache(maxsize=4096)
+def _raw_ok(ch: str) -> bool:
+    """Whether a non-ASCII character can be written raw: no other character (or sequence)
+    is the same to a file system that ignores case (É/é, Σ/σ/ς, the Kelvin sign and k) or
+    Unicode normalization (é as one character or as e and an accent)."""
+    import unicodedata
+
+    return (
+        ch.lower() == ch == ch.upper()
+        and ch.casefold() == ch
+        and not unicodedata.combining(ch)
+        and unicodedata.normalize("NFD", ch) == ch
+        and unicodedata.normalize("NFC", ch) == ch
+    )
+
+
+def _legacy_name(name: str) -> str:
+    """The file name asyncflow gave ``name`` before non-ASCII characters were escaped (when
+    only ASCII capitals were): still read, so that stores written then keep working."""
+    if not name:
+        return "%"
+    parts = [_escaped(ch) if ch in _UNSAFE else ch for ch in name]
+    if parts[0] == ".":
+        parts[0] = "%2E"
+    return "".join(parts)
+
+
+def file_stem(name: str) -> tuple[str, bytes | None]:
+    """The file name (without suffix) of ``name``, and for a long name the header its file
+    starts with.
+
+    A name whose encoding is longer than 200 bytes is stored as ``%%<SHA-256 of the name>``,
+    the file starting with one line ``asyncflow-name <the name as JSON>`` that holds it
+    (listing reads that line back).
+    """
+    encoded = encode_name(name)
+    if len(encoded.encode()) <= _MAX_NAME_BYTES:
+        return encoded, None
+    import hashlib
+    import json
+
+    header = f"asyncflow-name {json.dumps(name, ensure_ascii=False)}\n".encode()
+    return _LONG + hashlib.sha256(name.encode()).hexdigest(), header
 
 
 def decode_name(encoded: str) -> str:
@@ -97,14 +158,27 @@ class FileBackend(Backend):
     # -- paths -------------------------------------------------------------------------------
 
     def _path(self, key: Key) -> str:
+        return self._where(key)[0]
+
+    def _where(self, key: Key) -> tuple[str, bytes | None, str | None]:
+        """The file of ``key``, the header its content starts with (a long name's), and the
+        file an earlier asyncflow gave it, if that differs (read when the file is absent)."""
         namespace, name = key
-        encoded = encode_name(name)
-        if len(encoded.encode()) > _MAX_NAME_BYTES:
+        try:
+            stem, header = file_stem(name)
+        except UnicodeEncodeError:
             raise BackendError(
-                f"name too long for the file backend ({len(name)} characters): {name[:40]!r}...",
+                f"the name {name.encode('utf-8', 'backslashreplace').decode()!r} is not text"
+                " UTF-8 can encode (a lone surrogate)",
                 location=os.path.join(self._root, namespace),
-            )
-        return f"{self._root}{os.sep}{namespace}{os.sep}{encoded}{_SUFFIX}"
+            ) from None
+        folder = f"{self._root}{os.sep}{namespace}{os.sep}"
+        legacy = None
+        if header is None and not name.isascii():
+            old = _legacy_name(name)
+            if old != stem and len(old.encode()) <= _MAX_NAME_BYTES:
+                legacy = f"{folder}{old}{_SUFFIX}"
+        return f"{folder}{stem}{_SUFFIX}", header, legacy
 
     def locate(self, key: Key) -> str:
         try:
@@ -129,19 +203,19 @@ class FileBackend(Backend):
     # -- operations ----------------------------------------------------------------------------
 
     async def read(self, key: Key) -> Entry | None:
-        path = self._path(key)
-        return await self._threads.run(lambda: _read(path))
+        where = self._where(key)
+        return await self._threads.run(lambda: _read_at(*where))
 
     async def read_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         # One call per chunk: the reads of a chunk share a worker-thread hop.
-        paths = [self._path(key) for key in keys]
-        chunks = [paths[i : i + 64] for i in range(0, len(paths), 64)]
+        places = [self._where(key) for key in keys]
+        chunks = [places[i : i + 64] for i in range(0, len(places), 64)]
         results: list[list[Entry | None]] = [[] for _ in chunks]
         failures: list[BackendError] = []
 
         async def one(i: int) -> None:
             try:
-                results[i] = await self._threads.run(lambda: [_read(p) for p in chunks[i]])
+                results[i] = await self._threads.run(lambda: [_read_at(*w) for w in chunks[i]])
             except BackendError as exc:  # raised as itself below, not in a group
                 failures.append(exc)
 
@@ -155,28 +229,34 @@ class FileBackend(Backend):
     async def write(
         self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
     ) -> str:
-        path = self._path(key)
+        path, header, legacy = self._where(key)
+        if header is not None:
+            data = header + data
         conditional = if_version is not None or if_absent
         locks = self._locks() if conditional else None
 
         def work() -> str:
             self._mkdir(os.path.dirname(path))
-            return _write(path, data, locks, key, if_version, if_absent)
+            return _write(path, data, locks, key, if_version, if_absent, legacy)
 
         return await self._threads.run(work)
 
     async def delete(self, key: Key, *, if_version: str | None = None) -> None:
-        path = self._path(key)
+        path, _, legacy = self._where(key)
         locks = self._locks() if if_version is not None else None
 
         def work() -> None:
             try:
                 if locks is None:
                     _unlink(path)
+                    if legacy is not None:
+                        _unlink(legacy)
                     return
                 with locks.stripe(key):
-                    _expect(path, _version_of(path), if_version, False)
+                    _expect(path, _current(path, legacy), if_version, False)
                     _unlink(path)
+                    if legacy is not None:
+                        _unlink(legacy)
             except OSError as exc:
                 raise _error("cannot delete", path, exc) from exc
 
@@ -193,28 +273,26 @@ class FileBackend(Backend):
                 return {}
             except OSError as exc:
                 raise _error("cannot list", folder, exc) from exc
-            found = {}
+            found: dict[str, str] = {}
+            legacy: dict[str, str] = {}  # names found under the file name of an earlier asyncflow
             for n in names:
                 if not n.endswith(_SUFFIX) or n.startswith("."):
                     continue  # temporary files and files that are not ours by name
-                stem = n[: -len(_SUFFIX)]
-                try:
-                    name = decode_name(stem)
-                except UnicodeDecodeError:
-                    name = None
-                if name is None or encode_name(name) != stem:
+                path = os.path.join(folder, n)
+                name, current = _listed_name(path, n[: -len(_SUFFIX)])
+                if name is None:
                     # Not ours (another tool's, a copy renamed by hand): never read, never
                     # written; said, so that someone moves it.
                     logger.warning(
                         "%s is not a file asyncflow wrote (its name is not one asyncflow would"
                         " give); it is skipped: move it out of the folder",
-                        os.path.join(folder, n),
+                        path,
                     )
                     continue
-                version = _version_of(os.path.join(folder, n))
+                version = _version_of(path)
                 if version is not None:  # else deleted since the scan
-                    found[name] = version
-            return found
+                    (found if current else legacy)[name] = version
+            return legacy | found  # the current file wins: it is the one read
 
         return await self._threads.run(work)
 
@@ -338,6 +416,55 @@ def _version_of(path: str) -> str | None:
         return None
 
 
+def _listed_name(path: str, stem: str) -> tuple[str | None, bool]:
+    """The name a listed file holds (``None``: not a file asyncflow wrote), and whether its
+    file name is the current one (else an earlier asyncflow's, see _legacy_name)."""
+    if stem.startswith(_LONG):
+        try:
+            with open(path, "rb") as f:
+                line = f.readline(4 * _MAX_NAME_BYTES * 1024)
+            import json
+
+            name = json.loads(line.removeprefix(b"asyncflow-name "))
+        except (OSError, ValueError, RecursionError):
+            return None, False
+        if isinstance(name, str) and line.startswith(b"asyncflow-name "):
+            try:
+                if file_stem(name)[0] == stem:
+                    return name, True
+            except UnicodeEncodeError:
+                pass
+        return None, False
+    try:
+        name = decode_name(stem)
+        if encode_name(name) == stem:
+            return name, True
+        if _legacy_name(name) == stem:
+            return name, False
+    except UnicodeError:
+        pass
+    return None, False
+
+
+def _read_at(path: str, header: bytes | None, legacy: str | None) -> Entry | None:
+    entry = _read(path)
+    if entry is None and legacy is not None:
+        entry = _read(legacy)
+    if entry is None or header is None:
+        return entry
+    if not entry.data.startswith(header):
+        raise _unusable(path, "it does not start with the line naming what it holds")
+    return Entry(entry.data[len(header) :], entry.version)
+
+
+def _current(path: str, legacy: str | None) -> str | None:
+    """The version of what is stored at ``path`` (or, in its absence, ``legacy``)."""
+    version = _version_of(path)
+    if version is None and legacy is not None:
+        version = _version_of(legacy)
+    return version
+
+
 def _read(path: str) -> Entry | None:
     # os-level calls, not open(): the io layer's objects cost more than these small reads.
     try:
@@ -401,6 +528,7 @@ def _write(
     key: Key,
     if_version: str | None,
     if_absent: bool,
+    legacy: str | None = None,
 ) -> str:
     tmp = f"{os.path.dirname(path)}{os.sep}.tmp-{os.urandom(8).hex()}"
     try:
@@ -416,10 +544,14 @@ def _write(
             os.close(fd)
         if locks is None:
             os.replace(tmp, path)
+            if legacy is not None:
+                _unlink(legacy)  # what it held is written over: the new file is read now
         else:
             with locks.stripe(key):
-                _expect(path, _version_of(path), if_version, if_absent)
+                _expect(path, _current(path, legacy), if_version, if_absent)
                 os.replace(tmp, path)
+                if legacy is not None:
+                    _unlink(legacy)
         return version
     except BaseException as exc:
         _unlink(tmp)
