@@ -157,7 +157,11 @@ async def _runs(flow: Flow, args: argparse.Namespace) -> int:
         _print_json([_run_dict(r, steps=False) for r in runs])
         return code
     rows = [("RUN_ID", "WORKFLOW", "STATUS", "UPDATED", "WAITING FOR")]
-    rows += [(r.run_id, r.workflow, r.status, _time(r.updated_at), waiting_for(r)) for r in runs]
+    rows += [
+        (r.run_id, r.workflow, r.status, _time(r.updated_at) if r.updated_at else "?",
+         waiting_for(r))
+        for r in runs
+    ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
