@@ -499,7 +499,7 @@ class Flow:
                 try:
                     entry = await backend.read(key)
                     if entry is not None:
-                        return Run._of(RunRecord.decode(entry.data, backend.locate(key), run_id))
+                        return _run_of(entry.data, backend.locate(key), run_id)
                 except DamagedRecordError as exc:
                     return Run._damaged(run_id, exc)
         raise RunNotFoundError(run_id)
@@ -526,11 +526,9 @@ class Flow:
                         runs[key[1]] = Run._damaged(key[1], entry)
                     elif entry is not None:
                         try:
-                            record = RunRecord.decode(entry.data, backend.locate(key), key[1])
+                            runs[key[1]] = _run_of(entry.data, backend.locate(key), key[1])
                         except DamagedRecordError as exc:
                             runs[key[1]] = Run._damaged(key[1], exc)
-                        else:
-                            runs[record.run_id] = Run._of(record)
         found = [r for r in runs.values() if wanted is None or r.status in wanted]
         return sorted(found, key=lambda r: (r.status == "damaged", r.created_at, r.run_id))
 
@@ -569,3 +567,16 @@ async def _read_or_damaged(backend: Backend, key: Key) -> Entry | DamagedRecordE
         return await backend.read(key)
     except DamagedRecordError as exc:
         return exc
+
+
+def _run_of(data: bytes, location: str, run_id: str) -> Run:
+    """The stored record ``data`` as a :class:`Run`; DamagedRecordError if it is not one."""
+    record = RunRecord.decode(data, location, run_id)
+    try:
+        return Run._of(record)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a step it cannot show
+        raise DamagedRecordError(
+            f"{location} cannot be used: a step is damaged ({exc!r}). asyncflow leaves it"
+            " untouched; restore it from a backup or move it away.",
+            location=location,
+        ) from None

@@ -465,3 +465,28 @@ async def test_a_record_written_before_tracebacks_were_kept_still_loads(
     await flow.backend.write(key, json.dumps(raw).encode())
     run = await flow.get_run(failed.run_id)
     assert (run.status, run.error, run.traceback) == ("failed", "ValueError: kaboom", None)
+
+
+async def test_a_record_whose_steps_cannot_be_shown_is_listed_as_damaged(
+    make_flow: MakeFlow,
+) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def wf(c: Context) -> str:
+        await c.event("e", 1)
+        return "done"
+
+    [good] = await flow.run("wf")
+    [bad] = await flow.run("wf")
+    key = ("finished", bad.run_id)
+    entry = await flow.backend.read(key)
+    assert entry is not None
+    raw = json.loads(entry.data)
+    del raw["steps"][0]["change"]["args"]
+    await flow.backend.write(key, json.dumps(raw).encode())
+    assert [(r.run_id, r.status) for r in await flow.list_runs()] == [
+        (good.run_id, "succeeded"),
+        (bad.run_id, "damaged"),
+    ]
+    assert (await flow.get_run(bad.run_id)).status == "damaged"
