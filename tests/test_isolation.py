@@ -490,3 +490,29 @@ async def test_a_record_whose_steps_cannot_be_shown_is_listed_as_damaged(
         (bad.run_id, "damaged"),
     ]
     assert (await flow.get_run(bad.run_id)).status == "damaged"
+
+
+async def test_an_exception_message_with_a_lone_surrogate_is_stored_escaped(
+    make_flow: MakeFlow,
+) -> None:
+    flow = make_flow()
+
+    @flow.sideeffect()
+    async def call(c: Context) -> None:
+        raise ValueError("bad byte \udcff in the answer")
+
+    @flow.workflow()
+    async def wf(c: Context) -> None:
+        try:
+            await call(c)
+        except asyncflow.SideEffectError as exc:
+            raise RuntimeError(f"gave up: {exc.message}") from exc
+
+    [result] = await flow.run("wf")
+    assert result.status == "failed"
+    assert result.error == "RuntimeError: gave up: bad byte \\udcff in the answer"
+    run = await flow.get_run(result.run_id)
+    assert run.error == result.error
+    assert run.traceback is not None
+    assert "\\udcff" in run.traceback
+    assert all(r.status != "damaged" for r in await flow.list_runs())
