@@ -20,8 +20,5 @@ async def greet(c: Context, args: object) -> object:
 
 if __name__ == "__main__":
     timeout = float(os.environ.get("ASYNCFLOW_TEST_BODY_TIMEOUT", "30"))
-    try:
-        app = asyncflow.asgi.app(flow, token="t", body_timeout=timeout)
-    except TypeError:  # an asyncflow without body_timeout
-        app = asyncflow.asgi.app(flow, token="t")
+    app = asyncflow.asgi.app(flow, token="t", body_timeout=timeout)
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
