@@ -46,9 +46,9 @@ def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path)
 
 
-@pytest.mark.parametrize("damage", ["not json", "a directory"])
+@pytest.mark.parametrize(("damage", "loop"), [("not json", "asyncio"), ("a directory", "trio")])
 def test_run_runs_and_show_report_a_damaged_record_exit_2_and_advance_the_others(
-    cli: Cli, damage: str
+    cli: Cli, damage: str, loop: str
 ) -> None:
     first = json.loads(cli("run", "wait", "--json").stdout)[0]["run_id"]
     second = json.loads(cli("run", "wait", "--json").stdout)[0]["run_id"]
@@ -60,14 +60,14 @@ def test_run_runs_and_show_report_a_damaged_record_exit_2_and_advance_the_others
         path.mkdir()
     else:
         path.write_bytes(b"{not json")
-    fourth_proc = cli("run", "wait")
+    fourth_proc = cli("run", "wait", "--loop", loop)
     assert fourth_proc.returncode == 2
     assert "status: damaged" in fourth_proc.stdout
     assert f"run_id: {third}" in fourth_proc.stdout
     assert str(path) in fourth_proc.stdout
     assert "status: paused" in fourth_proc.stdout, "the new run started"
 
-    runs = cli("runs")
+    runs = cli("runs", "--loop", loop)
     assert runs.returncode == 2
     [line] = [line for line in runs.stdout.splitlines() if third in line]
     assert "damaged" in line
