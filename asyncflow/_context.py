@@ -8,6 +8,7 @@ import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
+from . import _telemetry as telemetry
 from ._exceptions import (
     AsyncflowError,
     NonDeterminismError,
@@ -122,7 +123,13 @@ class Context:
             return
         text = str(message)
         self._append({"kind": "log", "message": text}, step_text("log", message=dumps(text, "")))
-        logger.info("%s %s: %s", self.workflow, self.run_id, text)
+        logger.info(
+            "%s %s: %s",
+            self.workflow,
+            self.run_id,
+            text,
+            extra=telemetry.run_extra(self.run_id, self.workflow, "log"),
+        )
 
     async def get_state(self, name: str, default: Any = None) -> Any:
         """Read the shared state value ``name`` (``default`` if it was never set).
@@ -472,7 +479,11 @@ class Context:
             ctx = self if retry is None else self._child(f"{pos}#{failed + 1}")
             try:
                 try:
-                    value = await attempt(name, fn, ctx, args, kwargs, time_limit)
+                    with telemetry.span(
+                        "asyncflow.sideeffect",
+                        {"run_id": self._exec.record.run_id, "step": name, "attempt": failed + 1},
+                    ):
+                        value = await attempt(name, fn, ctx, args, kwargs, time_limit)
                 finally:
                     if ctx._suspended:
                         self._suspended = True

@@ -25,6 +25,7 @@ from ._exceptions import (
 from ._record import RunRecord, dumps, new_run_id
 from ._results import Run, RunResult, RunStatus
 from ._retry import Retry, check_timeout
+from ._telemetry import observer
 from ._triggers import Trigger, as_trigger
 from ._waits import WAITS, WaitIndex
 
@@ -430,7 +431,10 @@ class Flow:
 
         args = json.loads(dumps(args, f"the args of event {name!r}"))
         async with self._using() as backend:
-            await deliver(backend, self.clock, self._workflows, "event", name, args, new_run_id())
+            due = await deliver(
+                backend, self.clock, self._workflows, "event", name, args, new_run_id()
+            )
+        observer().delivered(name, len(due))
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a pending or paused run: it stops before its next step, for good.

@@ -23,6 +23,9 @@ class RunResult:
         logs: every line the run has logged so far, first to last.
         result: the workflow's return value (as stored: JSON round-tripped), once it succeeded.
         error: ``"TypeName: message"`` when the run failed, else ``None``.
+        wake_at: for a paused run, the earliest time it may resume (epoch seconds), if any.
+        wait_event: for a paused run, the event it waits for, if any. Both ``None`` for a
+            paused run: it is due at the next invocation.
     """
 
     workflow: str
@@ -31,6 +34,8 @@ class RunResult:
     logs: list[str] = field(default_factory=list)
     result: Any = None
     error: str | None = None
+    wake_at: float | None = None
+    wait_event: str | None = None
 
     @classmethod
     def _of(cls, record: RunRecord) -> RunResult:
@@ -41,6 +46,8 @@ class RunResult:
             logs=record.logs,
             result=record.result,
             error=record.error,
+            wake_at=record.wake_at,
+            wait_event=record.wait_event,
         )
 
 
