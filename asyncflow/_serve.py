@@ -16,15 +16,14 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "serve"]
 
 
-def add_parser(sub: Any) -> None:
-    """Add ``serve`` to the CLI's subcommands (``sub`` is argparse's subparsers action)."""
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` to the CLI's subcommands (``sub`` is argparse's subparsers action), with
+    the options every command takes (``parents``: ``--backend``, ``--loop``...)."""
     serve = sub.add_parser(
         "serve",
+        parents=parents,
         help="serve the runs over HTTP (needs asyncflow[server])",
         description="Serve this script's workflows over HTTP (routes: see asyncflow.asgi).",
-    )
-    serve.add_argument(
-        "--backend", metavar="URL", help="where runs are kept, e.g. file:.asyncflow or memory:"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8000, help="port to bind (default 8000)")

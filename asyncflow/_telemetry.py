@@ -135,7 +135,8 @@ class Tally(Observer):
         if self.held:
             text += f"; {self.held} held by another invocation, skipped"
         if self.undefined_runs:
-            text += f"; {sum(self.undefined_runs.values())} of undefined workflows left as they are"
+            n = sum(self.undefined_runs.values())
+            text += f"; {n} of workflows not defined here left as they are"
         return text
 
 
