@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 import sys
 import time
@@ -103,7 +105,27 @@ def _execute(flow: Flow, args: argparse.Namespace, session: _Session) -> int:
         return serve(flow, args)
     if args.loop == "trio" and importlib.util.find_spec("trio") is None:
         raise ConfigError("--loop trio needs trio: pip install 'asyncflow[trio]'")
-    return int(anyio.run(_COMMANDS[args.command], flow, args, session, backend=args.loop))
+    with _warnings_to_stderr():
+        return int(anyio.run(_COMMANDS[args.command], flow, args, session, backend=args.loop))
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """The ``asyncflow`` logger's warnings as ``warning:`` lines, but for those the RUN SUMMARY
+    reports (``summarised``), unless the application configured logging itself."""
+    log = logging.getLogger("asyncflow")
+    if log.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.addFilter(lambda record: not getattr(record, "summarised", False))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
 
 
 def store_name(backend: Backend) -> str:
