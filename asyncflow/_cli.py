@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import unicodedata
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -59,16 +59,7 @@ def main(flow: Flow, argv: Sequence[str] | None = None) -> int:
     session = _Session(language(args.lang))
     try:
         try:
-            return _execute(flow, args, session)
-        except BaseExceptionGroup as group:
-            # trio raises what stopped it through the task groups it crossed: unwrap it.
-            leaves = list(_leaves(group))
-            for kind in (KeyboardInterrupt, BrokenPipeError):
-                if any(isinstance(e, kind) for e in leaves):
-                    raise kind from None
-            if all(isinstance(e, AsyncflowError) for e in leaves):
-                raise leaves[0] from None
-            raise
+            return _unwrapped(_execute, flow, args, session)
         except AsyncflowError as exc:
             session.erase_progress()
             print(f"error: {exc}{session.where(exc)}", file=sys.stderr)
@@ -85,6 +76,21 @@ def main(flow: Flow, argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return BROKEN_PIPE
+
+
+def _unwrapped(execute: Callable[..., int], *args: Any) -> int:
+    """``execute(*args)``, raising what stopped it rather than a group of it: trio raises it
+    through the task groups it crossed."""
+    try:
+        return execute(*args)
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        for kind in (KeyboardInterrupt, BrokenPipeError):
+            if any(isinstance(e, kind) for e in leaves):
+                raise kind from None
+        if all(isinstance(e, AsyncflowError) for e in leaves):
+            raise leaves[0] from None
+        raise
 
 
 def _execute(flow: Flow, args: argparse.Namespace, session: _Session) -> int:
