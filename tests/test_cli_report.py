@@ -247,14 +247,17 @@ def test_runs_names_its_store_and_aligns_wide_names(
     lines = cli("runs").splitlines()
     assert lines[0] == f"store: file:{store}"
 
-    def column(line: str, text: str) -> int:  # display columns before `text`
-        before = line[: line.index(text)]
+    def column(line: str, pattern: str) -> int:  # display columns before `pattern`
+        found = re.search(pattern, line)
+        assert found, (pattern, line)
+        before = line[: found.start()]
         return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in before)
 
     assert (
         column(lines[1], "STATUS") == column(lines[2], "succeeded") == column(lines[3], "paused")
     )
-    assert column(lines[1], "UPDATED") == column(lines[2], "20") == column(lines[3], "20")
+    date = r" \d{4}-\d\d-\d\dT"
+    assert column(lines[1], " UPDATED") == column(lines[2], date) == column(lines[3], date)
     cli("show", "nope", code=2)
     assert cli.err == f"error: no run with id 'nope' (store: file:{store})\n"
 
