@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -285,7 +286,10 @@ async def invoke(
     with telemetry.tally() as counts, telemetry.span("asyncflow.invocation", {}) as span:
         results = await _invoke(backend, clock, workflows, new, max_concurrency, stop_at)
         telemetry.set_attributes(span, {"runs": len(results), "held_elsewhere": counts.held})
-    logger.info(counts.describe(time.monotonic() - started))
+    # An invocation that found nothing to do is DEBUG: a server resuming every few seconds
+    # would otherwise fill its console with them.
+    level = logging.INFO if results or counts.held or counts.undefined_runs else logging.DEBUG
+    logger.log(level, counts.describe(time.monotonic() - started))
     if counts.undefined_runs:
         n = sum(counts.undefined_runs.values())
         logger.warning(

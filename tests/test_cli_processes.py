@@ -8,6 +8,7 @@ import os
 import pty
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,3 +146,49 @@ def test_progress_is_drawn_on_a_terminal_only(tmp_path: Path) -> None:
     )
     assert (proc.returncode, proc.stderr) == (0, "")
     assert "20 workflow runs\n" in proc.stdout
+
+
+def test_serve_logs_each_request_and_each_invocation(tmp_path: Path) -> None:
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "serve", "--port", str(port), "--resume-every", "0.05"],
+        cwd=tmp_path,
+        env=env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if http.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.02)  # poll interval: the loop polls /healthz
+            assert http.post("/runs", json={"trigger": "greet"}).status_code == 200
+            (run_id,) = http.post("/start", json={"trigger": "wait"}).json()["run_ids"]
+            while http.get(f"/runs/{run_id}").json()["status"] != "succeeded":
+                assert time.monotonic() < deadline, "the run was not resumed"
+                time.sleep(0.02)  # poll interval: resumed in the background
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    log = out + err
+    assert '"POST /runs HTTP/1.1" 200' in log  # the access log: one line per request
+    assert '"POST /start HTTP/1.1" 200' in log
+    # One line per invocation: the request's, and the periodic one that finished `wait`.
+    assert err.count("asyncflow: invocation advanced 1 run (1 succeeded) in ") == 2
+    assert err.count("asyncflow: invocation advanced 1 run (1 paused) in ") == 1
+    assert "advanced 0 runs" not in err  # idle periods are not logged (DEBUG)

@@ -382,3 +382,27 @@ def test_purge_deletes_finished_runs_past_the_retention(
     cli("purge", "--finished-before", "yesterday", code=2)
     assert "invalid WHEN" in cli.err
     cli("purge", code=2)
+
+
+@pytest.mark.parametrize("kind", ["s3", "dynamodb"])
+def test_purge_on_the_aws_stores(
+    aws: Any,
+    kind: str,
+    loop: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
+    url = aws.new_s3_url() if kind == "s3" else aws.new_dynamodb_url()
+    cli = Cli(make_flow(tmp_path / "unused"), loop, capsys)
+    [ok] = cli.json("run", "quiet", "--backend", url, "--key", "k")
+    [failed] = cli.json("run", "boom", "--backend", url, code=1)
+    [paused] = cli.json("run", "listen", "--backend", url)
+    purged = cli.json("purge", "--finished-before", "0s", "--status", "failed", "--backend", url)
+    assert purged == {"purged": [failed["run_id"]], "unreadable": []}
+    purged = cli.json("purge", "--finished-before", "0s", "--backend", url)
+    assert purged == {"purged": [ok["run_id"]], "unreadable": []}
+    assert [r["run_id"] for r in cli.json("runs", "--backend", url)] == [paused["run_id"]]
+    [again] = cli.json("run", "quiet", "--backend", url, "--key", "k")
+    assert again["run_id"] != ok["run_id"]
