@@ -523,8 +523,8 @@ class Flow:
     # -- command line --------------------------------------------------------------------------
 
     def cli(self, argv: Sequence[str] | None = None) -> None:
-        """Run the command line (``run``, ``emit``, ``runs``, ``show``, ``cancel``, ``retry``)
-        and exit with its status.
+        """Run the command line (``run``, ``start``, ``emit``, ``runs``, ``show``, ``cancel``,
+        ``retry``, ``purge``, ``serve``) and exit with its status.
 
         See ``python your_script.py --help``.
         """
