@@ -404,7 +404,7 @@ async def _work(
     else asleep until the earliest timer; done when only events (or nothing) can wake a run."""
     while True:
         results = await flow.run(trigger, payload, key=key)
-        trigger = None
+        trigger = payload = key = None  # started once: the next invocations resume
         summary.add(results)
         if any(map(_due_again, results)):
             continue

@@ -339,7 +339,7 @@ def test_run_until_done_invokes_until_nothing_is_due(
     cli = Cli(flow, loop, capsys)
     cli("run", "listen")
     started = time.monotonic()
-    out = cli("run", "steps", "--until-done")
+    out = cli("run", "steps", "--until-done", "--key", "once")
     assert time.monotonic() - started >= 0.4  # it slept until each timer
     assert "2 workflow runs\n" not in out  # the listener is not due: never advanced
     assert '\t  result: "done"\n' in out
