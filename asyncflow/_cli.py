@@ -187,7 +187,8 @@ class _Session:
 
     def notes(self) -> list[str]:
         """The summary's lines besides the runs (for ``--json``, which has no room for them)."""
-        text = format_summary(Summary(held=self.summary.held, undefined=self.summary.undefined))
+        only = Summary(held=self.summary.held, undefined=self.summary.undefined)
+        text = format_summary(only, lang=self.lang)
         return [line for line in text.splitlines()[3:] if line] + self.summary.notes
 
 

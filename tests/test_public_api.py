@@ -104,6 +104,8 @@ def test_results_are_frozen_dataclasses() -> None:
         "logs",
         "result",
         "error",
+        "wake_at",
+        "wait_event",
     ]
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.status = "failed"  # type: ignore[misc]
