@@ -406,3 +406,4 @@ def test_purge_on_the_aws_stores(
     assert [r["run_id"] for r in cli.json("runs", "--backend", url)] == [paused["run_id"]]
     [again] = cli.json("run", "quiet", "--backend", url, "--key", "k")
     assert again["run_id"] != ok["run_id"]
+    assert cli("runs", "--backend", url).splitlines()[0] == f"store: {url}"
