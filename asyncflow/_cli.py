@@ -66,7 +66,7 @@ def main(flow: Flow, argv: Sequence[str] | None = None) -> int:
             return BAD_INPUT
         except KeyboardInterrupt:
             session.erase_progress()
-            if session.summary.results:  # what was done before the interruption
+            if session.summary.runs():  # what was done before the interruption
                 session.print_summary(args)
             print("error: interrupted", file=sys.stderr)
             return INTERRUPTED
@@ -179,7 +179,7 @@ class _Session:
     def print_summary(self, args: argparse.Namespace) -> None:
         self.erase_progress()
         if args.json:
-            _print_json([dataclasses.asdict(r) for r in self.summary.results.values()])
+            _print_json([dataclasses.asdict(r) for r in self.summary.runs()])
             for note in self.notes():
                 print(note, file=sys.stderr)
         else:
@@ -352,7 +352,7 @@ def _due_again(result: RunResult) -> bool:
 
 
 def _status(session: _Session) -> int:
-    failed = any(r.status == "failed" for r in session.summary.results.values())
+    failed = any(r.status == "failed" for r in session.summary.runs())
     return RUN_FAILED if failed else OK
 
 
@@ -391,28 +391,29 @@ async def _run(flow: Flow, args: argparse.Namespace, session: _Session) -> int:
         session.summary.notes += used.values()
     if not args.until_done:
         return await _invoke(session, args, flow.run(args.trigger, payload, key=args.key))
-    session.observe(args)
+    progress = session.observe(args)
     async with flow:
-        await _work(flow, args.trigger, payload, args.key, session.summary)
+        await _work(flow, args.trigger, payload, args.key, progress)
     session.print_summary(args)
     return _status(session)
 
 
 async def _work(
-    flow: Flow, trigger: str | None, payload: Any, key: str | None, summary: Summary
+    flow: Flow, trigger: str | None, payload: Any, key: str | None, progress: Progress
 ) -> None:
     """Invoke until no run is due: again at once while runs are due at the next invocation,
     else asleep until the earliest timer; done when only events (or nothing) can wake a run."""
     while True:
         results = await flow.run(trigger, payload, key=key)
         trigger = payload = key = None  # started once: the next invocations resume
-        summary.add(results)
+        progress.summary.add(results)
         if any(map(_due_again, results)):
             continue
         wake = await flow.next_wakeup()
         if wake is None:
             return
         delay = wake.timestamp() - flow.clock()
+        progress.asleep(wake.timestamp())
         # Not less than a moment when nothing advanced: a timer due now whose run another
         # invocation holds would otherwise be polled in a busy loop.
         await anyio.sleep(max(delay, 0.0 if results else 0.05))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from ._summary import Summary
+from ._summary import Summary, local_time
 from ._telemetry import Observer
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class Progress(Observer):
         self.draw()
 
     def advanced(self, result: RunResult) -> None:
+        self.summary.in_flight[result.run_id] = result
         self.done += 1
         self.failed += result.status == "failed"
         self.draw()
@@ -53,7 +54,11 @@ class Progress(Observer):
     def undefined(self, run_id: str, workflow: str) -> None:
         self.summary.undefined[workflow] = self.summary.undefined.get(workflow, 0) + 1
 
-    def draw(self, *, force: bool = False) -> None:
+    def asleep(self, until: float) -> None:
+        """The worker sleeps until ``until`` (epoch seconds) for its next invocation."""
+        self.draw(force=True, until=until)
+
+    def draw(self, *, force: bool = False, until: float | None = None) -> None:
         if self.out is None:
             return
         now = time.monotonic()
@@ -65,6 +70,9 @@ class Progress(Observer):
             text = f"{self.done}/{self.due_runs}件 完了  失敗 {self.failed}件  {elapsed:.1f}秒"
         else:
             text = f"{self.done}/{self.due_runs} runs done, {self.failed} failed, {elapsed:.1f} s"
+        if until is not None:
+            when = local_time(until)
+            text += f"  次回の実行 {when}" if self.lang == "ja" else f"; next invocation at {when}"
         # \r and "erase to end of line": the line is rewritten where it is.
         self.out.write(f"\r\x1b[K{text}")
         self.out.flush()

@@ -94,17 +94,26 @@ def message(lang: str, which: str, /, **values: Any) -> str:
 class Summary:
     """What an invocation (or a worker's invocations) did, for the RUN SUMMARY.
 
-    ``results`` holds the last result of each run, in the order runs were first advanced.
+    ``results`` holds the last result of each run, in the order the invocations reported them;
+    ``in_flight`` those of an invocation that has not returned yet, as they came (what an
+    interrupted invocation did is reported too).
     """
 
     results: dict[str, RunResult] = field(default_factory=dict)
     held: int = 0
     undefined: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    in_flight: dict[str, RunResult] = field(default_factory=dict)
 
     def add(self, results: Sequence[RunResult]) -> None:
+        """Record what an invocation returned."""
         for result in results:
             self.results[result.run_id] = result
+        self.in_flight.clear()
+
+    def runs(self) -> list[RunResult]:
+        """Each run's last result."""
+        return [*self.results.values(), *self.in_flight.values()]
 
 
 def format_summary(
@@ -115,7 +124,7 @@ def format_summary(
     summary = results if isinstance(results, Summary) else Summary()
     if not isinstance(results, Summary):
         summary.add(results)
-    runs = list(summary.results.values())
+    runs = summary.runs()
     lines = ["", "---------RUN SUMMARY---------", message(lang, "runs", n=len(runs))]
     for i, r in enumerate(runs, 1):
         lines += [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import shlex
 import signal
 import socket
@@ -192,3 +193,49 @@ def test_serve_logs_each_request_and_each_invocation(tmp_path: Path) -> None:
     assert err.count("asyncflow: invocation advanced 1 run (1 succeeded) in ") == 2
     assert err.count("asyncflow: invocation advanced 1 run (1 paused) in ") == 1
     assert "advanced 0 runs" not in err  # idle periods are not logged (DEBUG)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_an_interrupted_worker_reports_what_it_did(tmp_path: Path, loop: str) -> None:
+    # stderr on a terminal: the worker says there when it goes to sleep until the next timer.
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "run", "nap", "--until-done", "--loop", loop],
+        cwd=tmp_path,
+        env=env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    os.close(slave)
+    terminal = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"; next invocation at 20" not in terminal:
+            assert proc.poll() is None, (proc.communicate(), terminal)
+            assert time.monotonic() < deadline, f"the worker never slept: {terminal!r}"
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                terminal += os.read(master, 4096)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        while select.select([master], [], [], 0)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the script is gone
+                break
+            if not chunk:
+                break
+            terminal += chunk
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert b"1/1 runs done, 0 failed" in terminal
+    assert proc.returncode == 130
+    assert terminal.endswith(b"\r\x1b[Kerror: interrupted\r\n")
+    assert "\t  workflow: nap\n\t  run_id: " in out
+    assert "\t  waiting for: time 20" in out
+    assert "total: 1 paused\n" in out
