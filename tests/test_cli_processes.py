@@ -5,8 +5,8 @@ terminal (a pseudo-terminal from the `pty` module) and its absence in pipes."""
 from __future__ import annotations
 
 import os
-import re
 import pty
+import re
 import select
 import shlex
 import signal
