@@ -493,6 +493,16 @@ class Context:
                 self._check_live()
                 failed += 1
                 error = {"type": type(exc).__qualname__, "message": str(exc)}
+                logger.info(
+                    "%s %s: side effect %s raised %s: %s (attempt %d)",
+                    self.workflow,
+                    self.run_id,
+                    name,
+                    error["type"],
+                    error["message"],
+                    failed,
+                    extra=telemetry.run_extra(self.run_id, self.workflow, name),
+                )
                 if retry is not None and failed < retry.attempts and retry.retries(exc):
                     retry_at = schedule(self, name, pos, retry, failed, error)
                     # Stored before the wait: a crash meanwhile must not forget the attempt.

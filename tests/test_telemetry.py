@@ -109,6 +109,10 @@ async def test_log_records_carry_the_run(caplog: pytest.LogCaptureFixture) -> No
     [logged] = [r for r in caplog.records if r.getMessage().endswith("buying lemon")]
     assert (logged.run_id, logged.workflow, logged.step) == (paused.run_id, "buy", "log")  # type: ignore[attr-defined]
     [failure] = [r for r in caplog.records if r.getMessage().startswith("run ")]
+    [raised] = [r for r in caplog.records if getattr(r, "step", None) not in (None, "log")]
+    assert raised.getMessage().endswith("raised ConnectionError: down (attempt 1)")
+    assert (raised.run_id, raised.workflow) == (failed.run_id, "broken")  # type: ignore[attr-defined]
+    assert str(raised.step).endswith("refuse")  # type: ignore[attr-defined]
     assert (failure.run_id, failure.workflow) == (failed.run_id, "broken")  # type: ignore[attr-defined]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("invocation")]
     assert lines[0].startswith("invocation advanced 1 run (1 paused) in ")
