@@ -8,6 +8,7 @@ import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
+from . import _telemetry as telemetry
 from ._exceptions import (
     AsyncflowError,
     NonDeterminismError,
@@ -135,7 +136,13 @@ class Context:
         text = str(message)
         text_json = dumps(text, "the message logged")
         self._append({"kind": "log", "message": text}, step_text("log", message=text_json))
-        logger.info("%s %s: %s", self.workflow, self.run_id, text)
+        logger.info(
+            "%s %s: %s",
+            self.workflow,
+            self.run_id,
+            text,
+            extra=telemetry.run_extra(self.run_id, self.workflow, "log"),
+        )
 
     async def get_state(self, name: str, default: Any = None) -> Any:
         """Read the shared state value ``name`` (``default`` if it was never set).
@@ -489,7 +496,11 @@ class Context:
             ctx = self if retry is None else self._child(f"{pos}#{failed + 1}")
             try:
                 try:
-                    value = await attempt(name, fn, ctx, args, kwargs, time_limit)
+                    with telemetry.span(
+                        "asyncflow.sideeffect",
+                        {"run_id": self._exec.record.run_id, "step": name, "attempt": failed + 1},
+                    ):
+                        value = await attempt(name, fn, ctx, args, kwargs, time_limit)
                 finally:
                     if ctx._suspended:
                         self._suspended = True
@@ -499,6 +510,16 @@ class Context:
                 self._check_live()
                 failed += 1
                 error = {"type": type(exc).__qualname__, "message": storable_text(str(exc))}
+                logger.info(
+                    "%s %s: side effect %s raised %s: %s (attempt %d)",
+                    self.workflow,
+                    self.run_id,
+                    name,
+                    error["type"],
+                    error["message"],
+                    failed,
+                    extra=telemetry.run_extra(self.run_id, self.workflow, name),
+                )
                 if retry is not None and failed < retry.attempts and retry.retries(exc):
                     retry_at = schedule(self, name, pos, retry, failed, error)
                     # Stored before the wait: a crash meanwhile must not forget the attempt.

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
+from . import _telemetry as telemetry
 from ._backend import Backend, DamagedEntry, Entry, Key
 from ._context import Context, Suspend
 from ._exceptions import (
@@ -45,7 +47,7 @@ from ._waits import WAITS, WaitIndex, sync_index
 
 __all__ = ["Execution", "Invocation", "Workflow", "create_runs", "invoke", "read_state"]
 
-logger = logging.getLogger("asyncflow")
+logger = telemetry.logger
 
 ACTIVE = "active"  # pending and paused runs
 DONE = "finished"  # succeeded and failed runs
@@ -184,7 +186,11 @@ class Execution:
         except BaseException as exc:
             fatal = ctx._fatal
             if isinstance(fatal, ConflictError):
-                logger.warning("run %s was changed by another invocation; skipped", record.run_id)
+                logger.warning(
+                    "run %s was changed by another invocation; skipped",
+                    record.run_id,
+                    extra=telemetry.run_extra(record.run_id, record.workflow),
+                )
                 return None
             if isinstance(fatal, BackendError):
                 raise fatal from None  # storage is failing: stop, leave the run as stored
@@ -209,6 +215,8 @@ class Execution:
                     workflow.name,
                     record.error,
                     record.traceback,
+                    # The CLI's RUN SUMMARY reports the failure; `show` prints the traceback.
+                    extra=telemetry.run_extra(record.run_id, workflow.name) | {"summarised": True},
                 )
         else:
             if ctx._suspended:
@@ -225,7 +233,11 @@ class Execution:
         try:
             data = await self.save(last=True)
         except ConflictError:
-            logger.warning("run %s was changed by another invocation; skipped", record.run_id)
+            logger.warning(
+                "run %s was changed by another invocation; skipped",
+                record.run_id,
+                extra=telemetry.run_extra(record.run_id, record.workflow),
+            )
             return None
         if record.status in FINISHED:
             # A conflict here: the outcome is stored, and another invocation found the finished
@@ -317,6 +329,36 @@ async def invoke(
     max_concurrency: int,
     stop_at: float | None = None,
 ) -> list[RunResult]:
+    """:func:`_invoke`, told to the ``asyncflow`` logger (one line), OpenTelemetry (a span)
+    and the caller's observer."""
+    started = time.monotonic()
+    with telemetry.tally() as counts, telemetry.span("asyncflow.invocation", {}) as span:
+        results = await _invoke(backend, clock, workflows, new, max_concurrency, stop_at)
+        telemetry.set_attributes(span, {"runs": len(results), "held_elsewhere": counts.held})
+    # An invocation that found nothing to do is DEBUG: a server resuming every few seconds
+    # would otherwise fill its console with them.
+    level = logging.INFO if results or counts.held or counts.undefined_runs else logging.DEBUG
+    logger.log(level, counts.describe(time.monotonic() - started))
+    if counts.undefined_runs:
+        n = sum(counts.undefined_runs.values())
+        logger.warning(
+            "%d run%s of workflows this flow does not define left as they are: %s",
+            n,
+            "" if n == 1 else "s",
+            ", ".join(f"{w!r} ({k})" for w, k in sorted(counts.undefined_runs.items())),
+            extra={"undefined_workflows": dict(counts.undefined_runs), "summarised": True},
+        )
+    return results
+
+
+async def _invoke(
+    backend: Backend,
+    clock: Callable[[], float],
+    workflows: dict[str, Workflow],
+    new: list[RunRecord],
+    max_concurrency: int,
+    stop_at: float | None = None,
+) -> list[RunResult]:
     """Advance ``new`` runs and every run due before this call, at most ``max_concurrency``
     at once; report them new first, then resumed oldest first, then the runs that events
     emitted meanwhile started or woke. No run starts once ``clock()`` reaches ``stop_at``:
@@ -347,6 +389,8 @@ async def invoke(
         # and read in one request per run here.
         entries, damaged = await _claim_read(claims, backend, keys, [listed[n] for n in names])
         held = [name for name, entry in zip(names, entries, strict=True) if entry is not None]
+        if len(held) < len(names):
+            telemetry.observer().held_elsewhere(len(names) - len(held))
         jobs: list[tuple[RunRecord, str | None]] = []
         for record in new:
             key = (ACTIVE, record.run_id)
@@ -391,6 +435,8 @@ async def _advance_all(
     results: list[RunResult | None] = [None] * len(jobs)
     queue = iter(range(len(jobs)))
     backend, clock = invocation.backend, invocation.clock
+    observer = telemetry.observer()
+    observer.due(len(jobs))
 
     async def worker() -> None:
         for i in queue:
@@ -404,7 +450,9 @@ async def _advance_all(
                         )
                 continue
             indexed = index.names(record.run_id)
-            results[i] = await advance(invocation, record, version, indexed)
+            results[i] = result = await advance(invocation, record, version, indexed)
+            if result is not None:
+                observer.advanced(result)
 
     try:
         async with anyio.create_task_group() as tg:
@@ -514,7 +562,7 @@ def _decode(
 
 def _report(damaged: dict[Key, DamagedRecordError], key: Key, error: DamagedRecordError) -> None:
     damaged[key] = error
-    logger.error("run %s skipped: %s", key[1], error)
+    logger.error("run %s skipped: %s", key[1], error, extra={"summarised": True})
 
 
 def _workflows_of(results: list[RunResult]) -> str:
@@ -547,13 +595,22 @@ async def advance(
         return None
     workflow = invocation.workflows.get(record.workflow)
     if workflow is None:
-        logger.warning(
+        # Told once per invocation (the invocation's log line, the RUN SUMMARY), not per run:
+        # every script sharing a store would otherwise warn about every other one's runs.
+        logger.debug(
             "run %s belongs to workflow %r, which this flow does not define; left as is",
             record.run_id,
             record.workflow,
+            extra=telemetry.run_extra(record.run_id, record.workflow),
         )
+        telemetry.observer().undefined(record.run_id, record.workflow)
         return None
-    return await execution.execute(workflow)
+    with telemetry.span(
+        "asyncflow.run", {"run_id": record.run_id, "workflow": record.workflow}
+    ) as span:
+        result = await execution.execute(workflow)
+        telemetry.set_attributes(span, {"status": None if result is None else result.status})
+    return result
 
 
 def _due(record: RunRecord, now: float) -> bool:

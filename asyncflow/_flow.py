@@ -26,6 +26,7 @@ from ._exceptions import (
 from ._record import RunRecord, dumps, new_run_id, storable_name
 from ._results import Run, RunResult, RunStatus
 from ._retry import Retry, check_timeout
+from ._telemetry import observer
 from ._triggers import Trigger, as_trigger
 from ._waits import WAITS, WaitIndex
 
@@ -432,7 +433,10 @@ class Flow:
 
         args = json.loads(dumps(args, f"the args of event {name!r}"))
         async with self._using() as backend:
-            await deliver(backend, self.clock, self._workflows, "event", name, args, new_run_id())
+            due = await deliver(
+                backend, self.clock, self._workflows, "event", name, args, new_run_id()
+            )
+        observer().delivered(name, len(due))
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a pending or paused run: it stops before its next step, for good.
@@ -540,8 +544,8 @@ class Flow:
     # -- command line --------------------------------------------------------------------------
 
     def cli(self, argv: Sequence[str] | None = None) -> None:
-        """Run the command line (``run``, ``emit``, ``runs``, ``show``, ``cancel``, ``retry``)
-        and exit with its status.
+        """Run the command line (``run``, ``start``, ``emit``, ``runs``, ``show``, ``cancel``,
+        ``retry``, ``purge``, ``serve``) and exit with its status.
 
         See ``python your_script.py --help``.
         """

@@ -1,9 +1,9 @@
-"""Run management: cancelling a run, reopening a failed one, idempotent starts."""
+"""Run management: cancelling a run, reopening a failed one, idempotent starts, retention."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Container
+from collections.abc import Callable, Collection, Container
 from typing import Any
 
 from ._backend import Backend
@@ -12,7 +12,7 @@ from ._exceptions import BackendError, ConflictError, RunNotFoundError, UsageErr
 from ._record import FINISHED, RunRecord, dumps, storable_name
 from ._waits import WAITS, WaitIndex, sha256_hex
 
-__all__ = ["KEYS", "cancel", "claim_key", "reopen"]
+__all__ = ["KEYS", "Purged", "cancel", "claim_key", "keyed_run", "purge", "reopen"]
 
 KEYS = "keys"
 _ATTEMPTS = 20
@@ -223,3 +223,67 @@ async def claim_key(backend: Backend, record: RunRecord, key: str) -> bool:
     record.run_id = run_id
     found = await backend.read_many([(ACTIVE, run_id), (DONE, run_id)])
     return all(e is None for e in found)
+
+
+async def keyed_run(backend: Backend, workflow: str, key: str) -> str | None:
+    """The id of the run of ``workflow`` that idempotency key ``key`` started, if any."""
+    entry = await backend.read((KEYS, sha256_hex(f"{workflow}\0{key}")[:40]))
+    if entry is None:
+        return None
+    try:
+        run_id = json.loads(entry.data)["run_id"]
+    except (ValueError, KeyError, TypeError):
+        return None  # not ours: claim_key reports it
+    return run_id if isinstance(run_id, str) else None
+
+
+class Purged:
+    """What :func:`purge` did: the runs deleted, and the records it could not read (kept)."""
+
+    def __init__(self) -> None:
+        self.run_ids: list[str] = []
+        self.unreadable: list[str] = []
+
+
+async def purge(
+    backend: Backend, *, finished_before: float, statuses: Collection[str], dry_run: bool = False
+) -> Purged:
+    """Delete the finished runs with one of ``statuses`` last updated before ``finished_before``
+    (epoch seconds), with the idempotency keys that name them (a key can then start a new run).
+
+    Only the finished runs' namespace is touched, each record deleted at the version read: a
+    run retried meanwhile is left alone. A record that cannot be read is kept and reported.
+    """
+    unknown = set(statuses) - FINISHED
+    if unknown:
+        raise UsageError(f"only finished runs can be purged, not {sorted(unknown)}")
+    purged = Purged()
+    keys = [(DONE, name) for name in await backend.list(DONE)]
+    for key, entry in zip(keys, await backend.read_many(keys), strict=True):
+        if entry is None:
+            continue
+        try:
+            record = RunRecord.decode(entry.data, backend.locate(key))
+        except BackendError:
+            purged.unreadable.append(backend.locate(key))
+            continue
+        if record.status not in statuses or record.updated_at >= finished_before:
+            continue
+        if not dry_run:
+            try:
+                await backend.delete(key, if_version=entry.version)
+            except ConflictError:
+                continue  # changed since read (retried): not what was asked to go
+        purged.run_ids.append(record.run_id)
+    if purged.run_ids and not dry_run:
+        gone = set(purged.run_ids)
+        names = list(await backend.list(KEYS))
+        found = await backend.read_many([(KEYS, n) for n in names])
+        for name, key_entry in zip(names, found, strict=True):
+            try:
+                run_id = json.loads(key_entry.data)["run_id"] if key_entry else None
+            except (ValueError, KeyError, TypeError):
+                continue
+            if run_id in gone:
+                await backend.delete((KEYS, name))
+    return purged

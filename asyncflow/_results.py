@@ -29,6 +29,9 @@ class RunResult:
         error: ``"TypeName: message"`` when the run failed, else ``None``.
         traceback: where the exception the run failed on was raised (bounded in size), when
             it failed on one.
+        wake_at: for a paused run, the earliest time it may resume (epoch seconds), if any.
+        wait_event: for a paused run, the event it waits for, if any. Both ``None`` for a
+            paused run: it is due at the next invocation.
     """
 
     workflow: str
@@ -38,6 +41,8 @@ class RunResult:
     result: Any = None
     error: str | None = None
     traceback: str | None = None
+    wake_at: float | None = None
+    wait_event: str | None = None
 
     @classmethod
     def _of(cls, record: RunRecord) -> RunResult:
@@ -49,6 +54,8 @@ class RunResult:
             result=record.result,
             error=record.error,
             traceback=record.traceback,
+            wake_at=record.wake_at,
+            wait_event=record.wait_event,
         )
 
     @classmethod

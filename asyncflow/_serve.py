@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -16,15 +17,14 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "serve"]
 
 
-def add_parser(sub: Any) -> None:
-    """Add ``serve`` to the CLI's subcommands (``sub`` is argparse's subparsers action)."""
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` to the CLI's subcommands (``sub`` is argparse's subparsers action), with
+    the options every command takes (``parents``: ``--backend``, ``--loop``...)."""
     serve = sub.add_parser(
         "serve",
+        parents=parents,
         help="serve the runs over HTTP (needs asyncflow[server])",
         description="Serve this script's workflows over HTTP (routes: see asyncflow.asgi).",
-    )
-    serve.add_argument(
-        "--backend", metavar="URL", help="where runs are kept, e.g. file:.asyncflow or memory:"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8000, help="port to bind (default 8000)")
@@ -60,7 +60,11 @@ def serve(flow: Flow, args: argparse.Namespace) -> int:
     from .asgi import app
 
     application = app(flow, token=token, resume_every=args.resume_every)
-    config = uvicorn.Config(application, host=args.host, port=args.port, lifespan="on")
+    _log_to_console()
+    # uvicorn's access log: one line per request.
+    config = uvicorn.Config(
+        application, host=args.host, port=args.port, lifespan="on", access_log=True
+    )
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on Ctrl-C, then raises it again for its caller: here that
     # is how serving is meant to end.
@@ -68,6 +72,19 @@ def serve(flow: Flow, args: argparse.Namespace) -> int:
         server.run()
     # uvicorn logs why it could not start (a port in use, say) and returns.
     return 0 if server.started else 1
+
+
+def _log_to_console() -> None:
+    """Show the ``asyncflow`` logger's INFO records (a line per invocation: what advanced, how
+    long; the runs' ``c.log`` lines) on the console, beside uvicorn's, unless the application
+    configured that logger itself."""
+    log = logging.getLogger("asyncflow")
+    if log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     asyncflow: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def _is_loopback(host: str) -> bool:

@@ -10,6 +10,9 @@ event (`完了:<task>`) that the run waits for, with the deadline as its timeout
     python examples/reminder.py runs                    # WAITING FOR: time 2030-01-31T16:00...
     python examples/reminder.py run                     # after 16:00: the reminder
     python examples/reminder.py emit 完了:レポート       # done in time
+
+The run waits for `完了:レポート` only from the reminder on: emitted before, while the run still
+sleeps, the event reaches nobody (events are not kept), and `emit` says that nothing took it.
 """
 
 import sys

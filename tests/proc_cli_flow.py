@@ -2,7 +2,8 @@
 
 `greet` succeeds (a side effect, a log line, a result), `wait` pauses once, `boom` fails,
 `nap` sleeps an hour, `listen` waits for the event `bell`, `flaky` fails unless
-ASYNCFLOW_TEST_FIXED is set.
+ASYNCFLOW_TEST_FIXED is set, `hang` creates the file
+ASYNCFLOW_TEST_MARK names and then waits a minute in a side effect (for Ctrl-C).
 The backend is the default one: ASYNCFLOW_BACKEND, else `file:.asyncflow`.
 """
 
@@ -61,6 +62,19 @@ async def fragile(c: Context) -> str:
 async def flaky(c: Context) -> str:
     total = await add(c, 2, 3)
     return f"{await fragile(c)} {total}"
+
+
+@flow.sideeffect()
+async def block(c: Context) -> None:
+    import anyio
+
+    await anyio.Path(os.environ["ASYNCFLOW_TEST_MARK"]).touch()
+    await anyio.sleep(60)
+
+
+@flow.workflow()
+async def hang(c: Context) -> None:
+    await block(c)
 
 
 if __name__ == "__main__":

@@ -451,10 +451,11 @@ def test_show_tags_branch_steps_and_says_when_a_retry_is_due(
         flow.cli(["show", result.run_id])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "1. gather of 2 branches" in out
-    assert "[0.0] sideeffect " in out
+    # Numbered as the branch paths count: the gather is step 0, its branches 0.0 and 0.1.
+    assert "\n  0      gather of 2 branches\n" in out
+    assert "\n  0.0/0  sideeffect " in out
     assert "flaky failed 1 time(s), last with ConnectionError: down; next attempt at" in out
-    assert "[0.1] sideeffect " in out
+    assert "\n  0.1/0  sideeffect " in out
 
 
 async def test_a_pause_wins_over_a_failure_until_the_branches_settle(make_flow: MakeFlow) -> None:

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent / "proc_cli_flow.py"
-RESULT_KEYS = {"workflow", "run_id", "status", "logs", "result", "error", "traceback"}
+RESULT_KEYS = {
+    "workflow", "run_id", "status", "logs", "result", "error", "traceback", "wake_at",
+    "wait_event",
+}  # fmt: skip
 
 
 class Cli:
@@ -74,8 +77,11 @@ def test_run_prints_the_run_summary(cli: Cli) -> None:
         "\t  workflow: greet\n"
         f"\t  run_id: {match[1]}\n"
         "\t  status: succeeded\n"
+        '\t  result: {"name": "Ada", "total": 3}\n'
         "\t  logs:\n"
         "\t    - hello, Ada\n"
+        "total: 1 succeeded\n"
+        f"store: {cli.backend}\n"
     )
 
 
@@ -273,7 +279,8 @@ def test_emit_wakes_the_waiting_run_and_runs_says_why_runs_wait(cli: Cli) -> Non
     [paused] = cli.json("run", "wait")
     proc = cli("runs")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0].split() == [
+    assert proc.stdout.splitlines()[0] == f"store: {cli.backend}"
+    assert proc.stdout.splitlines()[1].split() == [
         "RUN_ID",
         "WORKFLOW",
         "STATUS",
@@ -282,7 +289,7 @@ def test_emit_wakes_the_waiting_run_and_runs_says_why_runs_wait(cli: Cli) -> Non
         "FOR",
     ]
     reasons = {
-        line.split()[0]: " ".join(line.split()[4:]) for line in proc.stdout.splitlines()[1:]
+        line.split()[0]: " ".join(line.split()[4:]) for line in proc.stdout.splitlines()[2:]
     }
     assert reasons[listening["run_id"]] == "event bell"
     assert reasons[napping["run_id"]].startswith("time 20")

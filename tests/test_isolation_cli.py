@@ -66,6 +66,8 @@ def test_run_runs_and_show_report_a_damaged_record_exit_2_and_advance_the_others
     assert f"run_id: {third}" in fourth_proc.stdout
     assert str(path) in fourth_proc.stdout
     assert "status: paused" in fourth_proc.stdout, "the new run started"
+    assert "damaged" in fourth_proc.stdout.split("total: ")[1].splitlines()[0], "counted"
+    assert fourth_proc.stderr == "", "reported in the summary, not again on stderr"
 
     runs = cli("runs", "--loop", loop)
     assert runs.returncode == 2
@@ -110,6 +112,7 @@ def test_retry_of_a_run_this_script_does_not_define_exits_2_and_leaves_it(cli: C
 def test_show_and_json_give_a_failures_traceback(cli: Cli) -> None:
     proc = cli("run", "boom", "--json")
     assert proc.returncode == 1
+    assert "Traceback" not in cli("run", "boom").stderr, "the CLI prints no traceback"
     [result] = json.loads(proc.stdout)
     assert "in divide" in result["traceback"]
     shown = cli("show", result["run_id"])

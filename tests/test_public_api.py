@@ -105,6 +105,8 @@ def test_results_are_frozen_dataclasses() -> None:
         "result",
         "error",
         "traceback",
+        "wake_at",
+        "wait_event",
     ]
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.status = "failed"  # type: ignore[misc]
