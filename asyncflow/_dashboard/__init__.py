@@ -38,7 +38,9 @@ _PAGE_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors"
     " 'none'; form-action 'self'; base-uri 'none'",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # Not no-referrer: with it, browsers send "Origin: null" with the login form, which the
+    # cross-site check must refuse.
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "cache-control": "no-store",
 }
@@ -120,8 +122,10 @@ def _login(api: Api, request: Request) -> Response:
 
         cookie = f"{SESSION_COOKIE}={api.session()}; Path=/; Secure; HttpOnly; SameSite=Strict"
         return _redirect(cookie)
-    html = _asset("login.html").replace(b"{{auth}}", b"failed")
-    return Response(401, html, _PAGE_HEADERS, "text/html; charset=utf-8")
+    # Back to the page, which shows the form again saying so (a page answered here, under
+    # /dashboard/, would resolve its assets' relative addresses from the wrong folder).
+    headers = {"location": "../?login=failed", "cache-control": "no-store"}
+    return Response(303, b"", headers, "text/plain; charset=utf-8")
 
 
 def _clear_cookie() -> str:

@@ -345,19 +345,11 @@
     const timed = steps.filter((st) => st.started_at !== null && st.started_at !== undefined);
     if (!timed.length) return h("p", { class: "muted", id: "no-timeline" }, run.steps.length ? t("run.noTimes") : t("run.noSteps"));
     const active = run.status === "pending" || run.status === "paused";
-    // A gather ends when its last branch does.
-    for (const st of timed) {
-      if (st.kind === "gather" && st.ended_at === null) {
-        const prefix = `${st.branch ? `${st.branch}/` : ""}`;
-        const mine = timed.filter((o) => o.branch && o.branch.startsWith(prefix) && o.index > st.index);
-        const ends = mine.map((o) => o.ended_at ?? o.started_at);
-        st.ended_at = ends.length ? Math.max(...ends) : st.started_at;
-      }
-    }
     const start = Math.min(run.created_at, ...timed.map((st) => st.started_at));
     let end = Math.max(run.updated_at, ...timed.map((st) => st.ended_at ?? st.started_at));
     if (active) end = Math.max(end, now);
-    for (const st of timed) if (st.deadline && !st.done) end = Math.max(end, st.deadline);
+    // Deadlines do not stretch the scale (an hour's timeout would squash the steps): one
+    // past the end is drawn at the right edge.
     const span = Math.max(end - start, 0.001);
     const pct = (x) => `${((x - start) / span) * 100}%`;
     const lanes = new Map();
@@ -385,18 +377,30 @@
         }, h("span", {}, label));
         const row = h("div", { class: "tl-row" }, bar);
         if (st.deadline && (st.kind === "sleep" || st.kind === "wait_event" || !st.done)) {
-          row.append(h("div", { class: "tl-deadline", title: `${t("step.deadline")}: ${time(st.deadline)}`, style: { left: pct(st.deadline) } }));
+          row.append(h("div", { class: "tl-deadline", title: `${t("step.deadline")}: ${time(st.deadline)}`, style: { left: pct(Math.min(st.deadline, end)) } }));
         }
         return row;
       }))));
     const axis = h("div", { class: "tl-axis" }, h("span", {}, time(start)), h("span", {}, duration(span)), h("span", {}, time(end)));
     return h("div", { class: "timeline", id: "timeline" }, axis, laneEls);
   }
+  function gatherEnds(run) {
+    // A gather ends when the last step of its branches does (the record keeps its start).
+    run.steps.forEach((st, i) => {
+      if (st.kind !== "gather" || (st.ended_at !== null && st.ended_at !== undefined) || !st.started_at) return;
+      const prefix = `${st.branch ? `${st.branch}/` : ""}`;
+      const mine = run.steps.filter((o, j) => j > i && o.branch && o.branch.startsWith(prefix) && o.started_at);
+      if (mine.some((o) => ["sideeffect", "sleep", "wait_event"].includes(o.kind) && !o.ended_at)) return;
+      const ends = mine.map((o) => o.ended_at ?? o.started_at);
+      st.ended_at = ends.length ? Math.max(...ends) : st.started_at;
+    });
+  }
   async function runView(id) {
     const [run, page] = await Promise.all([
       api(`runs/${encodeURIComponent(id)}`),
       api(`dashboard/api/runs?q=${encodeURIComponent(id)}&per_page=1`),
     ]);
+    gatherEnds(run);
     const now = page.now;
     const facts = [
       [t("col.workflow"), run.workflow], [t("col.status"), badge(run.status)],
@@ -491,9 +495,8 @@
     return h("section", { id: "events" },
       h("h2", {}, t("events.title")),
       h("h3", {}, t("events.graph")), legend, graph(data.graph),
-      h("div", { class: "grid2" },
-        h("div", {}, h("h3", {}, t("events.history")), history),
-        h("div", {}, h("h3", {}, t("events.state")), state)));
+      h("h3", {}, t("events.state")), state,
+      h("h3", {}, t("events.history")), history);
   }
 
   // -- actions -------------------------------------------------------------------------------
@@ -509,7 +512,7 @@
     box.replaceChildren(
       h("p", {}, t("actions.advanced", { n: results.length })),
       h("table", {}, h("tbody", {}, results.map((r) => h("tr", {}, h("td", {}, runLink(r.run_id)),
-        h("td", {}, r.workflow), h("td", {}, badge(r.status)), h("td", { class: "mono wrap" }, r.error || JSON.stringify(r.result))))))));
+        h("td", {}, r.workflow), h("td", {}, badge(r.status)), h("td", { class: "mono wrap" }, r.error || JSON.stringify(r.result)))))));
   }
   async function actionsView() {
     const data = await api("dashboard/api/runs?per_page=1");

@@ -36,7 +36,7 @@
     localStorage.setItem("asyncflow.lang", select.value);
     apply(select.value);
   });
-  if (document.documentElement.dataset.auth === "failed") {
+  if (new URLSearchParams(location.search).get("login") === "failed") {
     document.getElementById("login-failed").hidden = false;
   }
 })();
