@@ -212,12 +212,16 @@
     }
     if (ticket !== rendering || view === null) return; // a newer render started meanwhile
     const main = document.getElementById("main");
-    const focused = document.activeElement && document.activeElement.id;
-    const caret = focused && document.activeElement.selectionStart;
+    // A poll must not take the text being typed or the focus away.
+    const active = document.activeElement;
+    const focused = active && main.contains(active) && active.id;
+    const caret = focused && active.selectionStart;
+    const typed = focused && active.tagName !== "SELECT" ? active.value : undefined;
     main.replaceChildren(view);
     if (focused) {
       const again = document.getElementById(focused);
-      if (again && again !== document.body) {
+      if (again) {
+        if (typed !== undefined) again.value = typed;
         again.focus();
         if (typeof caret === "number" && again.setSelectionRange) again.setSelectionRange(caret, caret);
       }
@@ -370,13 +374,15 @@
           st.attempts ? `${t("step.attempts")}: ${st.attempts}` : "",
           st.deadline ? `${t("step.deadline")}: ${time(st.deadline)}` : "",
           st.error ? st.error : ""].filter(Boolean).join("\n");
-        const classes = ["tl-bar", st.kind, lasting ? "" : "instant", open ? "open" : "", st.error ? "error" : ""];
+        // Labels of steps in the right third go to their left, inside the track.
+        const late = (st.started_at - start) / span > 0.66;
+        const classes = ["tl-bar", st.kind, lasting ? "" : "instant", open ? "open" : "", st.error ? "error" : "", late ? "late" : ""];
         const bar = h("div", {
           class: classes.filter(Boolean).join(" "), title: tip, "data-step": st.index,
           style: lasting ? { left: pct(st.started_at), width: `${((stop - st.started_at) / span) * 100}%` } : { left: pct(st.started_at) },
         }, h("span", {}, label));
         const row = h("div", { class: "tl-row" }, bar);
-        if (st.deadline && (st.kind === "sleep" || st.kind === "wait_event" || !st.done)) {
+        if (st.deadline && (!st.done || st.deadline <= end)) {
           row.append(h("div", { class: "tl-deadline", title: `${t("step.deadline")}: ${time(st.deadline)}`, style: { left: pct(Math.min(st.deadline, end)) } }));
         }
         return row;
