@@ -394,6 +394,36 @@ async def test_the_run_list_follows_the_store_without_rereading_what_did_not_cha
 
 
 @pytest.mark.anyio
+async def test_a_first_look_at_a_large_store_reads_the_page_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncflow._dashboard as dashboard
+
+    class Counting(asyncflow.MemoryBackend):
+        reads = 0
+
+        async def read_many(self, keys: Any) -> Any:
+            Counting.reads += len(keys)
+            return await super().read_many(keys)
+
+    flow = make_flow(Counting())
+    for _ in range(120):
+        await flow.start("nap")
+    monkeypatch.setattr(dashboard, "_READ_BUDGET", 0.0)  # as if reading took all the time
+    async with client(asyncflow.asgi.app(flow)) as http:
+        first = (await http.get("/dashboard/api/runs?page=2")).json()
+        assert Counting.reads == 50
+        assert (first["total"], first["all"], first["unread"]) == (120, 120, 70)
+        assert len(first["runs"]) == 50
+        assert first["counts"]["pending"] == 50  # partial, and said so by "unread"
+        # A filter on what the records hold reads the rest.
+        filtered = (await http.get("/dashboard/api/runs?status=pending")).json()
+        assert Counting.reads == 120
+        assert (filtered["total"], filtered["unread"]) == (120, 0)
+        assert filtered["counts"]["pending"] == 120
+
+
+@pytest.mark.anyio
 async def test_steps_record_when_they_start_and_end(clock: MockClock) -> None:
     flow = asyncflow.setup("memory:", clock=clock)
 

@@ -14,6 +14,7 @@ a page of 10,000 runs costs two listings and a sort.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ _PAGE_HEADERS = {
 }
 _PER_PAGE, _MAX_PER_PAGE = 50, 500
 _PREVIEW = 200  # characters of an event's args kept in a summary
+_READ_BUDGET = 0.3  # seconds a runs page spends reading records beyond its own
+_CHUNK = 1000  # records read at once
 _STATUSES = ("pending", "paused", "succeeded", "failed", "cancelled")
 
 
@@ -157,33 +160,64 @@ class _Dashboard:
 
     def __init__(self, api: Api) -> None:
         self.flow = api.flow
-        self._summaries: dict[str, tuple[str, dict[str, Any]]] = {}  # run id -> version, it
+        # run id -> (namespace, version, summary) as last read
+        self._summaries: dict[str, tuple[str, str, dict[str, Any]]] = {}
 
-    async def summaries(self, backend: Backend) -> list[dict[str, Any]]:
-        """A summary of every stored run, newest first."""
+    async def listing(self, backend: Backend) -> dict[str, tuple[str, str]]:
+        """Every stored run: its id -> its namespace and version."""
         listed: dict[str, tuple[str, str]] = {}
         # Finished last: a run caught between the two namespaces counts as finished.
         for namespace in (ACTIVE, DONE):
             for name, version in (await backend.list(namespace)).items():
                 listed[name] = (namespace, version)
         cache = self._summaries
-        stale = [
-            name
-            for name, (namespace, version) in listed.items()
-            if cache.get(name, ("",))[0] != f"{namespace}:{version}"
-        ]
-        keys = [(listed[name][0], name) for name in stale]
-        for key, entry in zip(keys, await backend.read_many(keys), strict=True):
-            if entry is None:  # it moved meanwhile: the next listing finds it
-                cache.pop(key[1], None)
-                continue
-            summary = _summary(entry.data, key[1], backend.locate(key))
-            cache[key[1]] = (f"{key[0]}:{entry.version}", summary)
         for name in [name for name in cache if name not in listed]:
             del cache[name]
-        runs = [summary for _, summary in cache.values()]
-        runs.sort(key=lambda r: (r["created_at"], r["run_id"]), reverse=True)
-        return runs
+        return listed
+
+    async def read(
+        self,
+        backend: Backend,
+        listed: dict[str, tuple[str, str]],
+        first: list[str] | None = None,
+    ) -> int:
+        """Summarise the listed records that changed since they were last read; return how
+        many were left unread.
+
+        ``first``: read these (a page), then the others, newest first, only for about
+        ``_READ_BUDGET`` seconds: a first look at a store of 10,000 runs answers quickly, and
+        the next requests (the page polls) read the rest. ``None``: read every one.
+        """
+        cache = self._summaries
+        stale = [n for n in sorted(listed, reverse=True) if cache.get(n, ("",))[:2] != listed[n]]
+        size = _CHUNK
+        if first is not None:
+            wanted = set(first)
+            page = [n for n in stale if n in wanted]
+            stale = page + [n for n in stale if n not in wanted]
+            size = len(page) or _CHUNK  # the page on its own, first
+        began = time.monotonic()
+        done = 0
+        while done < len(stale):
+            if first is not None and done and time.monotonic() - began > _READ_BUDGET:
+                break
+            keys = [(listed[name][0], name) for name in stale[done : done + size]]
+            size = _CHUNK
+            for key, entry in zip(keys, await backend.read_many(keys), strict=True):
+                if entry is None:  # it moved meanwhile: the next listing finds it
+                    cache.pop(key[1], None)
+                    continue
+                summary = _summary(entry.data, key[1], backend.locate(key))
+                cache[key[1]] = (key[0], entry.version, summary)
+            done += len(keys)
+        return len(stale) - done
+
+    async def summaries(self, backend: Backend) -> list[dict[str, Any]]:
+        """A summary of every stored run, newest first."""
+        listed = await self.listing(backend)
+        await self.read(backend, listed)
+        cache = self._summaries
+        return [cache[name][2] for name in sorted(listed, reverse=True) if name in cache]
 
     async def runs_page(self, query: dict[str, str]) -> dict[str, Any]:
         from .._http import BadRequest
@@ -199,30 +233,37 @@ class _Dashboard:
             raise BadRequest(400, f"unknown status {bad[0]!r}: use {', '.join(_STATUSES)}")
         workflow, wait = query.get("workflow", ""), query.get("wait", "")
         search = query.get("q", "").strip().lower()
+        start = (page - 1) * per_page
+        cache = self._summaries
         async with self.flow._using() as backend:
-            runs = await self.summaries(backend)
+            listed = await self.listing(backend)
+            # Newest first: run ids sort by creation time. They alone answer a search.
+            order = [n for n in sorted(listed, reverse=True) if not search or search in n.lower()]
+            if statuses or workflow or wait:
+                # Filters on what records hold: every record is needed.
+                unread = await self.read(backend, listed)
+                order = [
+                    n
+                    for n in order
+                    if n in cache and _matches(cache[n][2], statuses, workflow, wait)
+                ]
+            else:
+                unread = await self.read(backend, listed, order[start : start + per_page])
+        shown = [cache[n][2] for n in order[start : start + per_page] if n in cache]
         counts = dict.fromkeys(_STATUSES, 0)
         waits: set[str] = set()
-        for run in runs:
+        for _, _, run in cache.values():
             counts[run["status"]] = counts.get(run["status"], 0) + 1
             if run["wait_event"] is not None:
                 waits.add(run["wait_event"])
-        found = [
-            r
-            for r in runs
-            if (not statuses or r["status"] in statuses)
-            and (not workflow or r["workflow"] == workflow)
-            and (not wait or _waits_for(r, wait))
-            and (not search or search in r["run_id"].lower())
-        ]
-        start = (page - 1) * per_page
         return {
-            "total": len(found),
+            "total": len(order),
             "page": page,
             "per_page": per_page,
-            "runs": [_public(r) for r in found[start : start + per_page]],
+            "runs": [_public(r) for r in shown],
             "counts": counts,
-            "all": len(runs),
+            "all": len(listed),
+            "unread": unread,  # records not summarised yet: the counts are partial
             "workflows": self.flow.workflows,
             "waits": sorted(waits),
             "now": self.flow.clock(),
@@ -262,6 +303,14 @@ def _positive(text: str, what: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise BadRequest(400, f"{what} must be a positive integer, not {text!r}")
     return int(text)
+
+
+def _matches(run: dict[str, Any], statuses: set[str], workflow: str, wait: str) -> bool:
+    return (
+        (not statuses or run["status"] in statuses)
+        and (not workflow or run["workflow"] == workflow)
+        and (not wait or _waits_for(run, wait))
+    )
 
 
 def _waits_for(run: dict[str, Any], wait: str) -> bool:

@@ -17,6 +17,7 @@
       "runs.waitInvocation": "the next invocation", "runs.waitEvent": "any event",
       "runs.waitEventNamed": "event {name}",
       "runs.none": "No runs match.", "runs.of": "{shown} of {total} runs",
+      "runs.unread": "(counts so far: {n} runs still being read)",
       "runs.page": "Page {page} of {pages}", "runs.prev": "← Newer", "runs.next": "Older →",
       "col.run": "Run", "col.workflow": "Workflow", "col.status": "Status", "col.trigger": "Trigger",
       "col.created": "Created", "col.updated": "Updated", "col.waits": "Waits for", "col.error": "Error",
@@ -62,6 +63,7 @@
       "runs.waitInvocation": "次回の呼び出し", "runs.waitEvent": "いずれかのイベント",
       "runs.waitEventNamed": "イベント {name}",
       "runs.none": "該当する実行はありません。", "runs.of": "{total} 件中 {shown} 件",
+      "runs.unread": "（集計中: あと {n} 件を読み込み中）",
       "runs.page": "{page} / {pages} ページ", "runs.prev": "← 新しい", "runs.next": "古い →",
       "col.run": "実行", "col.workflow": "ワークフロー", "col.status": "状態", "col.trigger": "トリガー",
       "col.created": "作成", "col.updated": "更新", "col.waits": "待機中", "col.error": "エラー",
@@ -316,7 +318,8 @@
       h("button", { id: "prev", disabled: data.page <= 1, onclick: () => set("page", String(data.page - 1)) }, t("runs.prev")),
       h("span", { id: "page" }, t("runs.page", { page: data.page, pages })),
       h("button", { id: "next", disabled: data.page >= pages, onclick: () => set("page", String(data.page + 1)) }, t("runs.next")),
-      h("span", { class: "muted", id: "total" }, t("runs.of", { shown: data.runs.length, total: data.total })));
+      h("span", { class: "muted", id: "total" }, t("runs.of", { shown: data.runs.length, total: data.total })),
+      data.unread ? h("span", { class: "muted", id: "unread" }, t("runs.unread", { n: data.unread })) : null);
     return h("section", { id: "runs" },
       h("h2", {}, t("runs.title")),
       h("div", { class: "filters" }, chips, workflow, wait, search),
