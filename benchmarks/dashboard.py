@@ -93,7 +93,13 @@ async def main(runs: int, reps: int) -> None:
             "peak_rss_mib": peak_rss_mib(),
             "problems": problems,
         }
-        log(", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.items() if k.endswith("_s")))
+        log(
+            ", ".join(
+                f"{k} {v * 1000:.0f} ms"
+                for k, v in result.items()
+                if isinstance(v, float) and k.endswith("_s")
+            )
+        )
         emit(result)
 
 
