@@ -456,6 +456,45 @@ async def test_steps_record_when_they_start_and_end(clock: MockClock) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_step_keeps_its_start_across_invocations(clock: MockClock) -> None:
+    flow = asyncflow.setup("memory:", clock=clock)
+
+    @flow.sideeffect()
+    async def approve(c: Context) -> str:
+        await c.pause_once()  # the side effect spans two invocations
+        return "ok"
+
+    @flow.sideeffect(retry=asyncflow.Retry(attempts=2, initial=600, max_delay=600, jitter=0))
+    async def flaky(c: Context) -> str:
+        if not await c.get_state("fixed", False):
+            await c.set_state("fixed", True)
+            raise ConnectionError("down")
+        return "up"
+
+    @flow.workflow()
+    async def slow(c: Context) -> None:
+        await approve(c)
+        await flaky(c)
+
+    t0 = clock()
+    (result,) = await flow.run("slow")
+    clock.advance(10)
+    await flow.run()  # approve ends; flaky fails and waits 600 s to be retried
+    waiting = (await flow.get_run(result.run_id)).steps
+    retried = next(s for s in waiting if s.name and s.name.endswith("flaky"))
+    assert (retried.started_at, retried.ended_at, retried.deadline) == (t0 + 10, None, t0 + 610)
+    assert (retried.attempts, retried.error) == (1, "ConnectionError: down")
+    clock.advance(600)
+    await flow.run()
+    steps = (await flow.get_run(result.run_id)).steps
+    outer = [(s.name, s.started_at, s.ended_at) for s in steps if s.branch is None]
+    assert [(n.rpartition(".")[2], a, e) for n, a, e in outer if n] == [
+        ("approve", t0, t0 + 10),
+        ("flaky", t0 + 10, t0 + 610),
+    ]
+
+
+@pytest.mark.anyio
 async def test_records_without_step_times_still_load_and_show(tmp_path: Path) -> None:
     flow = make_flow(f"file:{tmp_path}")
     (nap,) = await flow.start("nap")
