@@ -288,3 +288,32 @@ def test_the_page_follows_the_browser_language(browser: Browser, tmp_path: Path)
         assert context.cookies() == []
         context.close()
         assert errors == []
+
+
+def test_another_sites_page_cannot_act_with_the_session(browser: Browser, tmp_path: Path) -> None:
+    """A page of another origin on the same host (the same site, so the SameSite=Strict cookie
+    goes along) posts the classic JSON-in-a-form request: refused, nothing started."""
+    from playwright.sync_api import expect
+
+    with serving(tmp_path, "memory:") as (base, http):
+        context, page, _ = new_page(browser)
+        log_in(page, base)
+        evil = f"http://127.0.0.1:{_free_port()}/evil.html"
+        form = (
+            f'<form method="post" action="{base}/runs" enctype="text/plain">'
+            """<input name='{"trigger":"nap","args":"' value='"}'></form>"""
+            "<script>document.forms[0].submit()</script>"
+        )
+        page.route(evil, lambda route: route.fulfill(body=form, content_type="text/html"))
+        with page.expect_response(f"{base}/runs") as answer:
+            page.goto(evil)
+        assert answer.value.status == 403
+        assert answer.value.request.headers.get("cookie", "").startswith("asyncflow_session=")
+        assert http.get("/runs").json() == []
+        # The page itself still acts.
+        page.goto(f"{base}/#/actions")
+        page.select_option("#start-trigger", "nap")
+        page.click("#start-button")
+        expect(page.locator("#action-result")).to_contain_text("nap")
+        assert [r["workflow"] for r in http.get("/runs").json()] == ["nap"]
+        context.close()
