@@ -279,6 +279,14 @@ def test_the_page_follows_the_browser_language(browser: Browser, tmp_path: Path)
         expect(page.locator("#runs-table .badge")).to_have_text("失敗")
         expect(page.locator("[data-action=retry]")).to_have_text("再実行")
         shot(page, "runs-ja", readme=True)
+        # A run's page follows the run while an invocation elsewhere advances it.
+        page.click("#runs-table a")
+        expect(page.locator("#run .badge").first).to_have_text("失敗")
+        (fragile,) = http.get("/runs").json()
+        assert http.post(f"/runs/{fragile['run_id']}/retry").status_code == 200
+        expect(page.locator("#run .badge").first).to_have_text("成功", timeout=WAIT_MS)
+        expect(page.locator("#result")).to_have_text('"fine"')
+        page.click("#nav-runs")
         page.select_option("#lang", "en")
         expect(page.locator("#runs h2")).to_have_text("Runs")
         page.reload()  # the choice is kept
