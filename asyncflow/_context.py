@@ -248,7 +248,7 @@ class Context:
         until = step.get("until")
         if step.get("timed_out") or (until is not None and self._exec.clock() >= until):
             if not step.get("timed_out"):
-                self._mark(pos, step, timed_out=True)
+                self._mark(pos, step, timed_out=True, ended=True)
             raise WaitTimeout(name, float(until or 0))
         record = self._record
         if record.wait_event not in (None, name):
@@ -337,7 +337,7 @@ class Context:
         until = float(step["until"])
         if self._exec.clock() >= until:
             # Marked, so that a clock set back later cannot put the run to sleep again here.
-            self._mark(self._pos - 1, step, done=True)
+            self._mark(self._pos - 1, step, done=True, ended=True)
             return
         self._suspend(until)
 
@@ -553,7 +553,7 @@ class Context:
         outcome["error"] = error
         if attempts is not None:
             outcome["attempts"] = attempts
-        self._replace(pos, outcome, _outcome_text(outcome))
+        self._replace(pos, outcome, _outcome_text(outcome), end=True)
         await self._store_outcome()
         raise SideEffectError(
             name,
@@ -586,7 +586,7 @@ class Context:
         if attempts is not None:
             outcome["attempts"] = attempts
         outcome["value"] = value
-        self._replace(pos, outcome, _outcome_text(outcome, value_json))
+        self._replace(pos, outcome, _outcome_text(outcome, value_json), end=True)
         return value
 
     async def _checkpoint(self) -> None:
@@ -649,6 +649,10 @@ class Context:
     def _append(self, step: dict[str, Any], text: str) -> int:
         """Record a new step at the end of this context's journal; return its index in the
         run's journal."""
+        # When it was recorded: the timeline of the run (the dashboard) starts the step here.
+        at = self._exec.clock()
+        step["at"] = at
+        text = f'{text[:-1]},"at":{dumps(at, "the clock time")}}}'
         if self._path:
             step["branch"] = self._path
             text = with_branch(text, self._path)
@@ -658,18 +662,28 @@ class Context:
         self._exec.dirty = True
         return index
 
-    def _replace(self, pos: int, step: dict[str, Any], text: str) -> None:
-        """Replace the step at ``pos`` in this context's journal (a side effect's outcome)."""
+    def _replace(self, pos: int, step: dict[str, Any], text: str, *, end: bool = False) -> None:
+        """Replace the step at ``pos`` in this context's journal (a side effect's outcome),
+        keeping when it started; ``end``: record now as when it ended."""
+        started = self._record.steps[self._own[pos]].get("at")
+        if started is not None and "at" not in step:
+            step["at"] = started
+            text = f'{text[:-1]},"at":{dumps(started, "")}}}'
+        if end:
+            step["end"] = now = self._exec.clock()
+            text = f'{text[:-1]},"end":{dumps(now, "the clock time")}}}'
         if self._path:
             step["branch"] = self._path
             text = with_branch(text, self._path)
         self._record.replace(self._own[pos], step, text)
         self._exec.dirty = True
 
-    def _mark(self, pos: int, step: dict[str, Any], **fields: Any) -> None:
-        """Record ``fields`` on the step at ``pos`` (its outcome: sent, done, timed out)."""
-        marked = {k: v for k, v in step.items() if k != "branch"} | fields
-        self._replace(pos, marked, dumps(marked, ""))
+    def _mark(self, pos: int, step: dict[str, Any], *, ended: bool = False, **fields: Any) -> None:
+        """Record ``fields`` on the step at ``pos`` (its outcome: sent, done, timed out);
+        ``ended``: the step ends now (a sleep done, a wait timed out)."""
+        dropped = ("branch", "end") if ended else ("branch",)
+        marked = {k: v for k, v in step.items() if k not in dropped} | fields
+        self._replace(pos, marked, dumps(marked, ""), end=ended)
 
     def _where(self, pos: int) -> str:
         return f"step {pos + 1}" + (f" of branch {self._path}" if self._path else "")

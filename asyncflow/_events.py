@@ -116,7 +116,7 @@ async def _resolve(
         index = _pending_wait(record, event)
         if index is None or event_id <= record.steps[index]["since"]:
             return False  # emitted before this wait began
-        step = {**record.steps[index], "value": args, "event": event_id}
+        step = {**record.steps[index], "value": args, "event": event_id, "end": clock()}
         record.replace(index, step, dumps(step, f"the args of event {event!r}"))
         record.wait_event = None
         record.wake_at = None

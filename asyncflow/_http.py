@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_BODY_SIZE",
+    "SESSION_COOKIE",
     "Api",
     "BadRequest",
     "Order",
@@ -71,13 +72,17 @@ class Request:
 
 @dataclass(frozen=True)
 class Response:
-    """What to answer: a status and a JSON-serializable body."""
+    """What to answer: a status and a JSON-serializable body (or, for the dashboard's pages
+    and assets, the bytes of a ``content_type`` body)."""
 
     status: int
     body: Any
     headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
 
     def encode(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
         # (backslashreplace: a lone surrogate a client sent, quoted back, stays an escape)
         return json.dumps(self.body, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
@@ -184,7 +189,13 @@ class Api:
     ``POST /runs`` (and ``POST /`` for Lambda function URLs) runs a trigger request now and
     answers with the results; ``POST /start`` records new runs; ``POST /resume`` resumes due
     runs; ``GET /runs`` lists runs (``?status=``); ``GET /runs/{run_id}`` shows one;
-    ``GET /healthz`` needs no token.
+    ``POST /runs/{run_id}/cancel`` cancels a waiting run and ``POST /runs/{run_id}/retry``
+    executes a failed one again; ``GET /healthz`` needs no token. ``GET /`` and the routes
+    under ``/dashboard/`` are the web dashboard (see :mod:`asyncflow._dashboard`).
+
+    A browser authenticates with the dashboard's session cookie instead of the header; its
+    requests that change something must then come from the dashboard's own page (see
+    :meth:`credentials`).
     """
 
     def __init__(self, flow: Flow, *, token: str | None, max_body_size: int) -> None:
@@ -197,6 +208,7 @@ class Api:
         self.flow = flow
         self.max_body_size = max_body_size
         self._token = None if token is None else token.encode()
+        self._dashboard: Any = None  # the dashboard's per-process caches, made on first use
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         """Whether the request carries the token (always, when there is none to carry)."""
@@ -213,6 +225,44 @@ class Api:
             given.strip().encode(), self._token
         )
 
+    def session(self) -> str | None:
+        """The value of the dashboard's session cookie (``None`` without a token): derived
+        from the token, so the cookie never holds the token itself."""
+        if self._token is None:
+            return None
+        import hashlib
+        import hmac
+
+        return hmac.new(self._token, b"asyncflow dashboard session", hashlib.sha256).hexdigest()
+
+    def credentials(self, request: Request) -> str | None:
+        """How ``request`` is authorized: ``"open"`` (no token is set), ``"header"``,
+        ``"cookie"`` (the dashboard's session), or ``None`` (it is not).
+
+        A request that changes something (not GET) and is authorized by its cookie, which a
+        browser sends by itself, must carry the ``x-asyncflow-csrf`` header, which only a
+        script of the same origin can add, and an ``Origin`` (if any) naming this host;
+        otherwise it is not authorized: another site's page could have sent it.
+        """
+        headers = request.headers
+        if self._token is None:
+            return "open" if _same_origin(request) else None
+        if self.authorized(headers):
+            return "header"
+        session = _cookie(headers.get("cookie", ""), SESSION_COOKIE)
+        if session is None:
+            return None
+        import hmac
+
+        expected = self.session() or ""
+        if not hmac.compare_digest(session.encode(), expected.encode()):
+            return None
+        if request.method.upper() not in ("GET", "HEAD") and (
+            not headers.get("x-asyncflow-csrf") or not _same_origin(request)
+        ):
+            return None
+        return "cookie"
+
     async def handle(self, request: Request, *, time_limit: float | None = None) -> Response:
         """Answer ``request``; never raises (unexpected errors become 500 with an error id).
 
@@ -228,6 +278,8 @@ class Api:
             return Response(404, {"error": str(exc)})
         except (UnknownTriggerError, SerializationError) as exc:
             return Response(400, {"error": str(exc)})
+        except UsageError as exc:  # an action the run's state does not allow (cancel, retry)
+            return Response(409, {"error": str(exc)})
         except Exception as exc:  # anything else is ours to fix, not the client's
             return internal_error(exc)
 
@@ -248,10 +300,21 @@ class Api:
         if path == "/healthz":
             _method(method, "GET")
             return Response(200, {"status": "ok"})
+        from . import _dashboard
+
+        if _dashboard.owns(method, path):
+            # Its pages answer without the token (the login form) and check it themselves;
+            # a login's body is small and read within the same limits.
+            return None
         allowed = _allowed(path)
         if allowed is None:
             raise BadRequest(404, f"no such route: {path}")
-        if not self.authorized(request.headers):
+        if self.credentials(request) is None:
+            if (
+                self._token is None
+                or _cookie(request.headers.get("cookie", ""), SESSION_COOKIE) == self.session()
+            ):
+                return Response(403, {"error": CROSS_SITE})
             return Response(
                 401,
                 {"error": "missing or wrong token: send 'Authorization: Bearer <token>'"},
@@ -267,6 +330,10 @@ class Api:
             return early
         if len(request.body) > self.max_body_size:
             raise BadRequest(413, f"the request body exceeds {self.max_body_size} bytes")
+        from . import _dashboard
+
+        if _dashboard.owns(method, path):
+            return await _dashboard.handle(self, request)
         flow = self.flow
         if method == "GET":
             if path == "/runs":
@@ -275,6 +342,15 @@ class Api:
             run = await flow.get_run(path.removeprefix("/runs/"))
             return Response(200, run_dict(run, steps=True))
         _no_query(request)
+        action = _action(path)
+        if action is not None:
+            run_id, verb = action
+            if request.body.strip() not in (b"", b"{}"):
+                raise BadRequest(400, f"POST {path} takes no request body")
+            if verb == "retry":
+                return Response(200, results_list(await flow.retry(run_id)))
+            await flow.cancel(run_id)
+            return Response(200, run_dict(await flow.get_run(run_id), steps=False))
         order = parse_order(decode_json(request.body))
         if path == "/start":
             if order.trigger is None:
@@ -305,7 +381,7 @@ class Api:
 
 def _allowed(path: str) -> tuple[str, ...] | None:
     """The methods a route takes, or ``None`` for no such route."""
-    if path in ("/", "/start", "/resume"):
+    if path in ("/", "/start", "/resume") or _action(path) is not None:
         return ("POST",)
     if path == "/runs":
         return ("GET", "POST")
@@ -313,6 +389,46 @@ def _allowed(path: str) -> tuple[str, ...] | None:
     if run_id != path and run_id and "/" not in run_id:
         return ("GET",)
     return None
+
+
+def _action(path: str) -> tuple[str, str] | None:
+    """``(run_id, "cancel" or "retry")`` for ``/runs/{run_id}/cancel`` and ``.../retry``."""
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "runs" and parts[2] and parts[3] in ("cancel", "retry"):
+        return parts[2], parts[3]
+    return None
+
+
+CROSS_SITE = (
+    "refused: a browser's request that changes something must come from this server's own"
+    " page (same Origin, with the x-asyncflow-csrf header)"
+)
+#: The name of the dashboard's session cookie.
+SESSION_COOKIE = "asyncflow_session"
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value
+    return None
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether the request's ``Origin`` (if a browser sent one) names the host it was sent to.
+
+    Browsers send ``Origin`` with every POST; a request from another site's page names that
+    site. Clients that are not browsers send none, and are not refused for it.
+    """
+    if request.method.upper() in ("GET", "HEAD"):
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
+    _, sep, netloc = origin.partition("://")
+    return bool(sep) and netloc == host
 
 
 class _MethodNotAllowed(BadRequest):

@@ -87,6 +87,13 @@ class Step:
         attempts: for a side effect with a ``retry`` policy, the attempts made (when it is
             done) or failed so far (while it waits to be retried).
         retry_at: when a side effect waiting to be retried will be, in seconds since the epoch.
+        started_at: when the step was first reached (seconds since the epoch, the flow's
+            clock); ``None`` in records written before asyncflow recorded it.
+        ended_at: when it ended: a side effect's outcome, a sleep or wait that ended (the
+            same as ``started_at`` for the steps that take no time; ``None`` while it has not
+            ended, or in older records).
+        deadline: when a sleep ends, a ``wait_event`` times out (``None``: no timeout), or
+            a side effect waiting to be retried is retried, in seconds since the epoch.
     """
 
     kind: str
@@ -97,6 +104,9 @@ class Step:
     branch: str | None = None
     attempts: int | None = None
     retry_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,11 @@ def _step(raw: dict[str, Any]) -> Step:
             error = "WaitTimeout"
     else:
         done = True
+    deadline = raw.get("until", raw.get("retry_at"))
+    started_at = raw.get("at")
+    ended_at = raw.get("end")
+    if ended_at is None and kind not in ("sideeffect", "sleep", "wait_event", "gather"):
+        ended_at = started_at  # a step that takes no time
     if isinstance(raw.get("change"), dict):  # an event emitted, a state change
         value = raw["change"]["args"] if kind == "event" else raw.get("value")
     return Step(
@@ -188,4 +203,7 @@ def _step(raw: dict[str, Any]) -> Step:
         branch=raw.get("branch"),
         attempts=raw.get("attempts"),
         retry_at=raw.get("retry_at"),
+        started_at=started_at,
+        ended_at=ended_at,
+        deadline=deadline if kind in ("sleep", "wait_event", "sideeffect") else None,
     )

@@ -8,7 +8,10 @@ uvicorn), or mount it in a Starlette or FastAPI application. Routes (JSON in and
 - ``POST /start``: records new runs without running anything; answers ``{"run_ids": [...]}``;
 - ``POST /resume``: resumes due runs; answers with the results;
 - ``GET /runs`` (``?status=paused``, repeatable or comma-separated) and ``GET /runs/{run_id}``;
-- ``GET /healthz``: no token needed.
+- ``POST /runs/{run_id}/cancel`` and ``POST /runs/{run_id}/retry``: cancel a waiting run,
+  execute a failed one again;
+- ``GET /healthz``: no token needed;
+- ``GET /``: the web dashboard (a login form when a token is set; see the README).
 
 Bad requests get 400, a missing token 401, unknown runs and routes 404, wrong methods 405,
 a body that does not arrive in time 408, bodies over the size limit 413, anything unexpected
@@ -132,12 +135,14 @@ class ASGIApp:
                 "type": "http.response.start",
                 "status": response.status,
                 "headers": [
-                    (b"content-type", b"application/json"),
+                    (b"content-type", response.content_type.encode()),
                     (b"content-length", str(len(data)).encode()),
                     *((k.encode(), v.encode()) for k, v in response.headers.items()),
                 ],
             }
         )
+        if scope["method"] == "HEAD":
+            data = b""
         await send({"type": "http.response.body", "body": data})
 
     async def _answer(self, request: Request, receive: Receive) -> Response | None:

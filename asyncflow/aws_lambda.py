@@ -199,12 +199,13 @@ class LambdaHandler:
             response = internal_error(exc)
         else:
             response = await self._api.handle(request, time_limit=time_limit)
-        return {
-            "statusCode": response.status,
-            "headers": {"content-type": "application/json", **response.headers},
-            "body": response.encode().decode(),
-            "isBase64Encoded": False,
-        }
+        headers = {"content-type": response.content_type, **response.headers}
+        answer: dict[str, Any] = {"statusCode": response.status}
+        if "set-cookie" in headers and "httpMethod" not in event:
+            # Payload 2.0 (function URLs, HTTP APIs) takes cookies in a field of their own.
+            answer["cookies"] = [headers.pop("set-cookie")]
+        answer.update(headers=headers, body=response.encode().decode(), isBase64Encoded=False)
+        return answer
 
     async def _sqs(self, records: list[Any], time_limit: float | None) -> dict[str, Any]:
         # Each message becomes stored runs first; one invocation then advances them all with
@@ -302,6 +303,9 @@ def _http_request(event: Mapping[str, Any]) -> Request:
         path = event.get("rawPath") or "/"
         query = event.get("rawQueryString") or ""
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    cookies = event.get("cookies")
+    if isinstance(cookies, list) and cookies:  # payload 2.0 moves them out of the headers
+        headers["cookie"] = "; ".join(str(c) for c in cookies)
     body = event.get("body") or ""
     if not isinstance(body, str):
         raise BadRequest(400, "the request body is not text")

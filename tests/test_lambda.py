@@ -138,7 +138,7 @@ def test_bad_http_requests_get_400_404_405_413_and_change_nothing(lam: Lambda) -
         url({"event": "approved", "trigger": "greet"}),
         url({"trigger": "greet", "argz": 1}),
         {**url("%%%"), "isBase64Encoded": True},
-        url(method="GET", path="/"),
+        url(method="PUT", path="/"),  # GET / is the dashboard
         url({"trigger": "greet"}, path="/nowhere"),
         url({"trigger": "greet", "args": "x" * 2_000_000}),
         url(method="GET", path="/runs"),
