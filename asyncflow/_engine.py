@@ -25,7 +25,7 @@ from ._context import Context, Suspend
 from ._exceptions import AsyncflowError, BackendError, ConflictError, EventCycleError
 from ._record import FINISHED, RunRecord, decode_state, dumps, encode_state, new_run_id
 from ._results import RunResult
-from ._waits import WAITS, WaitIndex, sync_index
+from ._waits import EVENTS, WAITS, EventLog, WaitIndex, event_hash, pending_waits, sync_index
 
 __all__ = ["Execution", "Invocation", "Workflow", "create_runs", "invoke", "read_state"]
 
@@ -52,7 +52,7 @@ class Invocation:
     """What the runs of one invocation share: the backend, the workflows, and the runs that
     events emitted during it made due (executed in further rounds before it returns)."""
 
-    __slots__ = ("backend", "clock", "due", "workflows")
+    __slots__ = ("backend", "clock", "due", "log", "workflows")
 
     def __init__(
         self, backend: Backend, clock: Callable[[], float], workflows: dict[str, Workflow]
@@ -61,6 +61,7 @@ class Invocation:
         self.clock = clock
         self.workflows = workflows
         self.due: list[str] = []
+        self.log = EventLog(())  # the event log as listed when the invocation began
 
     def state_triggered(self, name: str) -> bool:
         return any(w.kind == "state" and w.trigger == name for w in self.workflows.values())
@@ -275,9 +276,24 @@ async def invoke(
     # emitter's invocation, which executes it (listed the other way round, the run would be
     # claimed here, then skipped as changed since the listing: executed by neither).
     index = WaitIndex(await backend.list(WAITS))
-    listed = await backend.list(ACTIVE)
+    # The event log, listed after the index: an event whose emitter listed the index before a
+    # run's entry was written is logged before that entry, so it is in this listing whenever
+    # the entry is in the index's (docs/design.md, "Events exactly once").
+    # (Listed side by side with the runs, whose listing has no order to keep with it.)
+    listed: dict[str, str] = {}
+
+    async def list_events() -> None:
+        invocation.log = EventLog(await backend.list(EVENTS))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(list_events)
+            listed = await backend.list(ACTIVE)
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
     await index.drop_stale(backend, listed)
     now = clock()
+    await invocation.log.prune(backend, now)
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation
         # ends: a run another invocation holds is skipped, and nothing that is read below can
@@ -286,7 +302,7 @@ async def invoke(
         names = [
             run_id
             for run_id in sorted(listed)  # ids sort by creation time
-            if not index.sleeping(run_id, now)
+            if not index.sleeping(run_id, now, invocation.log)
         ]
         keys = [(ACTIVE, run_id) for run_id in names]
         # Changed since the listing (entry None): another invocation advanced it meanwhile, so
@@ -357,13 +373,18 @@ async def _advance_all(
             for _ in range(min(max_concurrency, len(jobs))):
                 tg.start_soon(worker)
     except BaseExceptionGroup as group:
-        # Storage failing under one run stops the invocation: raise that error itself (the
-        # task group wrapped it), not a group a caller would have to take apart.
-        errors = list(_leaves(group))
-        if all(isinstance(e, AsyncflowError) for e in errors):
-            raise errors[0] from None
-        raise
+        raise _first_error(group) from None
     return [r for r in results if r is not None]
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Storage failing under one task stops the invocation: the error itself (the task group
+    wrapped it), not a group a caller would have to take apart; any other group as it is."""
+    errors = list(_leaves(group))
+    if all(isinstance(e, AsyncflowError) for e in errors):
+        return errors[0]
+    whole: BaseException = group
+    return whole
 
 
 async def _event_rounds(
@@ -414,6 +435,11 @@ async def advance(
 ) -> RunResult | None:
     """Advance one claimed run: a new one (``version`` is ``None``) or a due one as read."""
     backend, clock = invocation.backend, invocation.clock
+    if version is not None and record.status not in FINISHED and not _due(record, clock()):
+        woken = await _woken_by_log(invocation, record, version, indexed)
+        if woken is None:
+            return None
+        record, version = woken
     execution = Execution(backend, clock, record, version, invocation, indexed)
     if version is None:
         # Stored before it executes, so that a crash from here on cannot lose it.
@@ -425,11 +451,6 @@ async def advance(
         # Complete an interrupted move.
         await finish(backend, record.run_id, record.encode(), version)
         return None
-    elif not _due(record, clock()):
-        # Its index entry was lost, or never written (a crash during a retry's wait, before the
-        # run was first suspended): write it, leave the run.
-        await sync_index(backend, record, list(indexed))
-        return None
     workflow = invocation.workflows.get(record.workflow)
     if workflow is None:
         logger.warning(
@@ -439,6 +460,63 @@ async def advance(
         )
         return None
     return await execution.execute(workflow)
+
+
+async def _woken_by_log(
+    invocation: Invocation, record: RunRecord, version: str, indexed: Sequence[str]
+) -> tuple[RunRecord, str] | None:
+    """A claimed run that its record calls not due: hand it the event it waits for if the
+    log has one, and store that at once (compare-and-swap, as an emitter does), so that an
+    emitter handing it the same event meanwhile does one of the two. The record and version
+    to execute, or ``None`` to leave the run."""
+    if not await _receive_logged(invocation, record):
+        # Its index entry was lost, or never written (a crash between the record's write and
+        # the entry's), or an emitter is about to wake it: write the entry, leave the run.
+        await sync_index(invocation.backend, record, list(indexed))
+        return None
+    backend, key = invocation.backend, (ACTIVE, record.run_id)
+    record.updated_at = invocation.clock()
+    try:
+        return record, await backend.write(key, record.encode(), if_version=version)
+    except ConflictError:
+        pass
+    # An emitter woke it first. Where claims are locks apart from the data (the default
+    # `write_and_release`), the run is still held here: execute what the emitter stored.
+    # Where claims are leases in the object, the emitter's write ended the lease; the
+    # emitter's invocation executes the run.
+    if type(backend).write_and_release is not Backend.write_and_release:
+        return None
+    entry = await backend.read(key)
+    if entry is None:
+        return None
+    stored = RunRecord.decode(entry.data, backend.locate(key))
+    if stored.status in FINISHED or not _due(stored, invocation.clock()):
+        return None
+    return stored, entry.version
+
+
+async def _receive_logged(invocation: Invocation, record: RunRecord) -> bool:
+    """Hand the run the earliest logged event it waits for, emitted after its wait began (in
+    memory: the run is claimed, and its execution stores it); whether there was one. This is
+    how an event reaches a run whose emitter did not find it in the index."""
+    event = record.wait_event
+    if event is None or record.status != "paused":
+        return False
+    waits = pending_waits(record, event)
+    if not waits:
+        return False
+    since = min(str(record.steps[i]["since"]) for i in waits)
+    names = invocation.log.after(event_hash(event), since)
+    if not names:
+        return False
+    from ._events import read_logged, receive  # (loaded when used: imports cost a cold start)
+
+    for name in names:
+        logged = await read_logged(invocation.backend, name)
+        if logged is not None and logged[0] == event:
+            if receive(record, event, logged[1], name.partition(".")[0]):
+                return True
+    return False
 
 
 def _due(record: RunRecord, now: float) -> bool:
