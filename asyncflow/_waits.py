@@ -101,9 +101,7 @@ class EventLog:
         """The log's names for event hash ``digest`` emitted after ``since``, oldest first
         (``None``: since unknown, every one)."""
         return [
-            f"{i}.{digest}"
-            for i in self.by_hash.get(digest, ())
-            if since is None or i > since
+            f"{i}.{digest}" for i in self.by_hash.get(digest, ()) if since is None or i > since
         ]
 
     async def prune(self, backend: Backend, now: float) -> None:
@@ -145,8 +143,7 @@ class WaitIndex:
         the log holds no event it waits for emitted since its wait began."""
         entries = self.by_run.get(run_id, [])
         return bool(entries) and not any(
-            e.due(now) or (e.event is not None and log.after(e.event, e.since))
-            for e in entries
+            e.due(now) or (e.event is not None and log.after(e.event, e.since)) for e in entries
         )
 
     def names(self, run_id: str) -> list[str]:
