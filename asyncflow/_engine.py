@@ -513,9 +513,13 @@ async def _receive_logged(invocation: Invocation, record: RunRecord) -> bool:
 
     for name in names:
         logged = await read_logged(invocation.backend, name)
-        if logged is not None and logged[0] == event:
-            if receive(record, event, logged[1], name.partition(".")[0]):
-                return True
+        event_id = name.partition(".")[0]
+        if (
+            logged is not None
+            and logged[0] == event
+            and receive(record, event, logged[1], event_id)
+        ):
+            return True
     return False
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,9 +142,9 @@ class Store:
 
 
 @pytest.fixture(params=["memory", "file", "s3", "dynamodb"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     aws = request.getfixturevalue("aws") if request.param in ("s3", "dynamodb") else None
-    yield Store(str(request.param), tmp_path, aws)
+    return Store(str(request.param), tmp_path, aws)
 
 
 def script(backend: asyncflow.Backend) -> asyncflow.Flow:
