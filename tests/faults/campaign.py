@@ -41,6 +41,7 @@ from typing import Any
 
 WORKER = Path(__file__).with_name("worker.py")
 LEASE = 3.0  # (as in worker.py)
+AWS_STARTUP = 1.5  # seconds a worker takes to import aiobotocore and open its client
 
 
 class Campaign:
@@ -72,7 +73,9 @@ class Campaign:
             check=False,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"worker {argv} failed:\n{done.stdout.decode()}{done.stderr.decode()}")
+            raise RuntimeError(
+                f"worker {argv} failed:\n{done.stdout.decode()}{done.stderr.decode()}"
+            )
         return done.stdout.decode()
 
     def errors(self) -> list[str]:
@@ -93,6 +96,7 @@ def run_campaign(
     invokers: int = 2,
     env: dict[str, str] | None = None,
     leases: bool = False,
+    startup: float = 0.5,
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Run one campaign; return its report. Stops after ``kills`` kills or ``seconds``."""
@@ -102,11 +106,13 @@ def run_campaign(
     deadline = began + seconds
     roles = ["invoker"] * invokers + ["emitter"]
     procs = [c.spawn(role, str(seconds)) for role in roles]
+    born = [time.monotonic()] * len(procs)
     killed: Counter[str] = Counter()
     while sum(killed.values()) < kills and time.monotonic() < deadline - 1:
-        time.sleep(rng.uniform(0.2, 1.0))  # the fault schedule: a kill at a random moment
-        # An emitter or an invoker, even odds.
+        # An emitter or an invoker, even odds, at a random moment once it is under way (a
+        # process killed while it imports Python modules tests nothing).
         i = len(procs) - 1 if rng.random() < 0.5 else rng.randrange(len(procs) - 1)
+        time.sleep(max(born[i] + startup - time.monotonic(), 0) + rng.uniform(0.1, 0.8))
         if procs[i].poll() is None:
             procs[i].send_signal(signal.SIGKILL)
             procs[i].wait()
@@ -114,6 +120,7 @@ def run_campaign(
         left = deadline - time.monotonic()
         if left > 1:
             procs[i] = c.spawn(roles[i], f"{left:.1f}")
+            born[i] = time.monotonic()
     for proc in procs:  # the rest end by themselves at the deadline
         try:
             proc.wait(timeout=max(deadline - time.monotonic(), 0) + 60)
@@ -123,11 +130,8 @@ def run_campaign(
             killed["late"] += 1
     if leases:
         time.sleep(LEASE + 0.5)  # the leases of killed invokers expire (wall-clock leases)
-    c.call("run")  # one clean invocation: repairs what the kills left
-    before = json.loads(c.call("inspect"))
-    c.call("settle")
-    after = json.loads(c.call("inspect"))
-    report = check(c.journals, before, after)
+    stored = json.loads(c.call("check"))
+    report = check(c.journals, stored["before"], stored["after"])
     report.update(
         store=store.partition(":")[0],
         seconds=round(time.monotonic() - began, 1),
@@ -148,8 +152,10 @@ def _lines(journals: Path, pattern: str) -> list[list[str]]:
     ]
 
 
-def check(journals: Path, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
-    started = {n: run_id for n, run_id in _lines(journals, "started-*.log")}
+def check(
+    journals: Path, before: list[dict[str, Any]], after: list[dict[str, Any]]
+) -> dict[str, Any]:
+    started = dict(_lines(journals, "started-*.log"))
     sent: dict[tuple[str, str, str], int] = {}  # (n, pid, seq) -> time (ms) before emitting
     completed: set[tuple[str, str, str]] = set()
     for path in journals.glob("emits-*.log"):
@@ -180,7 +186,9 @@ def check(journals: Path, before: list[dict[str, Any]], after: list[dict[str, An
     by_id = {run["run_id"]: run for run in after}
     runs_lost = sum(1 for run_id in started.values() if run_id not in by_id)
     runs_stuck = sum(
-        1 for run_id in started.values() if run_id in by_id and by_id[run_id]["status"] != "succeeded"
+        1
+        for run_id in started.values()
+        if run_id in by_id and by_id[run_id]["status"] != "succeeded"
     )
     wrong = 0
     received = 0
@@ -234,8 +242,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         if args.store == "file":
             report = run_campaign(
-                f"file:{folder}/store", Path(folder), kills=args.kills, seconds=args.seconds,
-                invokers=args.invokers, seed=args.seed,
+                f"file:{folder}/store",
+                Path(folder),
+                kills=args.kills,
+                seconds=args.seconds,
+                invokers=args.invokers,
+                seed=args.seed,
             )
         else:
             report = _on_moto(args, Path(folder))
@@ -267,8 +279,15 @@ def _on_moto(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         aws = Aws(f"http://{host}:{port}")
         url = aws.new_s3_url() if args.store == "s3" else aws.new_dynamodb_url()
         return run_campaign(
-            url, folder, kills=args.kills, seconds=args.seconds, invokers=args.invokers,
-            env={**credentials, "AWS_ENDPOINT_URL": aws.endpoint}, leases=True, seed=args.seed,
+            url,
+            folder,
+            kills=args.kills,
+            seconds=args.seconds,
+            invokers=args.invokers,
+            env={**credentials, "AWS_ENDPOINT_URL": aws.endpoint},
+            leases=True,
+            startup=AWS_STARTUP,
+            seed=args.seed,
         )
     finally:
         server.stop()

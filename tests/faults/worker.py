@@ -3,10 +3,9 @@ process, which the campaign kills with SIGKILL at random moments.
 
     python tests/faults/worker.py STORE JOURNALS invoker SECONDS   # start runs, invoke, repeat
     python tests/faults/worker.py STORE JOURNALS emitter SECONDS   # emit the events runs await
-    python tests/faults/worker.py STORE JOURNALS run               # one invocation
-    python tests/faults/worker.py STORE JOURNALS settle             # emit to every waiting run
-        # and invoke, until no run is left active (at most 10 rounds)
-    python tests/faults/worker.py STORE JOURNALS inspect           # print every run as JSON
+    python tests/faults/worker.py STORE JOURNALS check             # one clean invocation, print
+        # every run (JSON, "before"); then settle: emit to every waiting run and invoke, until
+        # no run is left active (at most 10 rounds); print every run again ("after")
 
 STORE is ``file:PATH``, ``s3://bucket/prefix`` or ``dynamodb://table`` (endpoint from
 AWS_ENDPOINT_URL; leases of LEASE seconds). Every real execution of a side effect of run N
@@ -118,7 +117,7 @@ async def emitter(seconds: float) -> None:
     async with flow, anyio.create_task_group() as tg:
         while time.monotonic() < deadline:
             now = time.monotonic()
-            for path in JOURNALS.glob("n-*.log"):
+            for path in JOURNALS.glob("n-*.log"):  # noqa: ASYNC240  (a test's scan, tiny)
                 n = path.name[2:-4]
                 tags = progress(n)
                 stage = sum(1 for i in range(WAITS) if f"b{i}" in tags)
@@ -140,23 +139,23 @@ async def main() -> None:
     elif MODE == "run":
         async with flow:
             await flow.run()
-    elif MODE == "settle":
-        await settle()
-    elif MODE == "inspect":
+    elif MODE == "check":
         async with flow:
-            print(json.dumps(await dump()))
+            await flow.run()  # one clean invocation: repairs what the kills left
+            before = await dump()
+            await settle()
+            print(json.dumps({"before": before, "after": await dump()}))
 
 
 async def settle() -> None:
-    async with flow:
-        for seq in range(1, 11):
-            runs = [r for r in await dump() if r["status"] in ("pending", "paused")]
-            if not runs:
-                return
-            for run in runs:
-                if any("event" not in w and not w.get("timed_out") for w in run["waits"]):
-                    await emit(run["args"]["n"], -seq, invoke=False)
-            await flow.run()
+    for seq in range(1, 11):
+        runs = [r for r in await dump() if r["status"] in ("pending", "paused")]
+        if not runs:
+            return
+        for run in runs:
+            if any("event" not in w and not w.get("timed_out") for w in run["waits"]):
+                await emit(run["args"]["n"], -seq, invoke=False)
+        await flow.run()
 
 
 async def dump() -> list[dict[str, Any]]:
@@ -164,14 +163,22 @@ async def dump() -> list[dict[str, Any]]:
     be = flow.backend
     out = []
     for namespace in ("active", "finished"):
-        names = list(await be.list(namespace))
-        for name, entry in zip(names, await be.read_many([(namespace, x) for x in names])):
+        keys = [(namespace, name) for name in await be.list(namespace)]
+        for entry in await be.read_many(keys):
             if entry is None:
                 continue
             raw = json.loads(entry.data)
             waits = [s for s in raw["steps"] if s.get("kind") == "wait_event"]
-            out.append({"run_id": raw["run_id"], "status": raw["status"], "args": raw["args"],
-                        "result": raw["result"], "error": raw["error"], "waits": waits})
+            out.append(
+                {
+                    "run_id": raw["run_id"],
+                    "status": raw["status"],
+                    "args": raw["args"],
+                    "result": raw["result"],
+                    "error": raw["error"],
+                    "waits": waits,
+                }
+            )
     return out
 
 
