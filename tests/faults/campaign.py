@@ -121,9 +121,10 @@ def run_campaign(
         if left > 1:
             procs[i] = c.spawn(roles[i], f"{left:.1f}")
             born[i] = time.monotonic()
-    for proc in procs:  # the rest end by themselves at the deadline
+    (c.journals / "stop").touch()  # the rest end by themselves
+    for proc in procs:
         try:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0) + 60)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -134,6 +135,7 @@ def run_campaign(
     report = check(c.journals, stored["before"], stored["after"])
     report.update(
         store=store.partition(":")[0],
+        url=store,
         seconds=round(time.monotonic() - began, 1),
         kills=sum(killed.values()),
         kills_invoker=killed["invoker"],
@@ -251,6 +253,8 @@ def main() -> None:
             )
         else:
             report = _on_moto(args, Path(folder))
+        for error in Campaign(report["url"], Path(folder)).errors():
+            print(error, file=sys.stderr)  # (the folder goes with the campaign)
     print(json.dumps(report))
     sys.exit(0 if holds(report) else 1)
 

@@ -78,7 +78,7 @@ async def invoker(seconds: float) -> None:
     deadline = time.monotonic() + seconds
     seq = 0
     async with flow:
-        while time.monotonic() < deadline:
+        while not stopping(deadline):
             if random.random() < 0.3 and seq < 40:
                 for _ in range(random.randint(1, 2)):
                     seq += 1
@@ -87,6 +87,11 @@ async def invoker(seconds: float) -> None:
                     append(f"started-{os.getpid()}.log", f"{n} {run_id}")
             await flow.run()
             await anyio.sleep(random.random() * 0.05)
+
+
+def stopping(deadline: float) -> bool:
+    """Past the deadline, or the campaign is over (it wrote JOURNALS/stop)."""
+    return time.monotonic() >= deadline or (JOURNALS / "stop").exists()
 
 
 def progress(n: str) -> list[str]:
@@ -115,7 +120,7 @@ async def emitter(seconds: float) -> None:
     seq = 0
     due: dict[tuple[str, int], float] = {}  # (run, wait) -> when to emit; -1 once emitted
     async with flow, anyio.create_task_group() as tg:
-        while time.monotonic() < deadline:
+        while not stopping(deadline):
             now = time.monotonic()
             for path in JOURNALS.glob("n-*.log"):  # noqa: ASYNC240  (a test's scan, tiny)
                 n = path.name[2:-4]
