@@ -293,7 +293,7 @@ async def invoke(
         raise _first_error(group) from None
     await index.drop_stale(backend, listed)
     now = clock()
-    await invocation.log.prune(backend, now)
+    await invocation.log.prune(backend)
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation
         # ends: a run another invocation holds is skipped, and nothing that is read below can
@@ -435,11 +435,19 @@ async def advance(
 ) -> RunResult | None:
     """Advance one claimed run: a new one (``version`` is ``None``) or a due one as read."""
     backend, clock = invocation.backend, invocation.clock
-    if version is not None and record.status not in FINISHED and not _due(record, clock()):
-        woken = await _woken_by_log(invocation, record, version, indexed)
-        if woken is None:
+    if version is not None and record.status == "paused" and record.wait_event is not None:
+        # (Before its timeout is looked at: an event logged before the timeout was recorded
+        # is received, as an emitter finding the run would have handed it over.)
+        woken = await _woken_by_log(invocation, record, version)
+        if woken is False:
             return None
-        record, version = woken
+        if woken is not True:
+            record, version = woken
+    if version is not None and record.status not in FINISHED and not _due(record, clock()):
+        # Its index entry was lost, or never written (a crash between the record's write and
+        # the entry's): write it, leave the run.
+        await sync_index(backend, record, list(indexed))
+        return None
     execution = Execution(backend, clock, record, version, invocation, indexed)
     if version is None:
         # Stored before it executes, so that a crash from here on cannot lose it.
@@ -463,17 +471,14 @@ async def advance(
 
 
 async def _woken_by_log(
-    invocation: Invocation, record: RunRecord, version: str, indexed: Sequence[str]
-) -> tuple[RunRecord, str] | None:
-    """A claimed run that its record calls not due: hand it the event it waits for if the
-    log has one, and store that at once (compare-and-swap, as an emitter does), so that an
-    emitter handing it the same event meanwhile does one of the two. The record and version
-    to execute, or ``None`` to leave the run."""
+    invocation: Invocation, record: RunRecord, version: str
+) -> tuple[RunRecord, str] | bool:
+    """A claimed run waiting for an event: hand it the event if the log has one, and store
+    that at once (compare-and-swap, as an emitter does), so that an emitter handing it the
+    same event meanwhile does one of the two. The record and version to execute; ``True``:
+    nothing logged for it, go on with the run as read; ``False``: leave the run."""
     if not await _receive_logged(invocation, record):
-        # Its index entry was lost, or never written (a crash between the record's write and
-        # the entry's), or an emitter is about to wake it: write the entry, leave the run.
-        await sync_index(invocation.backend, record, list(indexed))
-        return None
+        return True
     backend, key = invocation.backend, (ACTIVE, record.run_id)
     record.updated_at = invocation.clock()
     try:
@@ -485,13 +490,13 @@ async def _woken_by_log(
     # Where claims are leases in the object, the emitter's write ended the lease; the
     # emitter's invocation executes the run.
     if type(backend).write_and_release is not Backend.write_and_release:
-        return None
+        return False
     entry = await backend.read(key)
     if entry is None:
-        return None
+        return False
     stored = RunRecord.decode(entry.data, backend.locate(key))
     if stored.status in FINISHED or not _due(stored, invocation.clock()):
-        return None
+        return False
     return stored, entry.version
 
 

@@ -20,6 +20,7 @@ import pytest
 
 import asyncflow
 from asyncflow import Context
+from asyncflow.testing import MockClock
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -301,3 +302,44 @@ async def test_the_event_log_is_pruned_after_its_retention(
     monkeypatch.setattr(_waits, "EVENT_LOG_RETENTION", -60.0)
     assert await flow.run() == []
     assert await store.list("events") == {}
+
+
+@pytest.mark.parametrize("store", ["memory", "file"], indirect=True)
+async def test_an_event_its_emitter_missed_beats_a_timeout_that_passed_since(
+    store: Store,
+) -> None:
+    clock = MockClock()
+
+    def timed(backend: asyncflow.Backend) -> asyncflow.Flow:
+        flow = asyncflow.setup(backend, clock=clock)
+
+        @flow.workflow()
+        async def wait(c: Context) -> Any:
+            try:
+                return await c.wait_event("go", timeout=10)
+            except asyncflow.WaitTimeout:
+                return "timed out"
+
+        return flow
+
+    stored, go_on = anyio.Event(), anyio.Event()
+
+    async def pause(key: asyncflow.Key, data: bytes | None) -> None:
+        if waits_for_go(key, data) and not stored.is_set():
+            stored.set()
+            await go_on.wait()
+
+    results: list[asyncflow.RunResult] = []
+
+    async def invoke() -> None:
+        results.extend(await timed(Hooked(store.make(), after_write=pause)).run("wait"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(invoke)
+        await stored.wait()
+        await timed(store.make())._deliver("go", 42)  # emitted before the timeout; nobody found
+        go_on.set()
+    [run_id] = {r.run_id for r in results}
+    clock.advance(60)  # the next invocation comes after the timeout
+    results += await timed(store.make()).run()
+    assert await finished_once(store, run_id, results) == 42

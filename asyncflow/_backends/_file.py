@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -290,7 +291,17 @@ class _Locks:
         """Exclusive, across threads and processes, among the keys of one stripe (blocking)."""
         n = _hash(key) % _STRIPES
         with self.stripes[n]:  # record locks do not exclude threads of one process
-            fcntl.lockf(self.write_fd, fcntl.LOCK_EX, 1, n)
+            while True:
+                try:
+                    fcntl.lockf(self.write_fd, fcntl.LOCK_EX, 1, n)
+                    break
+                except OSError as exc:
+                    # The kernel's deadlock check sees processes, not threads: two processes
+                    # each waiting with one thread for the stripe the other's thread holds
+                    # look deadlocked, though each holder lets go at once. Try again.
+                    if exc.errno != errno.EDEADLK:
+                        raise
+                    time.sleep(0.001)
             try:
                 yield
             finally:

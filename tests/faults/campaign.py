@@ -112,7 +112,7 @@ def run_campaign(
         # An emitter or an invoker, even odds, at a random moment once it is under way (a
         # process killed while it imports Python modules tests nothing).
         i = len(procs) - 1 if rng.random() < 0.5 else rng.randrange(len(procs) - 1)
-        time.sleep(max(born[i] + startup - time.monotonic(), 0) + rng.uniform(0.1, 0.8))
+        time.sleep(max(born[i] + startup - time.monotonic(), 0) + rng.uniform(0.1, 2 * startup))
         if procs[i].poll() is None:
             procs[i].send_signal(signal.SIGKILL)
             procs[i].wait()
