@@ -13,9 +13,10 @@ the wait while it is being recorded) and again later. The report (JSON, one line
 
 - ``kills``: SIGKILLs sent (``kills_invoker``, ``kills_emitter``);
 - ``runs``: runs started (``start`` returned); ``runs_lost``: of those, missing from the store;
-- ``emits``: emits completed; ``events_lost``: waits that, after one clean invocation, still
-  wait although an emit of their event completed after they began (by the emitter's clock
-  taken before it emitted, a whole millisecond after the wait's start);
+- ``emits``: emits completed; ``waits_owed_an_event``: waits that an emit of their event
+  which completed after they began (by the emitter's clock taken before it emitted, a whole
+  millisecond after the wait's start) must have reached; ``events_lost``: of those, the ones
+  still waiting after one clean invocation;
 - ``wrong_events``: events received that no emitter sent to that run, or sent before the wait;
 - ``runs_stuck``: runs not succeeded once settled (every waiting run emitted to, invoked);
 - ``duplicates``: side-effect executions beyond the first; ``max_duplicates_per_run``.
@@ -170,21 +171,19 @@ def check(
                 completed.add((parts[1], pid, parts[2]))
     # Events lost: a wait still pending after the clean invocation, although an emit of its
     # event completed after it began (and before the settling emits, whose seq is negative).
-    events_lost = 0
+    events_lost = owed = 0
     for run in before:
-        if run["status"] not in ("pending", "paused"):
-            continue
         n = run["args"]["n"]
         for wait in run["waits"]:
-            if "event" in wait or wait.get("timed_out"):
-                continue
             since_ms = int(wait["since"][:11], 16)
             if any(
                 key[0] == n and not key[2].startswith("-") and sent[key] > since_ms
                 for key in completed
                 if key in sent
             ):
-                events_lost += 1
+                owed += 1  # (a wait an emit that completed after it began must have reached)
+                if "event" not in wait and not wait.get("timed_out"):
+                    events_lost += 1
     by_id = {run["run_id"]: run for run in after}
     runs_lost = sum(1 for run_id in started.values() if run_id not in by_id)
     runs_stuck = sum(
@@ -214,6 +213,7 @@ def check(
         "runs_stuck": runs_stuck,
         "emits": sum(1 for key in completed if not key[2].startswith("-")),
         "events_received": received,
+        "waits_owed_an_event": owed,
         "events_lost": events_lost,
         "wrong_events": wrong,
         "duplicates": sum(duplicates.values()),
