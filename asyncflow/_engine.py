@@ -501,9 +501,9 @@ async def _woken_by_log(
 
 
 async def _receive_logged(invocation: Invocation, record: RunRecord) -> bool:
-    """Hand the run the earliest logged event it waits for, emitted after its wait began (in
-    memory: the run is claimed, and its execution stores it); whether there was one. This is
-    how an event reaches a run whose emitter did not find it in the index."""
+    """Hand the run the earliest logged event it waits for, emitted after its wait began, in
+    memory (the caller stores it); whether there was one. This is how an event reaches a run
+    whose emitter did not find it in the index."""
     event = record.wait_event
     if event is None or record.status != "paused":
         return False
