@@ -1,4 +1,4 @@
-"""Developer tasks: `nox -s tests`, `lint`, `typecheck`, `examples`, `bench`."""
+"""Developer tasks: `nox -s tests`, `lint`, `typecheck`, `examples`, `bench`, `faults`."""
 
 from __future__ import annotations
 
@@ -124,3 +124,23 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against the peers; writes the figures into README.md."""
     install(session)
     session.run("python", "benchmarks/run.py", "--write-readme", *session.posargs)
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """The long fault-injection campaign: real processes killed with SIGKILL on the file
+    backend, then on S3 and DynamoDB (moto's server); prints one JSON report per store and
+    fails if an invariant broke. `nox -s faults -- FILE_KILLS AWS_KILLS` (default 100 50)."""
+    install(session)
+    file_kills, aws_kills = (session.posargs + ["100", "50"][len(session.posargs) :])[:2]
+    for store, kills in (("file", file_kills), ("s3", aws_kills), ("dynamodb", aws_kills)):
+        session.run(
+            "python",
+            "tests/faults/campaign.py",
+            "--store",
+            store,
+            "--kills",
+            kills,
+            "--seconds",
+            "900",
+        )

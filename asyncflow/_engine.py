@@ -43,7 +43,7 @@ from ._record import (
     storable_text,
 )
 from ._results import RunResult
-from ._waits import WAITS, WaitIndex, sync_index
+from ._waits import EVENTS, WAITS, EventLog, WaitIndex, event_hash, pending_waits, sync_index
 
 __all__ = ["Execution", "Invocation", "Workflow", "create_runs", "invoke", "read_state"]
 
@@ -70,7 +70,7 @@ class Invocation:
     """What the runs of one invocation share: the backend, the workflows, and the runs that
     events emitted during it made due (executed in further rounds before it returns)."""
 
-    __slots__ = ("backend", "clock", "due", "workflows")
+    __slots__ = ("backend", "clock", "due", "log", "workflows")
 
     def __init__(
         self, backend: Backend, clock: Callable[[], float], workflows: dict[str, Workflow]
@@ -79,6 +79,7 @@ class Invocation:
         self.clock = clock
         self.workflows = workflows
         self.due: list[str] = []
+        self.log = EventLog(())  # the event log as listed when the invocation began
 
     def state_triggered(self, name: str) -> bool:
         return any(w.kind == "state" and w.trigger == name for w in self.workflows.values())
@@ -370,9 +371,24 @@ async def _invoke(
     # emitter's invocation, which executes it (listed the other way round, the run would be
     # claimed here, then skipped as changed since the listing: executed by neither).
     index = WaitIndex(await backend.list(WAITS))
-    listed = await backend.list(ACTIVE)
+    # The event log, listed after the index: an event whose emitter listed the index before a
+    # run's entry was written is logged before that entry, so it is in this listing whenever
+    # the entry is in the index's (docs/design.md, "Events exactly once").
+    # (Listed side by side with the runs, whose listing has no order to keep with it.)
+    listed: dict[str, str] = {}
+
+    async def list_events() -> None:
+        invocation.log = EventLog(await backend.list(EVENTS))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(list_events)
+            listed = await backend.list(ACTIVE)
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
     await index.drop_stale(backend, listed)
     now = clock()
+    await invocation.log.prune(backend)
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation
         # ends: a run another invocation holds is skipped, and nothing that is read below can
@@ -381,7 +397,7 @@ async def _invoke(
         names = [
             run_id
             for run_id in sorted(listed)  # ids sort by creation time
-            if not index.sleeping(run_id, now)
+            if not index.sleeping(run_id, now, invocation.log)
         ]
         keys = [(ACTIVE, run_id) for run_id in names]
         # Changed since the listing (entry None): another invocation advanced it meanwhile, so
@@ -459,13 +475,18 @@ async def _advance_all(
             for _ in range(min(max_concurrency, len(jobs))):
                 tg.start_soon(worker)
     except BaseExceptionGroup as group:
-        # Storage failing under one run stops the invocation: raise that error itself (the
-        # task group wrapped it), not a group a caller would have to take apart.
-        errors = list(_leaves(group))
-        if all(isinstance(e, AsyncflowError) for e in errors):
-            raise errors[0] from None
-        raise
+        raise _first_error(group) from None
     return [r for r in results if r is not None]
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Storage failing under one task stops the invocation: the error itself (the task group
+    wrapped it), not a group a caller would have to take apart; any other group as it is."""
+    errors = list(_leaves(group))
+    if all(isinstance(e, AsyncflowError) for e in errors):
+        return errors[0]
+    whole: BaseException = group
+    return whole
 
 
 async def _event_rounds(
@@ -577,6 +598,19 @@ async def advance(
 ) -> RunResult | None:
     """Advance one claimed run: a new one (``version`` is ``None``) or a due one as read."""
     backend, clock = invocation.backend, invocation.clock
+    if version is not None and record.status == "paused" and record.wait_event is not None:
+        # (Before its timeout is looked at: an event logged before the timeout was recorded
+        # is received, as an emitter finding the run would have handed it over.)
+        woken = await _woken_by_log(invocation, record, version)
+        if woken is False:
+            return None
+        if woken is not True:
+            record, version = woken
+    if version is not None and record.status not in FINISHED and not _due(record, clock()):
+        # Its index entry was lost, or never written (a crash between the record's write and
+        # the entry's): write it, leave the run.
+        await sync_index(backend, record, list(indexed))
+        return None
     execution = Execution(backend, clock, record, version, invocation, indexed)
     if version is None:
         # Stored before it executes, so that a crash from here on cannot lose it.
@@ -587,11 +621,6 @@ async def advance(
     elif record.status in FINISHED:
         # Complete an interrupted move.
         await finish(backend, record.run_id, record.encode(), version)
-        return None
-    elif not _due(record, clock()):
-        # Its index entry was lost, or never written (a crash during a retry's wait, before the
-        # run was first suspended): write it, leave the run.
-        await sync_index(backend, record, list(indexed))
         return None
     workflow = invocation.workflows.get(record.workflow)
     if workflow is None:
@@ -611,6 +640,67 @@ async def advance(
         result = await execution.execute(workflow)
         telemetry.set_attributes(span, {"status": None if result is None else result.status})
     return result
+
+
+async def _woken_by_log(
+    invocation: Invocation, record: RunRecord, version: str
+) -> tuple[RunRecord, str] | bool:
+    """A claimed run waiting for an event: hand it the event if the log has one, and store
+    that at once (compare-and-swap, as an emitter does), so that an emitter handing it the
+    same event meanwhile does one of the two. The record and version to execute; ``True``:
+    nothing logged for it, go on with the run as read; ``False``: leave the run."""
+    if not await _receive_logged(invocation, record):
+        return True
+    backend, key = invocation.backend, (ACTIVE, record.run_id)
+    record.updated_at = invocation.clock()
+    try:
+        return record, await backend.write(key, record.encode(), if_version=version)
+    except ConflictError:
+        pass
+    # An emitter woke it first. Where claims are locks apart from the data (the default
+    # `write_and_release`), the run is still held here: execute what the emitter stored.
+    # Where claims are leases in the object, the emitter's write ended the lease; the
+    # emitter's invocation executes the run.
+    if type(backend).write_and_release is not Backend.write_and_release:
+        return False
+    entry = await backend.read(key)
+    if entry is None:
+        return False
+    try:
+        stored = RunRecord.decode(entry.data, backend.locate(key), key[1])
+    except DamagedRecordError:
+        return False  # reported by the invocations that list it
+    if stored.status in FINISHED or not _due(stored, invocation.clock()):
+        return False
+    return stored, entry.version
+
+
+async def _receive_logged(invocation: Invocation, record: RunRecord) -> bool:
+    """Hand the run the earliest logged event it waits for, emitted after its wait began, in
+    memory (the caller stores it); whether there was one. This is how an event reaches a run
+    whose emitter did not find it in the index."""
+    event = record.wait_event
+    if event is None or record.status != "paused":
+        return False
+    waits = pending_waits(record, event)
+    if not waits:
+        return False
+    since = min(str(record.steps[i]["since"]) for i in waits)
+    names = invocation.log.after(event_hash(event), since)
+    if not names:
+        return False
+    from ._events import read_logged, receive  # (loaded when used: imports cost a cold start)
+
+    for name in names:
+        logged = await read_logged(invocation.backend, name)
+        event_id = name.partition(".")[0]
+        if (
+            logged is not None
+            and logged[0] == event
+            and receive(record, event, logged[1], event_id, invocation.clock())
+        ):
+            return True
+    return False
 
 
 def _due(record: RunRecord, now: float) -> bool:

@@ -4,20 +4,31 @@ the runs that schedules (every invocation, cron) start."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._backend import Backend
-from ._exceptions import BackendError, ConflictError
+from ._exceptions import BackendError, ConflictError, DamagedRecordError
 from ._record import RunRecord, dumps
-from ._waits import WAITS, WaitIndex, sha256_hex
+from ._waits import EVENTS, WAITS, WaitIndex, event_hash, pending_waits, sha256_hex
+
+logger = logging.getLogger("asyncflow")
 
 if TYPE_CHECKING:
     from ._engine import Workflow
 
-__all__ = ["CRON", "deliver", "derived_run_id", "scheduled_runs", "wake_waiters"]
+__all__ = [
+    "CRON",
+    "deliver",
+    "derived_run_id",
+    "read_logged",
+    "receive",
+    "scheduled_runs",
+    "wake_waiters",
+]
 
 ACTIVE = "active"  # (as in _engine; repeated to keep this module free of an import cycle)
 DONE = "finished"
@@ -51,6 +62,11 @@ async def deliver(
     exist already, even finished, are not started again.
     """
     due: list[str] = []
+    if kind == "event":
+        # Logged before the index is listed: a run whose index entry this emitter does not see
+        # (written after the listing) finds the event here at its next invocation.
+        logged = dumps({"asyncflow": "event", "name": name, "args": args}, "")
+        await backend.write((EVENTS, f"{event_id}.{event_hash(name)}"), logged.encode())
     trigger = name if kind == "event" else f"{kind}:{name}"
     for workflow in workflows.values():
         if workflow.kind != kind or workflow.trigger != name:
@@ -76,7 +92,7 @@ async def wake_waiters(
 ) -> list[str]:
     """Hand event ``event`` to every run waiting for it since before ``event_id``; return them."""
     index = WaitIndex(await backend.list(WAITS))
-    waiting = index.waiting_for(event)
+    waiting = index.waiting_for(event, event_id)
     woken = [False] * len(waiting)
     limiter = anyio.CapacityLimiter(64)  # each is a read and a write: overlap their waits
 
@@ -85,6 +101,8 @@ async def wake_waiters(
             woken[i] = await _resolve(backend, clock, run_id, event, args, event_id)
             if woken[i]:
                 # The record no longer waits: drop its entries so the next listing sees it due.
+                # (A crash before this leaves entries the log contradicts: the next invocation
+                # reads the run instead of trusting them.)
                 for entry in index.names(run_id):
                     await backend.delete((WAITS, entry))
 
@@ -110,16 +128,14 @@ async def _resolve(
         entry = await backend.read(key)
         if entry is None:
             return False
-        record = RunRecord.decode(entry.data, backend.locate(key))
-        if record.status != "paused" or record.wait_event != event:
+        try:
+            record = RunRecord.decode(entry.data, backend.locate(key), run_id)
+        except DamagedRecordError as exc:
+            # Reported (and skipped) by every invocation; the event still reaches the others.
+            logger.error("run %s skipped: %s", run_id, exc, extra={"summarised": True})
             return False
-        index = _pending_wait(record, event)
-        if index is None or event_id <= record.steps[index]["since"]:
-            return False  # emitted before this wait began
-        step = {**record.steps[index], "value": args, "event": event_id, "end": clock()}
-        record.replace(index, step, dumps(step, f"the args of event {event!r}"))
-        record.wait_event = None
-        record.wake_at = None
+        if record.status != "paused" or not receive(record, event, args, event_id, clock()):
+            return False
         record.updated_at = clock()
         try:
             await backend.write(key, record.encode(), if_version=entry.version)
@@ -129,17 +145,36 @@ async def _resolve(
     return False
 
 
-def _pending_wait(record: RunRecord, event: str) -> int | None:
-    for i in range(len(record.steps) - 1, -1, -1):
-        step = record.steps[i]
-        if (
-            step["kind"] == "wait_event"
-            and step.get("name") == event
-            and "event" not in step
-            and not step.get("timed_out")
-        ):
-            return i
-    return None
+def receive(record: RunRecord, event: str, args: Any, event_id: str, now: float) -> bool:
+    """Hand the event to the earliest wait of ``record`` for it that began before it (in
+    memory, the wait ending at ``now``); ``False`` if none does, or the run received this very
+    event already."""
+    if record.wait_event != event:
+        return False
+    if any(step.get("event") == event_id for step in record.steps):
+        return False  # (a second wait begun in the same millisecond on another clock)
+    for index in pending_waits(record, event):
+        if event_id > record.steps[index]["since"]:
+            step = {**record.steps[index], "value": args, "event": event_id, "end": now}
+            record.replace(index, step, dumps(step, f"the args of event {event!r}"))
+            record.wait_event = None
+            record.wake_at = None
+            return True
+    return False  # emitted before these waits began
+
+
+async def read_logged(backend: Backend, name: str) -> tuple[str, Any] | None:
+    """The event name and args of log entry ``name``; ``None`` if it is gone or not ours."""
+    entry = await backend.read((EVENTS, name))
+    if entry is None:
+        return None
+    try:
+        logged = json.loads(entry.data)
+        if logged.get("asyncflow") != "event" or not isinstance(logged.get("name"), str):
+            return None
+    except (ValueError, AttributeError):
+        return None  # not an event this module wrote: skipped, left as it is
+    return logged["name"], logged.get("args")
 
 
 async def scheduled_runs(

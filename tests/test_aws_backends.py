@@ -501,18 +501,18 @@ async def test_claiming_more_runs_at_once_than_the_client_has_connections(
 
 EXPECTED_REQUESTS = {
     "s3": {
-        # two listings (the runs, and the wait index of sleeping and waiting runs); then the
-        # run: read it, take the lease (a conditional write of the same bytes), and the final
-        # checkpoint (a conditional write that ends the lease)
-        "resume": {"ListObjectsV2": 2, "GetObject": 1, "PutObject": 2},
+        # three listings (the runs, the wait index of sleeping and waiting runs, the event
+        # log); then the run: read it, take the lease (a conditional write of the same
+        # bytes), and the final checkpoint (a conditional write that ends the lease)
+        "resume": {"ListObjectsV2": 3, "GetObject": 1, "PutObject": 2},
         # placeholder claim, stored before executing, final checkpoint
-        "new": {"ListObjectsV2": 2, "PutObject": 3},
+        "new": {"ListObjectsV2": 3, "PutObject": 3},
     },
     "dynamodb": {
-        # two listings; the lease taken and the item read in one UpdateItem; the final
+        # three listings; the lease taken and the item read in one UpdateItem; the final
         # checkpoint
-        "resume": {"Query": 2, "UpdateItem": 1, "PutItem": 1},
-        "new": {"Query": 2, "UpdateItem": 1, "PutItem": 2},
+        "resume": {"Query": 3, "UpdateItem": 1, "PutItem": 1},
+        "new": {"Query": 3, "UpdateItem": 1, "PutItem": 2},
     },
 }
 

@@ -220,3 +220,54 @@ async def test_interrupted_move_is_completed_not_rerun(tmp_path: Path) -> None:
     assert finished.exists()
     assert not (tmp_path / "active" / f"{r.run_id}.json").exists()
     assert [x.status for x in await flow.list_runs()] == ["succeeded"]
+
+
+async def test_a_process_opening_many_file_stores_keeps_few_descriptors(tmp_path: Path) -> None:
+    # Each store's lock files are open while it is used; 400 stores one after another held
+    # 26,000 descriptors before (past a common limit), one store's worth now.
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = descriptors()
+    for i in range(400):
+        flow = asyncflow.setup(f"file:{tmp_path / str(i)}")
+
+        @flow.workflow()
+        async def wf(c: Context, args: dict[str, int]) -> int:
+            await c.set_state("n", args["i"])
+            return args["i"]
+
+        assert [r.result for r in await flow.run("wf", {"i": i})] == [i]
+    assert descriptors() - before < 20
+
+
+async def test_a_claim_held_by_one_store_survives_another_closing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import anyio, asyncflow, sys\n"
+        "async def main():\n"
+        "    async with asyncflow.FileBackend(sys.argv[1]).claim(('active', 'r')) as held:\n"
+        "        print(held)\n"
+        "anyio.run(main)\n"
+    )
+
+    def another_process_takes_it() -> bool:
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip() == "True"
+
+    one, two = asyncflow.FileBackend(tmp_path), asyncflow.FileBackend(tmp_path)
+    await one.write(("active", "r"), b"{}")
+    async with one.claim(("active", "r")) as held:
+        assert held
+        await two.write(("active", "s"), b"{}")
+        await two.aclose()
+        await one.aclose()  # still holding the claim: its lock must stay
+        assert not another_process_takes_it()
+    assert another_process_takes_it()

@@ -72,6 +72,27 @@ DAMAGED = {
 }
 
 
+async def test_an_emit_reaches_the_waiting_runs_beside_a_damaged_one(
+    make_flow: MakeFlow,
+) -> None:
+    flow = make_flow()
+
+    @flow.workflow()
+    async def waiter(c: Context) -> Any:
+        return await c.wait_event("go")
+
+    ids = [id_ for _ in range(3) for id_ in await flow.start("waiter")]
+    assert [r.status for r in await flow.run()] == ["paused"] * 3
+    bad = ids[1]
+    await flow.backend.write((ACTIVE, bad), b"{not json")
+
+    results = await flow.emit("go", {"n": 1})
+    assert sorted((r.run_id, r.status, r.result) for r in results if r.run_id != bad) == sorted(
+        (i, "succeeded", {"n": 1}) for i in (ids[0], ids[2])
+    )
+    assert (await _records(flow))[bad] == b"{not json", "never overwritten"
+
+
 @pytest.mark.parametrize("damage", list(DAMAGED))
 async def test_a_damaged_record_is_reported_skipped_and_kept_while_the_others_advance(
     make_flow: MakeFlow, damage: str, caplog: pytest.LogCaptureFixture

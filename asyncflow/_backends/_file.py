@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import threading
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -200,6 +201,15 @@ class FileBackend(Backend):
             self._lock_table = _Locks.of(os.path.join(self._root, _LOCK_FOLDER))
         return self._lock_table
 
+    async def aclose(self) -> None:
+        # The lock files' descriptors (65 per folder) are closed once no backend of this
+        # process uses the folder and no claim is held: a process that opens many stores one
+        # after another (a test suite, a server per tenant) ran out of descriptors otherwise.
+        # The next operation opens them again.
+        table, self._lock_table = self._lock_table, None
+        if table is not None:
+            table.leave()
+
     # -- operations ----------------------------------------------------------------------------
 
     async def read(self, key: Key) -> Entry | None:
@@ -320,7 +330,8 @@ class _Locks:
     list that every lock call walks: an invocation holding 10,000 claims on one file made each
     call slow. Conditional writes lock bytes of one more file. Each file is opened once per
     process and never closed: POSIX drops every record lock a process holds on a file as soon
-    as it closes *any* descriptor of that file.
+    as it closes *any* descriptor of that file. So the files stay open while any backend of
+    this process uses the folder (``users``) or holds a claim in it, and are closed after.
     """
 
     _by_path: ClassVar[dict[str, _Locks]] = {}
@@ -332,10 +343,25 @@ class _Locks:
         with cls._made:
             if real not in cls._by_path:
                 cls._by_path[real] = cls(real)
-            return cls._by_path[real]
+            table = cls._by_path[real]
+            table.users += 1
+            return table
+
+    def leave(self) -> None:
+        """One user of the table is done with it; the last closes its files, unless a claim
+        is still held (closing would drop that claim's lock)."""
+        with _Locks._made:
+            self.users -= 1
+            with self.mutex:
+                if self.users or self.claimed:
+                    return
+            del _Locks._by_path[self.path]
+        for fd in (*self.claim_fds, self.write_fd):
+            os.close(fd)
 
     def __init__(self, path: str) -> None:
         self.path = path  # the folder of lock files
+        self.users = 0  # FileBackend objects of this process using it (see leave)
         try:
             os.makedirs(path, exist_ok=True)
             self.claim_fds = [_open_lock(os.path.join(path, f"claims-{n:02d}")) for n in range(64)]
@@ -381,7 +407,17 @@ class _Locks:
         """Exclusive, across threads and processes, among the keys of one stripe (blocking)."""
         n = _hash(key) % _STRIPES
         with self.stripes[n]:  # record locks do not exclude threads of one process
-            fcntl.lockf(self.write_fd, fcntl.LOCK_EX, 1, n)
+            while True:
+                try:
+                    fcntl.lockf(self.write_fd, fcntl.LOCK_EX, 1, n)
+                    break
+                except OSError as exc:
+                    # The kernel's deadlock check sees processes, not threads: two processes
+                    # each waiting with one thread for the stripe the other's thread holds
+                    # look deadlocked, though each holder lets go at once. Try again.
+                    if exc.errno != errno.EDEADLK:
+                        raise
+                    time.sleep(0.001)
             try:
                 yield
             finally:
