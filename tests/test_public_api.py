@@ -77,7 +77,7 @@ def test_the_package_imports_only_what_it_declares() -> None:
     from pathlib import Path
 
     # botocore comes with aiobotocore, which pins the exact versions it works with.
-    declared = {"anyio", "exceptiongroup", "aiobotocore", "botocore"}
+    declared = {"anyio", "sniffio", "exceptiongroup", "aiobotocore", "botocore"}
     # trio: only used when it is the running library, found in sys.modules; uvicorn: `serve`
     # imports it when run, and says to install asyncflow[server] if it is missing.
     optional = {"trio", "uvicorn"}
