@@ -218,14 +218,14 @@ class LambdaHandler:
                 if not isinstance(body, str):
                     raise BadRequest(400, "an SQS record without a body")
                 order = parse_order(decode_json(body.encode()))
+                # SQS delivers a message at least once: its id makes a redelivery start (and,
+                # for an event, wake) nothing twice, unless the message names a key of its own.
+                key = order.key or (f"sqs:{message_id}" if message_id else None)
                 if order.event is not None:
                     # Delivered (its runs stored, its waiters woken) and no run advanced: the
                     # one invocation below advances them with the rest.
-                    await self.flow._deliver(order.event, order.args)
+                    await self.flow._deliver(order.event, order.args, key=key)
                 elif order.trigger is not None:
-                    # SQS delivers a message at least once: its id makes a redelivery start
-                    # nothing twice (unless the message names a key of its own).
-                    key = order.key or (f"sqs:{message_id}" if message_id else None)
                     await self.flow.start(order.trigger, order.args, key=key)
             except AsyncflowError as exc:
                 logger.warning("SQS message %s not accepted: %s", message_id, exc)
