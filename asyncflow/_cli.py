@@ -40,7 +40,7 @@ def main(flow: Flow, argv: Sequence[str] | None = None) -> int:
 
             return serve(flow, args)
         if args.loop == "trio" and importlib.util.find_spec("trio") is None:
-            raise ConfigError("--loop trio needs trio: pip install 'asyncflow[trio]'")
+            raise ConfigError("--loop trio needs trio: pip install 'asyncflow-durable[trio]'")
         return int(anyio.run(_COMMANDS[args.command], flow, args, backend=args.loop))
     except AsyncflowError as exc:
         print(f"error: {exc}", file=sys.stderr)

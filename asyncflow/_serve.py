@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> None:
     """Add ``serve`` to the CLI's subcommands (``sub`` is argparse's subparsers action)."""
     serve = sub.add_parser(
         "serve",
-        help="serve the runs over HTTP (needs asyncflow[server])",
+        help="serve the runs over HTTP (needs asyncflow-durable[server])",
         description="Serve this script's workflows over HTTP (routes: see asyncflow.asgi).",
     )
     serve.add_argument(
@@ -56,7 +56,7 @@ def serve(flow: Flow, args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError:
-        raise ConfigError("serve needs uvicorn: pip install 'asyncflow[server]'") from None
+        raise ConfigError("serve needs uvicorn: pip install 'asyncflow-durable[server]'") from None
     from .asgi import app
 
     application = app(flow, token=token, resume_every=args.resume_every)

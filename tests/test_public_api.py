@@ -79,7 +79,7 @@ def test_the_package_imports_only_what_it_declares() -> None:
     # botocore comes with aiobotocore, which pins the exact versions it works with.
     declared = {"anyio", "sniffio", "exceptiongroup", "aiobotocore", "botocore"}
     # trio: only used when it is the running library, found in sys.modules; uvicorn: `serve`
-    # imports it when run, and says to install asyncflow[server] if it is missing.
+    # imports it when run, and says to install asyncflow-durable[server] if it is missing.
     optional = {"trio", "uvicorn"}
     package = Path(asyncflow.__file__).parent
     found: set[str] = set()
