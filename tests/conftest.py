@@ -38,8 +38,9 @@ class Aws:
         import boto3
 
         self.endpoint = endpoint
-        self.s3 = boto3.client("s3", endpoint_url=endpoint)
-        self.dynamodb = boto3.client("dynamodb", endpoint_url=endpoint)
+        session = boto3.session.Session()  # the credentials in the environment now
+        self.s3 = session.client("s3", endpoint_url=endpoint)
+        self.dynamodb = session.client("dynamodb", endpoint_url=endpoint)
 
     def new_bucket(self) -> str:
         name = f"asyncflow-{uuid.uuid4().hex[:12]}"
