@@ -128,6 +128,6 @@ def test_the_server_and_lambda_modules_export_what_they_document() -> None:
     import asyncflow.aws_lambda
 
     assert asyncflow.aws_lambda.__all__ == ["LambdaContext", "LambdaHandler", "handler"]
-    assert asyncflow.asgi.__all__ == ["ASGIApp", "app"]
+    assert asyncflow.asgi.__all__ == ["ASGIApp", "Lifespan", "app", "lifespan"]
     for module in (asyncflow.aws_lambda, asyncflow.asgi):
         assert all(hasattr(module, name) for name in module.__all__)
