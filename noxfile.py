@@ -1,4 +1,5 @@
-"""Developer tasks: `nox -s tests`, `lint`, `typecheck`, `examples`, `bench`."""
+"""Developer tasks: `nox -s tests`, `lint`, `typecheck`, `examples`, `bench`, `pythons`,
+`package`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ def tests(session: nox.Session) -> None:
     """The test suite, on asyncio and trio."""
     install(session)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=["3.10", "3.11", "3.12", "3.13"])
+def pythons(session: nox.Session) -> None:
+    """The test suite on every Python the project claims (requires-python >= 3.10)."""
+    install(session)
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """deploy/'s function package built as `sam build` does, run on moto and dynalite."""
+    install(session)
+    session.run("python", "-m", "pytest", "-q", "-m", "package", *session.posargs)
 
 
 @nox.session
