@@ -219,7 +219,6 @@ class ASGIApp:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-
 async def _resume_periodically(flow: Flow, period: float) -> None:
     while True:
         await anyio.sleep(period)

@@ -339,10 +339,9 @@ def _unserved_source(event: Mapping[str, Any]) -> str | None:
         return "Kinesis Data Firehose"
     records = event.get("Records")
     if isinstance(records, list) and records and isinstance(records[0], dict):
-        record = records[0]
-        source = record.get("eventSource") or record.get("EventSource")
-        if isinstance(source, str):
-            return _SOURCES.get(source, source)
+        named = records[0].get("eventSource") or records[0].get("EventSource")
+        if isinstance(named, str):
+            return _SOURCES.get(named, named)
     return None
 
 
@@ -367,9 +366,12 @@ def _http_request(event: Mapping[str, Any]) -> Request:
         query = event.get("rawQueryString") or ""
         # An HTTP API's named stage ("prod") comes first in rawPath; "$default" does not.
         stage = event["requestContext"].get("stage")
-        if isinstance(stage, str) and stage and stage != "$default":
-            if path == f"/{stage}" or path.startswith(f"/{stage}/"):
-                path = path[len(stage) + 1 :] or "/"
+        if (
+            isinstance(stage, str)
+            and stage not in ("", "$default")
+            and (path == f"/{stage}" or path.startswith(f"/{stage}/"))
+        ):
+            path = path[len(stage) + 1 :] or "/"
     # A base URL ending in "/" joined with "/runs" gives "//runs": the same route.
     if "//" in path:
         import re

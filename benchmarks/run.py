@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
-import importlib.util
 import subprocess
 import sys
 from dataclasses import dataclass, field

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import json
 import secrets
@@ -184,7 +185,7 @@ class S3Backend(LeasedBackend):
                 "conditional_writes": True,
                 "conditional_delete": conditional_delete,
             }
-            try:
+            with contextlib.suppress(ConflictError):  # another invocation checked it too
                 await self._aws.call(
                     "put_object",
                     location,
@@ -194,8 +195,6 @@ class S3Backend(LeasedBackend):
                     Body=json.dumps(record).encode(),
                     IfNoneMatch="*",
                 )
-            except ConflictError:
-                pass  # another invocation checked it at the same time
         self._conditional_delete = _checked_stores[where] = conditional_delete
 
     async def _probe(self) -> bool:
