@@ -142,6 +142,7 @@ class S3Backend(LeasedBackend):
         :meth:`_check_store`); reads need no check."""
         if self._conditional_delete is not None:
             return
+        self._aws.client  # noqa: B018 (not open: the UsageError saying so, before the lock)
         async with self._checking:
             if self._conditional_delete is None:
                 await self._check_store()
