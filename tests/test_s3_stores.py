@@ -103,10 +103,11 @@ def _session(requests: list[str]) -> Any:
 
 class NoConditionalDelete:
     """A proxy in front of moto answering DeleteObject with If-Match as LocalStack does
-    (501 NotImplemented), and passing every other request through: the store under test is
-    moto's, the backend under test asyncflow's."""
+    (501 NotImplemented), and passing every other request through (``drop_put_if_match``:
+    without PutObject's If-Match header, as a store ignoring it would): the store under test
+    is moto's, the backend under test asyncflow's."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, drop_put_if_match: bool = False) -> None:
         self.refused = 0
         target = urllib.parse.urlsplit(upstream)
         proxy = self
@@ -125,9 +126,13 @@ class NoConditionalDelete:
                     )
                     self._answer(501, {"Content-Type": "application/xml"}, error)
                     return
+                headers = dict(self.headers)
+                if drop_put_if_match and self.command == "PUT":
+                    # A store that honours If-None-Match but ignores If-Match on PutObject.
+                    headers = {k: v for k, v in headers.items() if k.lower() != "if-match"}
                 connection = http.client.HTTPConnection(target.hostname, target.port)
                 try:
-                    connection.request(self.command, self.path, body, dict(self.headers))
+                    connection.request(self.command, self.path, body, headers)
                     response = connection.getresponse()
                     data = response.read()
                     headers = {
@@ -193,6 +198,20 @@ async def test_a_store_without_conditional_delete_keeps_working(
     assert sorted(ran) == [1, 1, 1, 2, 2, 2], "each side effect once"
     # The check at the first write found out; no conditional delete was sent after it.
     assert no_conditional_delete.refused == 1
+
+
+async def test_a_store_that_ignores_if_match_on_put_is_refused(aws: Aws) -> None:
+    proxy = NoConditionalDelete(aws.endpoint, drop_put_if_match=True)
+    try:
+        bucket = aws.new_bucket()
+        ran: list[int] = []
+        async with counting_flow(f"s3://{bucket}/flows", proxy.endpoint, ran) as flow:
+            with pytest.raises(asyncflow.BackendError, match=r"PutObject with If-Match succ"):
+                await flow.run("counter")
+        assert ran == []
+        assert objects(aws, bucket) == []
+    finally:
+        proxy.close()
 
 
 @pytest.mark.parametrize("check", list(BACKEND_CHECKS))
