@@ -1,4 +1,5 @@
-"""Developer tasks: `nox -s tests`, `lint`, `typecheck`, `examples`, `bench`, `faults`."""
+"""Developer tasks: `nox -s tests`, `lint`, `typecheck`, `examples`, `bench`, `faults`,
+`pythons`, `package`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,24 @@ import nox
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.default_venv_backend = "venv"
 ROOT = Path(__file__).parent
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]  # requires-python >= 3.10
+
+
+def _pyenv_pythons() -> None:
+    """Let pyenv's shims find every Python the sessions ask for: installed but not enabled,
+    its `python3.10` shim fails unless PYENV_VERSION names it."""
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    if "PYENV_VERSION" in os.environ or not versions.is_dir():
+        return
+    wanted = tuple(f"{v}." for v in PYTHONS)
+    found = sorted(p.name for p in versions.iterdir() if p.name.startswith(wanted))
+    chosen = versions.parent / "version"  # the global one stays the default python3
+    first = chosen.read_text().split()[0] if chosen.exists() else "system"
+    if found:
+        os.environ["PYENV_VERSION"] = ":".join([first, *(v for v in found if v != first)])
+
+
+_pyenv_pythons()
 
 
 def install(session: nox.Session) -> None:
@@ -24,6 +43,20 @@ def tests(session: nox.Session) -> None:
     """The test suite, on asyncio and trio."""
     install(session)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHONS)
+def pythons(session: nox.Session) -> None:
+    """The test suite on every Python the project claims (requires-python >= 3.10)."""
+    install(session)
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """deploy/'s function package built as `sam build` does, run on moto and dynalite."""
+    install(session)
+    session.run("python", "-m", "pytest", "-q", "-m", "package", *session.posargs)
 
 
 @nox.session

@@ -110,7 +110,7 @@ def _execute(flow: Flow, args: argparse.Namespace, session: _Session) -> int:
 
         return serve(flow, args)
     if args.loop == "trio" and importlib.util.find_spec("trio") is None:
-        raise ConfigError("--loop trio needs trio: pip install 'asyncflow[trio]'")
+        raise ConfigError("--loop trio needs trio: pip install 'asyncflow-durable[trio]'")
     with _warnings_to_stderr():
         return int(anyio.run(_COMMANDS[args.command], flow, args, session, backend=args.loop))
 

@@ -423,9 +423,13 @@ class Flow:
                 backend, self.clock, self._workflows, [], self.max_concurrency, stop_at
             )
 
-    async def _deliver(self, name: str, args: Any) -> None:
+    async def _deliver(self, name: str, args: Any, *, key: str | None = None) -> None:
         """Emit event ``name`` without advancing anything: the runs it starts are stored and
-        the runs waiting for it woken, all due at the next invocation."""
+        the runs waiting for it woken, all due at the next invocation.
+
+        ``key``: an idempotency key (an SQS message's id): the event delivered again with it
+        starts and wakes nothing twice.
+        """
         if not isinstance(name, str) or not name:
             raise UsageError(f"the event name must be a non-empty string, not {name!r}")
         storable_name(name, "event")
@@ -433,8 +437,15 @@ class Flow:
 
         args = json.loads(dumps(args, f"the args of event {name!r}"))
         async with self._using() as backend:
+            event_id, again = new_run_id(), False
+            if key is not None:
+                from ._manage import claim_event_key
+
+                recorded = await claim_event_key(backend, name, key, event_id)
+                # Delivered before (perhaps half-way, by a crashed invocation): once more.
+                again, event_id = recorded != event_id, recorded
             due = await deliver(
-                backend, self.clock, self._workflows, "event", name, args, new_run_id()
+                backend, self.clock, self._workflows, "event", name, args, event_id, again=again
             )
         observer().delivered(name, len(due))
 

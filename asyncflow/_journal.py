@@ -3,7 +3,6 @@ the contexts of the run share."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -65,11 +64,16 @@ def with_branch(text: str, path: str) -> str:
 
 def current_task_getter() -> Callable[[], object]:
     """The cheapest way to ask "which task is this?" under the running async library."""
-    # Imported lazily: the running library is loaded already, and a trio user (or a plain
-    # `import asyncflow` on a cold start) should not pay for importing asyncio.
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
-        return trio.lowlevel.current_task  # type: ignore[no-any-return]
+    # Asked the way anyio and httpx ask (sniffio), never by calling into trio: an old trio
+    # that is merely installed next to asyncio (0.22 has no `lowlevel.in_trio_run`) must not
+    # break asyncio runs. Imported lazily: the running library is loaded already, and a trio
+    # user (or a plain `import asyncflow` on a cold start) should not pay for asyncio.
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_task
     import asyncio
 
     return asyncio.current_task

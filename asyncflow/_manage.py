@@ -12,7 +12,16 @@ from ._exceptions import BackendError, ConflictError, RunNotFoundError, UsageErr
 from ._record import FINISHED, RunRecord, dumps, storable_name
 from ._waits import WAITS, WaitIndex, sha256_hex
 
-__all__ = ["KEYS", "Purged", "cancel", "claim_key", "keyed_run", "purge", "reopen"]
+__all__ = [
+    "KEYS",
+    "Purged",
+    "cancel",
+    "claim_event_key",
+    "claim_key",
+    "keyed_run",
+    "purge",
+    "reopen",
+]
 
 KEYS = "keys"
 _ATTEMPTS = 20
@@ -183,6 +192,39 @@ def _unfinished(step: dict[str, Any]) -> dict[str, Any]:
     if "branch" in step:
         unfinished["branch"] = step["branch"]
     return unfinished
+
+
+async def claim_event_key(backend: Backend, event: str, key: str, event_id: str) -> str:
+    """The id under which event ``event`` is delivered for idempotency key ``key``.
+
+    The first caller records ``event_id`` for the key (a create-only write) and gets it back;
+    later callers get the id recorded first. Delivering an event again under the same id
+    starts nothing twice (the runs it starts have ids derived from it) and wakes no run twice
+    (a woken wait records it), so a redelivered message completes what a crashed delivery left
+    half done and repeats nothing.
+    """
+    if not isinstance(key, str) or not key:
+        raise UsageError(f"an idempotency key must be a non-empty string, not {key!r}")
+    # "\0event\0" keeps these apart from claim_key's names, which start with a workflow's.
+    name = sha256_hex(f"\0event\0{event}\0{key}")[:40]
+    content = {"asyncflow": "key", "event": event, "key": key, "event_id": event_id}
+    try:
+        await backend.write((KEYS, name), dumps(content, "").encode(), if_absent=True)
+        return event_id
+    except ConflictError:
+        pass
+    entry = await backend.read((KEYS, name))
+    try:
+        found = json.loads(entry.data if entry is not None else b"")["event_id"]
+        if not isinstance(found, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        location = backend.locate((KEYS, name))
+        raise BackendError(
+            f"{location} is not asyncflow's record of key {key!r}; asyncflow leaves it untouched",
+            location=location,
+        ) from None
+    return found
 
 
 async def claim_key(backend: Backend, record: RunRecord, key: str) -> bool:

@@ -23,7 +23,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
         parents=parents,
-        help="serve the runs over HTTP (needs asyncflow[server])",
+        help="serve the runs over HTTP (needs asyncflow-durable[server])",
         description="Serve this script's workflows over HTTP (routes: see asyncflow.asgi).",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -56,7 +56,7 @@ def serve(flow: Flow, args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError:
-        raise ConfigError("serve needs uvicorn: pip install 'asyncflow[server]'") from None
+        raise ConfigError("serve needs uvicorn: pip install 'asyncflow-durable[server]'") from None
     from .asgi import app
 
     application = app(flow, token=token, resume_every=args.resume_every)

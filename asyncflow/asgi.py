@@ -18,6 +18,10 @@ a body that does not arrive in time 408, bodies over the size limit 413, anythin
 500 with an error id (details in the log). The route, token and method are checked before a
 byte of the body is read, and the connection is closed after those answers: a client without
 the token cannot make the server hold its body.
+
+Mounted in a host application (Starlette, FastAPI), the mounted app's own lifespan never runs:
+give the host :func:`lifespan` (``lifespan=asyncflow.asgi.lifespan(flow, resume_every=60)``),
+which keeps the backend open and resumes due runs in the background.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from contextlib import AsyncExitStack
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -33,7 +39,7 @@ from ._exceptions import UsageError
 from ._flow import Flow
 from ._http import MAX_BODY_SIZE, Api, Request, Response
 
-__all__ = ["ASGIApp", "app"]
+__all__ = ["ASGIApp", "Lifespan", "app", "lifespan"]
 
 #: Default seconds a client has to send its whole request body (else 408).
 BODY_TIMEOUT = 30.0
@@ -57,8 +63,10 @@ def app(
     """An ASGI application serving ``flow``.
 
     Under a server that runs the ASGI lifespan, the flow is entered (``async with flow``) from
-    startup to shutdown. Mounted inside another application, enter the flow in that
-    application's lifespan instead; without it, each request opens and closes the backend.
+    startup to shutdown. Mounted inside another application (whose server runs only the host's
+    lifespan), give the host :func:`lifespan` instead; without it, each request opens and
+    closes the backend, and ``resume_every`` cannot take effect (a warning is logged at the
+    first request).
 
     Args:
         flow: the flow to serve.
@@ -72,12 +80,7 @@ def app(
     Raises:
         UsageError: a setting that cannot work.
     """
-    if resume_every is not None and (
-        isinstance(resume_every, bool)
-        or not isinstance(resume_every, int | float)
-        or not resume_every > 0
-    ):
-        raise UsageError(f"resume_every must be a positive number of seconds, not {resume_every}")
+    _check_resume_every(resume_every)
     if (
         isinstance(body_timeout, bool)
         or not isinstance(body_timeout, int | float)
@@ -86,6 +89,73 @@ def app(
         raise UsageError(f"body_timeout must be a positive number of seconds, not {body_timeout}")
     api = Api(flow, token=token, max_body_size=max_body_size)
     return ASGIApp(api, resume_every, float(body_timeout))
+
+
+def lifespan(flow: Flow, *, resume_every: float | None = None) -> Lifespan:
+    """The flow's lifespan for a host application that mounts :func:`app`.
+
+    A mounted application's own lifespan is never run (Starlette and FastAPI run only the
+    host's), so the host enters this one::
+
+        app = FastAPI(lifespan=asyncflow.asgi.lifespan(flow, resume_every=60))
+        app.mount("/flow", asyncflow.asgi.app(flow))
+
+    or, inside a lifespan of its own, ``async with asyncflow.asgi.lifespan(flow, ...):``.
+    While it is entered the flow is too (the backend stays open) and, with ``resume_every``,
+    the due runs are resumed every that many seconds in the background.
+
+    Raises:
+        UsageError: ``resume_every`` is not a positive number of seconds.
+    """
+    _check_resume_every(resume_every)
+    return Lifespan(flow, resume_every)
+
+
+def _check_resume_every(resume_every: float | None) -> None:
+    if resume_every is not None and (
+        isinstance(resume_every, bool)
+        or not isinstance(resume_every, int | float)
+        or not resume_every > 0
+    ):
+        raise UsageError(f"resume_every must be a positive number of seconds, not {resume_every}")
+
+
+class Lifespan:
+    """What :func:`lifespan` returns: an async context manager, and a host application's
+    ``lifespan=`` callable (called with the application, it returns a fresh one)."""
+
+    def __init__(self, flow: Flow, resume_every: float | None) -> None:
+        self.flow = flow
+        self.resume_every = resume_every
+        self._stack: AsyncExitStack | None = None
+        self._cancel: anyio.CancelScope | None = None
+
+    def __call__(self, app: object) -> Lifespan:
+        return Lifespan(self.flow, self.resume_every)
+
+    async def __aenter__(self) -> None:
+        if self._stack is not None:
+            raise UsageError("this lifespan is entered already")
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.flow)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            if self.resume_every is not None:
+                tg.start_soon(_resume_periodically, self.flow, self.resume_every)
+            self._cancel = tg.cancel_scope
+            self._stack = stack.pop_all()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, cancel = self._stack, self._cancel
+        self._stack = self._cancel = None
+        if cancel is not None:
+            cancel.cancel()
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
 
 
 class ASGIApp:
@@ -97,6 +167,8 @@ class ASGIApp:
         self._api = api
         self._resume_every = resume_every
         self._body_timeout = body_timeout
+        self._lifespan_ran = False
+        self._warned = False
 
     @property
     def flow(self) -> Flow:
@@ -111,6 +183,15 @@ class ASGIApp:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._resume_every is not None and not self._lifespan_ran and not self._warned:
+            self._warned = True
+            logger.warning(
+                "asyncflow.asgi.app(resume_every=%s) resumes nothing: its lifespan did not run"
+                " (mounted in another application?); give the host application"
+                " asyncflow.asgi.lifespan(flow, resume_every=%s) instead",
+                self._resume_every,
+                self._resume_every,
+            )
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope.get("headers", [])
@@ -168,13 +249,11 @@ class ASGIApp:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "lifespan.startup"
+        self._lifespan_ran = True
         try:
-            async with self.flow, anyio.create_task_group() as tg:
-                if self._resume_every is not None:
-                    tg.start_soon(self._resume_periodically, self._resume_every)
+            async with Lifespan(self.flow, self._resume_every):
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()  # lifespan.shutdown
-                tg.cancel_scope.cancel()
         except Exception as exc:
             failed = "startup" if message["type"] == "lifespan.startup" else "shutdown"
             logger.error("asyncflow %s failed: %s", failed, exc, exc_info=exc)
@@ -182,16 +261,14 @@ class ASGIApp:
             return
         await send({"type": "lifespan.shutdown.complete"})
 
-    async def _resume_periodically(self, period: float) -> None:
-        while True:
-            await anyio.sleep(period)
-            try:
-                results = await self.flow.run()
-            except Exception as exc:  # keep serving; the next period tries again
-                logger.error("resuming due runs failed: %s", exc, exc_info=exc)
-            else:
-                if results:
-                    logger.info("resumed %d due run(s)", len(results))
+
+async def _resume_periodically(flow: Flow, period: float) -> None:
+    while True:
+        await anyio.sleep(period)
+        try:
+            await flow.run()  # (the invocation logs what it advanced)
+        except Exception as exc:  # keep serving; the next period tries again
+            logger.error("resuming due runs failed: %s", exc, exc_info=exc)
 
 
 class _Disconnected(Exception):

@@ -2,15 +2,18 @@
 
 The handler tells the events Lambda passes apart by their shape:
 
-- function URL and API Gateway HTTP API requests (payload 2.0) and REST API requests (1.0):
-  routed like :func:`asyncflow.asgi.app` (``POST /`` runs the JSON body
-  ``{"trigger": ..., "args": ...}``; without a trigger it resumes due runs), answered with an
-  HTTP response;
+- function URL and API Gateway HTTP API requests (payload 2.0), REST API requests (1.0) and
+  Application Load Balancer requests (single or multi-value headers): routed like
+  :func:`asyncflow.asgi.app` (``POST /`` runs the JSON body ``{"trigger": ..., "args": ...}``;
+  without a trigger it resumes due runs), answered with an HTTP response;
 - EventBridge (CloudWatch Events) scheduled events: resume due runs (an EventBridge event
   whose ``detail`` is a trigger request runs it);
 - SQS batches: each message body is a trigger request; the failed ones are reported in
   ``batchItemFailures`` so that only they are retried;
 - a direct invocation with a ``{"trigger": ..., "args": ...}`` object (``{}`` resumes).
+
+Events of other sources (S3 notifications, DynamoDB and Kinesis streams, SNS, CloudWatch
+Logs, ...) raise a :class:`~asyncflow.UsageError` naming the source.
 
 One event loop runs in a background thread of the container with the flow entered
 (``async with flow``), so the backend's connections survive warm invocations.
@@ -142,6 +145,13 @@ class LambdaHandler:
             records = event.get("Records")
             if isinstance(records, list) and records and _is_sqs(records[0]):
                 return portal.call(self._sqs, records, time_limit)
+            source = _unserved_source(event)
+            if source is not None:
+                raise UsageError(
+                    f"this handler does not serve {source} events: it takes HTTP requests"
+                    " (function URL, API Gateway, ALB), EventBridge events, SQS messages and"
+                    ' direct invocations {"trigger": ..., "args": ...}'
+                )
         order = _order(event, "Lambda event")
         return results_list(portal.call(order.perform, self.flow, time_limit))
 
@@ -200,11 +210,28 @@ class LambdaHandler:
         else:
             response = await self._api.handle(request, time_limit=time_limit)
         headers = {"content-type": response.content_type, **response.headers}
-        answer: dict[str, Any] = {"statusCode": response.status}
+        answer: dict[str, Any] = {
+            "statusCode": response.status,
+            "body": response.encode().decode(),
+            "isBase64Encoded": False,
+        }
         if "set-cookie" in headers and "httpMethod" not in event:
             # Payload 2.0 (function URLs, HTTP APIs) takes cookies in a field of their own.
             answer["cookies"] = [headers.pop("set-cookie")]
-        answer.update(headers=headers, body=response.encode().decode(), isBase64Encoded=False)
+        if _is_alb(event):
+            # An ALB wants the status line's text, and headers in the form it sent them
+            # (multiValueHeaders when the target group has multi-value headers on).
+            from http import HTTPStatus
+
+            try:
+                phrase = HTTPStatus(response.status).phrase
+            except ValueError:
+                phrase = ""
+            answer["statusDescription"] = f"{response.status} {phrase}".strip()
+            if "multiValueHeaders" in event:
+                answer["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
+                return answer
+        answer["headers"] = headers
         return answer
 
     async def _sqs(self, records: list[Any], time_limit: float | None) -> dict[str, Any]:
@@ -219,14 +246,14 @@ class LambdaHandler:
                 if not isinstance(body, str):
                     raise BadRequest(400, "an SQS record without a body")
                 order = parse_order(decode_json(body.encode()))
+                # SQS delivers a message at least once: its id makes a redelivery start (and,
+                # for an event, wake) nothing twice, unless the message names a key of its own.
+                key = order.key or (f"sqs:{message_id}" if message_id else None)
                 if order.event is not None:
                     # Delivered (its runs stored, its waiters woken) and no run advanced: the
                     # one invocation below advances them with the rest.
-                    await self.flow._deliver(order.event, order.args)
+                    await self.flow._deliver(order.event, order.args, key=key)
                 elif order.trigger is not None:
-                    # SQS delivers a message at least once: its id makes a redelivery start
-                    # nothing twice (unless the message names a key of its own).
-                    key = order.key or (f"sqs:{message_id}" if message_id else None)
                     await self.flow.start(order.trigger, order.args, key=key)
             except AsyncflowError as exc:
                 logger.warning("SQS message %s not accepted: %s", message_id, exc)
@@ -283,11 +310,49 @@ def _is_sqs(record: Any) -> bool:
     return isinstance(record, dict) and record.get("eventSource") == "aws:sqs"
 
 
+def _is_alb(event: Mapping[str, Any]) -> bool:
+    context = event.get("requestContext")
+    return isinstance(context, dict) and isinstance(context.get("elb"), dict)
+
+
+# What the records of other sources say they are (``eventSource``; SNS spells it
+# ``EventSource``), and names for the messages.
+_SOURCES = {
+    "aws:s3": "S3 notification",
+    "aws:dynamodb": "DynamoDB stream",
+    "aws:kinesis": "Kinesis stream",
+    "aws:sns": "SNS",
+    "aws:kafka": "Kafka (MSK)",
+    "SelfManagedKafka": "Kafka",
+    "aws:mq": "Amazon MQ",
+    "aws:rmq": "RabbitMQ",
+    "aws:ses": "SES",
+    "aws:codecommit": "CodeCommit",
+}
+
+
+def _unserved_source(event: Mapping[str, Any]) -> str | None:
+    """The name of the AWS source of an event this handler does not serve, if it is one."""
+    if "awslogs" in event:
+        return "CloudWatch Logs"
+    if "eventSource" in event and "records" in event:  # Kafka, MSK
+        source = str(event["eventSource"])
+        return _SOURCES.get(source, source)
+    if "deliveryStreamArn" in event:
+        return "Kinesis Data Firehose"
+    records = event.get("Records")
+    if isinstance(records, list) and records and isinstance(records[0], dict):
+        named = records[0].get("eventSource") or records[0].get("EventSource")
+        if isinstance(named, str):
+            return _SOURCES.get(named, named)
+    return None
+
+
 def _http_request(event: Mapping[str, Any]) -> Request:
     """A :class:`Request` from a payload 2.0 (HTTP API, function URL) or 1.0 (REST) event."""
     # Modules that only some events need are imported where needed: a Lambda cold start pays
     # for every import at module level.
-    if "httpMethod" in event:  # 1.0
+    if "httpMethod" in event:  # 1.0 (REST API) and ALB
         method = event["httpMethod"]
         path = event.get("path") or "/"
         multi = event.get("multiValueQueryStringParameters") or {}
@@ -302,7 +367,27 @@ def _http_request(event: Mapping[str, Any]) -> Request:
         method = event["requestContext"]["http"]["method"]
         path = event.get("rawPath") or "/"
         query = event.get("rawQueryString") or ""
-    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+        # An HTTP API's named stage ("prod") comes first in rawPath; "$default" does not.
+        stage = event["requestContext"].get("stage")
+        if (
+            isinstance(stage, str)
+            and stage not in ("", "$default")
+            and (path == f"/{stage}" or path.startswith(f"/{stage}/"))
+        ):
+            path = path[len(stage) + 1 :] or "/"
+    # A base URL ending in "/" joined with "/runs" gives "//runs": the same route.
+    if "//" in path:
+        import re
+
+        path = re.sub("/{2,}", "/", path)
+    # Multi-value headers (REST APIs send both forms; an ALB one or the other): the last
+    # value of each wins, as it does in the single-value form.
+    headers = {
+        str(k).lower(): str(vs[-1])
+        for k, vs in (event.get("multiValueHeaders") or {}).items()
+        if isinstance(vs, list) and vs
+    }
+    headers.update({str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()})
     cookies = event.get("cookies")
     if isinstance(cookies, list) and cookies:  # payload 2.0 moves them out of the headers
         headers["cookie"] = "; ".join(str(c) for c in cookies)

@@ -13,7 +13,7 @@ Then the same flow, three ways:
     python examples/watch_price_http.py run      # 300円: still paused
     python examples/watch_price_http.py run      # 100円: succeeded
 
-    # a server (pip install 'asyncflow[server]'), resuming due runs every 10 seconds
+    # a server (pip install 'asyncflow-durable[server]'), resuming due runs every 10 seconds
     python examples/watch_price_http.py serve --resume-every 10
     curl -X POST localhost:8000/runs -d '{"trigger": "買いたいもの追加",
          "args": {"item_name": "レモン", "price": 150}}'

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,8 +38,9 @@ class Aws:
         import boto3
 
         self.endpoint = endpoint
-        self.s3 = boto3.client("s3", endpoint_url=endpoint)
-        self.dynamodb = boto3.client("dynamodb", endpoint_url=endpoint)
+        session = boto3.session.Session()  # the credentials in the environment now
+        self.s3 = session.client("s3", endpoint_url=endpoint)
+        self.dynamodb = session.client("dynamodb", endpoint_url=endpoint)
 
     def new_bucket(self) -> str:
         name = f"asyncflow-{uuid.uuid4().hex[:12]}"
@@ -144,3 +146,89 @@ def make_flow(backend_url: str, clock: MockClock) -> Callable[..., asyncflow.Flo
         return asyncflow.setup(backend, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+# -- servers from npm (.ci/run installs them into .ci/node_modules) ---------------------------
+
+NODE_MODULES = Path(__file__).resolve().parent.parent / ".ci" / "node_modules"
+
+
+def node_server(name: str, *args: str) -> Iterator[str]:
+    """Start the npm package ``name``'s server on a free loopback port; yield its endpoint.
+
+    Skipped where node or the package is missing, unless ASYNCFLOW_NODE_SERVERS=required
+    (as `.ci/run` sets it): CI must not pass by skipping them.
+    """
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    node = shutil.which("node")
+    script = NODE_MODULES / ".bin" / name
+    if node is None or not script.exists():
+        message = f"{name} is not installed: run `npm ci --prefix .ci` (see .ci/run)"
+        if os.environ.get("ASYNCFLOW_NODE_SERVERS") == "required":
+            pytest.fail(message)
+        pytest.skip(message)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [node, str(script), *(a.format(port=port) for a in args)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # polling the port: the server says nothing machine-readable when ready
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    pytest.fail(f"{name} did not start: {err}")
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+class Dynalite(Aws):
+    """dynalite (npm): a DynamoDB written independently of AWS and of moto."""
+
+    def new_bucket(self) -> str:
+        raise NotImplementedError("dynalite serves DynamoDB only")
+
+    def new_table(self) -> str:
+        name = super().new_table()
+        # dynalite creates a table in the background, as DynamoDB does.
+        self.dynamodb.get_waiter("table_exists").wait(
+            TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+        )
+        return name
+
+
+@pytest.fixture(scope="session")
+def dynalite(aws: Aws) -> Iterator[Dynalite]:
+    """dynalite on 127.0.0.1 (in memory), for the session (credentials: the aws fixture's)."""
+    for endpoint in node_server(
+        "dynalite", "--host", "127.0.0.1", "--port", "{port}", "--createTableMs", "0"
+    ):
+        yield Dynalite(endpoint)
+
+
+@pytest.fixture
+def s3rver(tmp_path: Path, aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    """s3rver (npm): an S3 server that ignores conditional writes (If-None-Match, If-Match)."""
+    folder = tmp_path / "s3rver"
+    folder.mkdir()
+    # The credentials s3rver checks signatures with.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "S3RVER")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "S3RVER")
+    for endpoint in node_server(
+        "s3rver", "--address", "127.0.0.1", "--port", "{port}", "--directory", str(folder),
+        "--silent",
+    ):  # fmt: skip
+        yield Aws(endpoint)

@@ -16,7 +16,7 @@ from asyncflow.testing import BACKEND_CHECKS, check_backend
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "file", "s3", "dynamodb"])
+@pytest.fixture(params=["memory", "file", "s3", "dynamodb", "dynalite"])
 async def backend(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[asyncflow.Backend]:
@@ -28,8 +28,8 @@ async def backend(
     elif request.param == "s3":
         aws = request.getfixturevalue("aws")
         made = asyncflow.S3Backend(aws.new_bucket(), "p", endpoint_url=aws.endpoint)
-    else:
-        aws = request.getfixturevalue("aws")
+    else:  # moto's DynamoDB, or dynalite's (npm), written independently of both AWS and moto
+        aws = request.getfixturevalue("aws" if request.param == "dynamodb" else "dynalite")
         made = asyncflow.DynamoDBBackend(aws.new_table(), endpoint_url=aws.endpoint)
     await made.open()
     yield made

@@ -3,12 +3,15 @@ Lambda would import it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 TEMPLATE = DEPLOY / "template.yaml"
@@ -45,8 +48,7 @@ def test_the_template_wires_the_function_to_the_bucket_schedule_and_url() -> Non
     assert not problems
     props: dict[str, Any] = template["Resources"]["FlowFunction"]["Properties"]
     env = props["Environment"]["Variables"]
-    assert env["ASYNCFLOW_BACKEND"] == {"Fn::Sub": "s3://${RunsBucket}/asyncflow"}
-    assert props["Policies"] == [{"S3CrudPolicy": {"BucketName": {"Ref": "RunsBucket"}}}]
+    # The store's resources, policy and URL: the tests of the expanded template below.
     assert props["Events"]["Resume"]["Type"] == "Schedule"
     assert props["FunctionUrlConfig"] == {"AuthType": {"Ref": "UrlAuthType"}}
     assert template["Parameters"]["UrlAuthType"]["Default"] == "AWS_IAM"
@@ -88,3 +90,175 @@ def test_the_app_runs_with_a_backend(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert '"status": "paused"' in proc.stdout
     assert '"logs": ["noted: hi"]' in proc.stdout
+
+
+# -- the template as SAM expands it ----------------------------------------------------------
+
+
+def expand(**parameters: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The template as CloudFormation gets it after ``sam package`` and the SAM transform
+    (aws-sam-translator, what SAM runs at deploy time), and the resources that exist for
+    ``parameters``: conditions evaluated, ``Fn::If`` resolved."""
+    from cfnlint.decode import decode
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicies:  # the template names none; SAM would ask IAM for their ARNs
+        def load(self) -> dict[str, str]:
+            return {}
+
+    template, problems = decode(str(TEMPLATE))
+    assert not problems
+    # `sam package` uploads app/ and puts its S3 location here.
+    template["Resources"]["FlowFunction"]["Properties"]["CodeUri"] = "s3://bucket/app.zip"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+        out = transform(json.loads(json.dumps(template)), parameters, NoManagedPolicies())
+    values = {k: v.get("Default") for k, v in out["Parameters"].items()} | parameters
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {"Fn::If"}:
+                name, yes, no = node["Fn::If"]
+                return resolve(yes if holds(name) else no)
+            items = {k: resolve(v) for k, v in node.items()}
+            return {k: v for k, v in items.items() if v != NO_VALUE}
+        if isinstance(node, list):
+            return [r for r in map(resolve, node) if r != NO_VALUE]
+        return node
+
+    def holds(condition: str) -> bool:
+        return bool(value(out["Conditions"][condition]))
+
+    def value(node: Any) -> Any:
+        if isinstance(node, dict) and "Ref" in node:
+            return str(values[node["Ref"]])
+        if isinstance(node, dict) and "Fn::Equals" in node:
+            a, b = node["Fn::Equals"]
+            return value(a) == value(b)
+        if isinstance(node, dict) and "Condition" in node:
+            return holds(node["Condition"])
+        assert isinstance(node, str | int), node
+        return str(node)
+
+    resources = {
+        name: resolve(resource)
+        for name, resource in out["Resources"].items()
+        if "Condition" not in resource or holds(resource["Condition"])
+    }
+    return out, resources
+
+
+def refs(node: Any) -> set[str]:
+    """The names a piece of template refers to (Ref, Fn::GetAtt, ${...} in Fn::Sub)."""
+    import re
+
+    if isinstance(node, dict):
+        found = set()
+        if "Ref" in node:
+            found.add(node["Ref"])
+        if "Fn::GetAtt" in node:
+            found.add(node["Fn::GetAtt"][0])
+        if "Fn::Sub" in node:
+            sub = node["Fn::Sub"]
+            text, names = (sub, {}) if isinstance(sub, str) else sub
+            found |= {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text)} - set(names)
+        return found | {n for v in node.values() for n in refs(v)}
+    if isinstance(node, list):
+        return {n for v in node for n in refs(v)}
+    return set()
+
+
+NO_VALUE = {"Ref": "AWS::NoValue"}
+PUBLIC = {"UrlAuthType": "NONE", "Token": "s3cr3t"}
+
+
+@pytest.mark.parametrize("store", ["S3", "DynamoDB"])
+@pytest.mark.parametrize("auth", ["AWS_IAM", "NONE"])
+def test_the_expanded_template_refers_only_to_what_exists(store: str, auth: str) -> None:
+    out, resources = expand(Store=store, UrlAuthType=auth, Token="s3cr3t")
+    known = set(resources) | set(out["Parameters"]) | {"AWS::Partition", "AWS::Region"}
+    known |= {"AWS::AccountId", "AWS::NoValue", "AWS::StackName", "AWS::URLSuffix"}
+    assert refs(resources) <= known, refs(resources) - known
+
+
+def public_permissions(resources: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(
+        (r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::Permission"),
+        key=lambda p: (str(p["Action"]), str(p["Principal"])),
+    )
+
+
+def test_a_public_url_may_be_invoked_by_anyone() -> None:
+    # UrlAuthType=NONE: what SAM grants for a literal `AuthType: NONE`, granted here too.
+    _, resources = expand(**PUBLIC)
+    assert resources["FlowFunctionUrl"]["Properties"]["AuthType"] == {"Ref": "UrlAuthType"}
+    url_invoke, schedule, url = public_permissions(resources)
+    assert schedule["Principal"] == "events.amazonaws.com"
+    assert url == {
+        "Action": "lambda:InvokeFunctionUrl",
+        "FunctionName": {"Ref": "FlowFunction"},
+        "FunctionUrlAuthType": "NONE",
+        "Principal": "*",
+    }
+    assert url_invoke == {
+        "Action": "lambda:InvokeFunction",
+        "FunctionName": {"Ref": "FlowFunction"},
+        "InvokedViaFunctionUrl": True,
+        "Principal": "*",
+    }
+    env = resources["FlowFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["ASYNCFLOW_TOKEN"] == {"Ref": "Token"}
+
+
+def test_an_iam_url_grants_the_public_nothing() -> None:
+    _, resources = expand(UrlAuthType="AWS_IAM")
+    [schedule] = public_permissions(resources)
+    assert schedule["Action"] == "lambda:InvokeFunction"
+    assert schedule["Principal"] == "events.amazonaws.com"
+    env = resources["FlowFunction"]["Properties"]["Environment"]["Variables"]
+    assert "ASYNCFLOW_TOKEN" not in env
+
+
+def actions_on(resources: dict[str, Any]) -> list[tuple[str, set[str]]]:
+    [policy] = resources["FlowFunctionRole"]["Properties"]["Policies"]
+    return [
+        (statement["Effect"], set(statement["Action"]), *sorted(refs(statement["Resource"])))
+        for statement in policy["PolicyDocument"]["Statement"]
+    ]
+
+
+def test_the_s3_store_is_a_bucket_the_function_may_use() -> None:
+    _, resources = expand()  # S3 is the default
+    assert "RunsTable" not in resources
+    assert resources["RunsBucket"]["DeletionPolicy"] == "Retain"
+    env = resources["FlowFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["ASYNCFLOW_BACKEND"] == {"Fn::Sub": "s3://${RunsBucket}/asyncflow"}
+    [(effect, actions, *names)] = actions_on(resources)
+    assert effect == "Allow"
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"} <= actions
+    assert names == ["AWS::Partition", "RunsBucket"]
+
+
+def test_the_dynamodb_store_is_a_table_with_the_backends_keys() -> None:
+    _, resources = expand(Store="DynamoDB")
+    assert "RunsBucket" not in resources
+    table = resources["RunsTable"]
+    assert table["DeletionPolicy"] == "Retain"
+    props = table["Properties"]
+    # The schema DynamoDBBackend needs (its docstring, and what the tests create on moto).
+    assert props["KeySchema"] == [
+        {"AttributeName": "ns", "KeyType": "HASH"},
+        {"AttributeName": "name", "KeyType": "RANGE"},
+    ]
+    assert props["AttributeDefinitions"] == [
+        {"AttributeName": "ns", "AttributeType": "S"},
+        {"AttributeName": "name", "AttributeType": "S"},
+    ]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    env = resources["FlowFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["ASYNCFLOW_BACKEND"] == {"Fn::Sub": "dynamodb://${RunsTable}"}
+    [(effect, actions, *names)] = actions_on(resources)
+    assert effect == "Allow"
+    wanted = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"}
+    assert wanted | {"dynamodb:DeleteItem", "dynamodb:BatchGetItem"} <= actions
+    assert "RunsTable" in names

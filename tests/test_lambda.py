@@ -255,6 +255,32 @@ def test_events_over_a_function_url_a_direct_invocation_and_sqs(lam: Lambda) -> 
     ]
 
 
+def test_an_sqs_event_message_delivered_twice_starts_and_wakes_nothing_twice(
+    lam: Lambda,
+) -> None:
+    # SQS delivers a message at least once: its id is the event's idempotency key, as it is
+    # for a trigger message, here across two containers.
+    messages = ({"event": "shipped", "args": 3}, {"event": "approved", "args": {"by": "sqs"}})
+    first, batch = lam({"trigger": "approve"}, sqs(*messages))
+    second, again = lam({"trigger": "approve"}, sqs(*messages))
+    assert ok(batch) == ok(again) == {"batchItemFailures": []}
+    (listing,) = lam(url(method="GET", path="/runs"))
+    runs = sorted(
+        (r["workflow"], r["status"], json.dumps(r["result"]), r["run_id"])
+        for r in http(listing)[1]
+    )
+    [(one,), (two,)] = ok(first), ok(second)
+    # The run that waited before the message got it; the one that began waiting after the
+    # message was first delivered still waits: a redelivery is not a new event.
+    assert [r[:3] for r in runs] == [
+        ("approve", "paused", "null"),
+        ("approve", "succeeded", '{"by": "sqs"}'),
+        ("on_shipped", "succeeded", "3"),
+    ]
+    assert {r[3] for r in runs if r[0] == "approve"} == {one["run_id"], two["run_id"]}
+    assert [r[3] for r in runs if r[1] == "succeeded" and r[0] == "approve"] == [one["run_id"]]
+
+
 def test_sqs_reports_a_message_whose_runs_could_not_be_stored() -> None:
     class Refuses(asyncflow.MemoryBackend):
         async def write(self, key: Any, data: bytes, **kwargs: Any) -> str:

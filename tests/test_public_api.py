@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -26,7 +27,8 @@ def test_all_is_complete_and_sorted() -> None:
 def test_public_names_belong_to_the_package() -> None:
     for name in asyncflow.__all__:
         value = getattr(asyncflow, name)
-        if isinstance(value, type):
+        # (On Python 3.10 an alias such as Key = tuple[str, str] passes for a type too.)
+        if isinstance(value, type) and not isinstance(value, types.GenericAlias):
             assert value.__module__ == "asyncflow", name
 
 
@@ -77,9 +79,9 @@ def test_the_package_imports_only_what_it_declares() -> None:
     from pathlib import Path
 
     # botocore comes with aiobotocore, which pins the exact versions it works with.
-    declared = {"anyio", "exceptiongroup", "aiobotocore", "botocore"}
+    declared = {"anyio", "sniffio", "exceptiongroup", "aiobotocore", "botocore"}
     # trio: only used when it is the running library, found in sys.modules; uvicorn: `serve`
-    # imports it when run, and says to install asyncflow[server] if it is missing.
+    # imports it when run, and says to install asyncflow-durable[server] if it is missing.
     optional = {"trio", "uvicorn"}
     package = Path(asyncflow.__file__).parent
     found: set[str] = set()
@@ -131,6 +133,6 @@ def test_the_server_and_lambda_modules_export_what_they_document() -> None:
     import asyncflow.aws_lambda
 
     assert asyncflow.aws_lambda.__all__ == ["LambdaContext", "LambdaHandler", "handler"]
-    assert asyncflow.asgi.__all__ == ["ASGIApp", "app"]
+    assert asyncflow.asgi.__all__ == ["ASGIApp", "Lifespan", "app", "lifespan"]
     for module in (asyncflow.aws_lambda, asyncflow.asgi):
         assert all(hasattr(module, name) for name in module.__all__)

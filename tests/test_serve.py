@@ -135,7 +135,7 @@ def test_without_uvicorn_serve_says_what_to_install(tmp_path: Path) -> None:
         " runpy.run_path(sys.argv[0], run_name='__main__')"
     )
     line = one_line_error(run_cli(tmp_path, "serve", code=hide))
-    assert line == "error: serve needs uvicorn: pip install 'asyncflow[server]'"
+    assert line == "error: serve needs uvicorn: pip install 'asyncflow-durable[server]'"
     # The other commands do not need it.
     assert run_cli(tmp_path, "runs", code=hide).returncode == 0
 

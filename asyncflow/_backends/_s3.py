@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import json
 import logging
@@ -12,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+import anyio
+
 from .._backend import Entry, Key
-from .._exceptions import ConfigError, ConflictError, DamagedRecordError
+from .._exceptions import BackendError, ConfigError, ConflictError, DamagedRecordError
 from ._aws import (
     DEFAULT_LEASE_SECONDS,
     AwsClient,
@@ -35,6 +38,14 @@ _MAGIC = b"asyncflow-object/1 "
 _CONFLICTS = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 # A conditional write or delete of an object that is not there answers NoSuchKey.
 _CONFLICTS_IF_MATCH = _CONFLICTS | {"NoSuchKey"}
+# Where the store's check is recorded, beside the namespaces (their keys end in "/").
+_CHECKED = ".asyncflow-store-check"
+# Stores checked by this process: (endpoint, bucket, prefix) -> conditional DeleteObject works.
+_checked_stores: dict[tuple[str, str, str], bool] = {}
+
+
+class _NotImplemented(Exception):
+    """The store answered 501 NotImplemented (never leaves this module)."""
 
 
 def encode_name(name: str) -> str:
@@ -118,12 +129,161 @@ class S3Backend(LeasedBackend):
         self._leases = Leases(lease_seconds, clock)
 
     _page_size: int | None = None  # S3's own (1,000) unless a test sets a smaller one
+    # Whether DeleteObject honours If-Match; None until the store is checked (_check_store).
+    _conditional_delete: bool | None = None
+    _checking: anyio.Lock
 
     def __repr__(self) -> str:
         return f"S3Backend({self.bucket!r}, {self.prefix.rstrip('/')!r})"
 
     async def open(self) -> None:
         await self._aws.open()
+        self._checking = anyio.Lock()  # made in the loop that uses it, as the client is
+
+    async def _checked(self) -> None:
+        """Check the store before this backend's first conditional write (see
+        :meth:`_check_store`); reads need no check."""
+        if self._conditional_delete is not None:
+            return
+        self._aws.client  # noqa: B018 (not open: the UsageError saying so, before the lock)
+        async with self._checking:
+            if self._conditional_delete is None:
+                await self._check_store()
+
+    # -- what the store must honour ------------------------------------------------------------
+
+    async def _check_store(self) -> None:
+        """Refuse a store that ignores conditional writes; learn whether it deletes
+        conditionally. Done before the first conditional write of each opened backend.
+
+        Everything asyncflow promises (each side effect once, one run per key) rests on
+        ``If-None-Match: *`` and ``If-Match`` being honoured: a store that ignores them (s3rver
+        does) would run side effects twice without a word. The check writes and deletes a
+        probe object once per bucket and prefix, then records that it passed in a marker
+        object; later opens read only the marker.
+        """
+        where = (str(self._aws.client.meta.endpoint_url), self.bucket, self.prefix)
+        if where in _checked_stores:
+            self._conditional_delete = _checked_stores[where]
+            return
+        marker = f"{self.prefix}{_CHECKED}"
+        location = f"s3://{self.bucket}/{marker}"
+        found = await self._get_raw(marker, location)
+        if found is not None:
+            try:
+                record = json.loads(found)
+                ok = record["conditional_writes"] is True
+                conditional_delete = bool(record["conditional_delete"])
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise BackendError(
+                    f"{location} is not asyncflow's record of the store's check; move it out"
+                    " of the prefix to check the store again",
+                    location=location,
+                )
+        else:
+            conditional_delete = await self._probe()
+            record = {
+                "asyncflow": "store-check",
+                "conditional_writes": True,
+                "conditional_delete": conditional_delete,
+            }
+            with contextlib.suppress(ConflictError):  # another invocation checked it too
+                await self._aws.call(
+                    "put_object",
+                    location,
+                    conflicts=_CONFLICTS,
+                    Bucket=self.bucket,
+                    Key=marker,
+                    Body=json.dumps(record).encode(),
+                    IfNoneMatch="*",
+                )
+        self._conditional_delete = _checked_stores[where] = conditional_delete
+
+    async def _probe(self) -> bool:
+        """Check conditional writes on a probe object; return whether ``DeleteObject`` with
+        ``If-Match`` works (else deletes take the fallback in :meth:`delete`).
+
+        Raises:
+            BackendError: the store ignores ``If-None-Match`` or ``If-Match`` on PutObject.
+        """
+        key = f"{self.prefix}.asyncflow-probe-{secrets.token_hex(8)}"
+        location = f"s3://{self.bucket}/{key}"
+        wrong = '"00000000000000000000000000000000"'
+
+        async def put(**conditions: Any) -> bool:
+            try:
+                await self._aws.call(
+                    "put_object",
+                    location,
+                    conflicts=_CONFLICTS,
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=b"asyncflow probe",
+                    **conditions,
+                )
+            except ConflictError:
+                return False
+            return True
+
+        await put()
+        try:
+            for header, conditions in (
+                ("If-None-Match", {"IfNoneMatch": "*"}),
+                ("If-Match", {"IfMatch": wrong}),
+            ):
+                if await put(**conditions):
+                    raise BackendError(
+                        f"the store of s3://{self.bucket}/{self.prefix} ignores conditional"
+                        f" writes (PutObject with {header} succeeded where it must fail):"
+                        " asyncflow needs them to run each side effect once; use a store"
+                        " that honours If-None-Match and If-Match (AWS S3, MinIO, R2, moto)",
+                        location=location,
+                    )
+            try:
+                return not await self._delete_object(key, location, wrong)
+            except ConflictError:
+                return True  # refused, as it must be
+            except _NotImplemented:
+                return False
+        finally:
+            await self._aws.call("delete_object", location, Bucket=self.bucket, Key=key)
+
+    async def _delete_object(self, key: str, location: str, if_match: str) -> bool:
+        """``DeleteObject`` with ``If-Match``; whether it deleted.
+
+        Raises:
+            ConflictError: the object is not at that version (or not there).
+            _NotImplemented: the store does not delete conditionally (LocalStack: 501).
+        """
+        from botocore.exceptions import ClientError
+
+        async with self._aws.limiter:
+            with self._aws.boundary("delete_object", location, _CONFLICTS_IF_MATCH):
+                try:
+                    await self._aws.client.delete_object(
+                        Bucket=self.bucket, Key=key, IfMatch=if_match
+                    )
+                except ClientError as exc:
+                    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                    if exc.response.get("Error", {}).get("Code") == "NotImplemented" or (
+                        status == 501
+                    ):
+                        raise _NotImplemented from None
+                    raise
+        return True
+
+    async def _get_raw(self, key: str, location: str) -> bytes | None:
+        try:
+            async with self._aws.limiter:
+                with self._aws.boundary("get_object", location, frozenset({"NoSuchKey"})):
+                    response = await self._aws.client.get_object(Bucket=self.bucket, Key=key)
+                    async with response["Body"] as stream:
+                        body: bytes = await stream.read()
+        except ConflictError:  # NoSuchKey
+            return None
+        return body
 
     async def aclose(self) -> None:
         await self._aws.aclose()
@@ -180,6 +340,8 @@ class S3Backend(LeasedBackend):
         return self._unpack(key, body, response["ETag"])
 
     async def _put(self, key: Key, body: bytes, **conditions: Any) -> str:
+        if conditions:
+            await self._checked()
         response = await self._aws.call(
             "put_object",
             self.locate(key),
@@ -240,18 +402,37 @@ class S3Backend(LeasedBackend):
         return etag
 
     async def delete(self, key: Key, *, if_version: str | None = None) -> None:
-        conditions: dict[str, Any] = {"IfMatch": if_version} if if_version is not None else {}
-        await self._aws.call(
-            "delete_object",
-            self.locate(key),
-            conflicts=_CONFLICTS_IF_MATCH,
-            Bucket=self.bucket,
-            Key=self._key(key),
-            **conditions,
-        )
+        if if_version is None:
+            await self._aws.call(
+                "delete_object", self.locate(key), Bucket=self.bucket, Key=self._key(key)
+            )
+        else:
+            await self._delete_if(key, if_version)
         held = self._leases.held.get(key)
         if held is not None:
             held.released = True
+
+    async def _delete_if(self, key: Key, version: str) -> None:
+        """Delete ``key`` if it is at ``version``, on stores with or without conditional
+        ``DeleteObject``.
+
+        Without it (LocalStack answers 501), the compare-and-swap is a conditional write: a
+        placeholder leased by us replaces the version (``If-Match``), so from then on readers
+        see the key absent and nobody else may take or overwrite it; the unconditional delete
+        that follows removes only that placeholder. Should this process die in between, the
+        placeholder is one of a dead claim, which the next claim clears once the lease ends.
+        """
+        await self._checked()
+        if self._conditional_delete:
+            try:
+                await self._delete_object(self._key(key), self.locate(key), version)
+                return
+            except _NotImplemented:
+                self._conditional_delete = False  # the check at open did not see it: learn
+        await self._put(key, self._pack(None, lease=True), IfMatch=version)
+        await self._aws.call(
+            "delete_object", self.locate(key), Bucket=self.bucket, Key=self._key(key)
+        )
 
     async def list(self, namespace: str) -> dict[str, str]:
         start = f"{self.prefix}{namespace}/"
