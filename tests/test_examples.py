@@ -257,13 +257,15 @@ def test_reminder_sleeps_durably_until_its_time(tmp_path: Path) -> None:
     # polls (with a deadline) instead of sleeping.
     start = datetime.now(timezone.utc)
 
+    # Both reminders are due 8 s after the start: the first three commands must pass before
+    # (each a Python process: over a second apiece on a loaded machine, so 1 s was too short).
     def task(name: str, seconds: float) -> str:
         deadline = (start + timedelta(seconds=seconds)).isoformat()
-        args = {"task": name, "deadline": deadline, "remind_before_s": seconds - 1}
+        args = {"task": name, "deadline": deadline, "remind_before_s": seconds - 8}
         return json.dumps(args, ensure_ascii=False)
 
-    [done_in_time], _ = run_json(tmp_path, "reminder.py", "締め切り", task("レポート", 30))
-    [late], _ = run_json(tmp_path, "reminder.py", "締め切り", task("掃除", 2.5))
+    [done_in_time], _ = run_json(tmp_path, "reminder.py", "締め切り", task("レポート", 40))
+    [late], _ = run_json(tmp_path, "reminder.py", "締め切り", task("掃除", 10))
     assert done_in_time["status"] == late["status"] == "paused"
     proc = invoke(tmp_path, "reminder.py", "runs", "--status", "paused")
     assert proc.stdout.count("  time ") == 2, proc.stdout
