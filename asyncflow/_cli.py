@@ -91,6 +91,14 @@ def _unwrapped(execute: Callable[..., int], *args: Any) -> int:
         if all(isinstance(e, AsyncflowError) for e in leaves):
             raise leaves[0] from None
         raise
+    except BaseException as exc:
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+            # Python 3.10: anyio's asyncio runner turns Ctrl-C into the cancellation of the
+            # main task, which leaves the loop as CancelledError (3.11's asyncio.Runner
+            # raises KeyboardInterrupt). Nothing else cancels a whole command from outside.
+            raise KeyboardInterrupt from None
+        raise
 
 
 def _execute(flow: Flow, args: argparse.Namespace, session: _Session) -> int:
