@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import anyio
 
 from ._backend import Backend
-from ._exceptions import AsyncflowError, ConfigError, RunNotFoundError, UsageError
+from ._exceptions import AsyncflowError, ConfigError, RunNotFoundError, UsageError, leaves
 from ._progress import Progress
 from ._results import Run, RunResult, Step
 from ._summary import (
@@ -84,12 +84,12 @@ def _unwrapped(execute: Callable[..., int], *args: Any) -> int:
     try:
         return execute(*args)
     except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
+        inner = list(leaves(group))
         for kind in (KeyboardInterrupt, BrokenPipeError):
-            if any(isinstance(e, kind) for e in leaves):
+            if any(isinstance(e, kind) for e in inner):
                 raise kind from None
-        if all(isinstance(e, AsyncflowError) for e in leaves):
-            raise leaves[0] from None
+        if all(isinstance(e, AsyncflowError) for e in inner):
+            raise inner[0] from None
         raise
     except BaseException as exc:
         asyncio = sys.modules.get("asyncio")
@@ -641,14 +641,6 @@ def _run_dict(run: Run, *, steps: bool) -> dict[str, Any]:
 
 _compact = compact
 _time = local_time
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 def _print_json(data: Any, out: TextIO | None = None) -> None:

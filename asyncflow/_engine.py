@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from ._exceptions import (
     DamagedRecordError,
     EventCycleError,
     SideEffectError,
+    leaves,
 )
 from ._record import (
     FINISHED,
@@ -197,7 +198,7 @@ class Execution:
                 raise fatal from None  # storage is failing: stop, leave the run as stored
             if fatal is not None:
                 failure: BaseException | None = fatal  # whatever the workflow made of it
-            elif ctx._suspended and all(isinstance(e, Exception | Suspend) for e in _leaves(exc)):
+            elif ctx._suspended and all(isinstance(e, Exception | Suspend) for e in leaves(exc)):
                 # Paused; the workflow may have wrapped the pause in an exception group (a task
                 # group in its code) or raised something else after swallowing it.
                 record.status = "paused"
@@ -287,14 +288,6 @@ def _traceback_of(failure: BaseException) -> str:
         # Replayed: the side effect's exception is gone, its traceback was recorded.
         text += f"\nThe side effect raised, when it ran:\n{failure.traceback}"
     return text
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 async def finish(backend: Backend, run_id: str, data: bytes, version: str | None) -> None:
@@ -482,7 +475,7 @@ async def _advance_all(
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """Storage failing under one task stops the invocation: the error itself (the task group
     wrapped it), not a group a caller would have to take apart; any other group as it is."""
-    errors = list(_leaves(group))
+    errors = list(leaves(group))
     if all(isinstance(e, AsyncflowError) for e in errors):
         return errors[0]
     whole: BaseException = group

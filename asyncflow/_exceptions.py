@@ -19,6 +19,12 @@ Our exception hierarchy::
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
 __all__ = [
     "AsyncflowError",
     "BackendError",
@@ -170,3 +176,13 @@ class DamagedRecordError(BackendError):
     and advances the others; a workflow reading or writing such a state value gets this
     error. Restore the record from a backup or move it away.
     """
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside ``exc``, through any nesting of exception groups (task groups
+    wrap what their tasks raised, trio's even for one task)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc

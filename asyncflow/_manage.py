@@ -208,20 +208,30 @@ async def claim_event_key(backend: Backend, event: str, key: str, event_id: str)
     # "\0event\0" keeps these apart from claim_key's names, which start with a workflow's.
     name = sha256_hex(f"\0event\0{event}\0{key}")[:40]
     content = {"asyncflow": "key", "event": event, "key": key, "event_id": event_id}
+    found = await _take_key(backend, name, content, "event_id")
+    return event_id if found is None else found
+
+
+async def _take_key(
+    backend: Backend, name: str, content: dict[str, str], field: str
+) -> str | None:
+    """Store ``content`` as key ``name`` if no one did (``None``); else the ``field`` that the
+    first writer recorded there (a BackendError if the stored key is not ours)."""
     try:
         await backend.write((KEYS, name), dumps(content, "").encode(), if_absent=True)
-        return event_id
+        return None
     except ConflictError:
         pass
     entry = await backend.read((KEYS, name))
     try:
-        found = json.loads(entry.data if entry is not None else b"")["event_id"]
+        found = json.loads(entry.data if entry is not None else b"")[field]
         if not isinstance(found, str):
             raise TypeError
     except (ValueError, KeyError, TypeError):
         location = backend.locate((KEYS, name))
         raise BackendError(
-            f"{location} is not asyncflow's record of key {key!r}; asyncflow leaves it untouched",
+            f"{location} is not asyncflow's record of key {content['key']!r}; asyncflow"
+            " leaves it untouched",
             location=location,
         ) from None
     return found
@@ -246,22 +256,9 @@ async def claim_key(backend: Backend, record: RunRecord, key: str) -> bool:
         "key": key,
         "run_id": record.run_id,
     }
-    try:
-        await backend.write((KEYS, name), dumps(content, "").encode(), if_absent=True)
+    run_id = await _take_key(backend, name, content, "run_id")
+    if run_id is None:
         return True
-    except ConflictError:
-        pass
-    entry = await backend.read((KEYS, name))
-    try:
-        run_id = json.loads(entry.data if entry is not None else b"")["run_id"]
-        if not isinstance(run_id, str):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        location = backend.locate((KEYS, name))
-        raise BackendError(
-            f"{location} is not asyncflow's record of key {key!r}; asyncflow leaves it untouched",
-            location=location,
-        ) from None
     record.run_id = run_id
     found = await backend.read_many([(ACTIVE, run_id), (DONE, run_id)])
     return all(e is None for e in found)
