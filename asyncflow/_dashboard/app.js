@@ -277,8 +277,11 @@
     const query = new URLSearchParams();
     for (const k of ["status", "workflow", "wait", "q", "page"]) if (params.get(k)) query.set(k, params.get(k));
     const data = await api(`dashboard/api/runs?${query}`);
+    // Read the filters when the change happens, not when this view was drawn: a search typed
+    // while another filter's page is still loading must keep that filter (a debounced timer of
+    // the previous view can fire after the next view replaced it).
     const set = (key, value) => {
-      const next = new URLSearchParams(params);
+      const next = new URLSearchParams(route().params);
       if (value) next.set(key, value); else next.delete(key);
       if (key !== "page") next.delete("page");
       go("/runs", next);
