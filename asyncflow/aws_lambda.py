@@ -45,6 +45,7 @@ from ._http import (
     parse_order,
     results_list,
 )
+from ._validate import seconds
 
 __all__ = ["LambdaContext", "LambdaHandler", "handler"]
 
@@ -88,16 +89,13 @@ def handler(
             "no backend configured for AWS Lambda: set ASYNCFLOW_BACKEND=s3://<bucket>/<prefix>"
             " (the default folder would vanish with the container)"
         )
-    if isinstance(safety_margin, bool) or not isinstance(safety_margin, int | float):
-        raise UsageError("safety_margin must be a number of seconds")
-    if safety_margin < 0:
-        raise UsageError(f"safety_margin must not be negative, not {safety_margin}")
+    margin = seconds(safety_margin, "safety_margin", error=ConfigError, zero=True)
     if loop not in ("asyncio", "trio"):
-        raise UsageError(f"loop must be 'asyncio' or 'trio', not {loop!r}")
+        raise ConfigError(f"loop must be 'asyncio' or 'trio', not {loop!r}")
     if token is None:
         token = os.environ.get("ASYNCFLOW_TOKEN") or None
     api = Api(flow, token=token, max_body_size=max_body_size)
-    return LambdaHandler(api, safety_margin=float(safety_margin), loop=loop)
+    return LambdaHandler(api, safety_margin=margin, loop=loop)
 
 
 def _is_default_backend(flow: Flow) -> bool:
