@@ -157,25 +157,7 @@ def test_without_the_aws_extra_the_cli_says_which_extra(tmp_path: Path) -> None:
     assert "pip install 'asyncflow-durable[aws]'" in done.stderr
 
 
-# -- botocore's exceptions kept as the cause ---------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_a_network_failure_keeps_botocores_exception_as_the_cause(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from botocore.exceptions import BotoCoreError
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    # Port 9 on loopback: nothing listens (connection refused at once).
-    backend = asyncflow.S3Backend(
-        "bucket", endpoint_url="http://127.0.0.1:9", region_name="us-east-1", max_attempts=1
-    )
-    async with asyncflow.setup(backend):
-        with pytest.raises(asyncflow.BackendError, match="cannot reach s3") as info:
-            await backend.read(("ns", "k"))
-    assert isinstance(info.value.__cause__, BotoCoreError)
+# -- botocore's exceptions kept as the cause (a network failure: test_aws_backends) ------------
 
 
 @pytest.mark.anyio
