@@ -532,6 +532,10 @@ class _OtherInvocationBeforeDelete(asyncflow.Backend):
     finished run), lets another invocation run: one that finds the finished record there, as
     a racing process listing at that moment does once the final write ended the lease."""
 
+    @property
+    def leased_claims(self) -> bool:  # type: ignore[override]
+        return self.inner.leased_claims  # claims are the wrapped backend's
+
     def __init__(self, inner: asyncflow.Backend, other: asyncflow.Flow) -> None:
         self.inner, self.other = inner, other
         self.other_results: list[asyncflow.RunResult] | None = None
