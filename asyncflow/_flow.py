@@ -155,6 +155,7 @@ class Flow:
         Raises:
             UsageError: the function is not ``async def``, has another signature, or a workflow
                 of the same name is already registered.
+            ConfigError: ``trigger`` is neither a non-empty string nor a Trigger.
         """
 
         if callable(trigger):

@@ -81,8 +81,8 @@ def handler(
         loop: the async library to run on.
 
     Raises:
-        ConfigError: running inside Lambda with no backend configured: the default folder
-            would vanish with the container.
+        ConfigError: a setting that cannot work, or running inside Lambda with no backend
+            configured (the default folder would vanish with the container).
     """
     if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and _is_default_backend(flow):
         raise ConfigError(
