@@ -81,25 +81,20 @@ __all__ = [
     "state_trigger",
 ]
 
-# Backends load on first use: a Lambda cold start that keeps its runs in S3 should not pay for
-# the file backend's imports (nor anyone for a backend they do not use).
-_LAZY = {
-    "DynamoDBBackend": "._backends._dynamodb",
-    "FileBackend": "._backends._file",
-    "MemoryBackend": "._backends._memory",
-    "S3Backend": "._backends._s3",
-}
-
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    # Backends load on first use (the registry in ``_backends`` says where each one lives): a
+    # Lambda cold start that keeps its runs in S3 should not pay for the file backend's
+    # imports, nor anyone for a backend they do not use.
+    from ._backends import backend_class, by_class
 
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        value.__module__ = __name__
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    entry = by_class(name)
+    if entry is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = backend_class(entry)
+    value.__module__ = __name__
+    globals()[name] = value
+    return value
 
 
 # Show the public names as asyncflow's own (in reprs, tracebacks and docs), as httpx does.

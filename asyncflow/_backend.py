@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from ._exceptions import AsyncflowError, DamagedRecordError
+from ._exceptions import AsyncflowError, ConfigError, DamagedRecordError
 
 __all__ = ["Backend", "DamagedEntry", "Entry", "Key"]
 
@@ -49,6 +49,28 @@ class Backend(abc.ABC):
     a library's own exceptions escape. :mod:`asyncflow.testing` has a conformance suite that
     checks an implementation against this contract.
     """
+
+    #: Whether claims are leases stored in the objects themselves (S3, DynamoDB): a write by
+    #: anyone else ends the holder's claim, and :meth:`write_and_release` ends it in the same
+    #: request. ``False`` (the default): claims are locks apart from the data, which no write
+    #: ends. A backend that wraps another says what the wrapped one says.
+    leased_claims: bool = False
+
+    @classmethod
+    def from_url(cls, url: str) -> Backend:
+        """Build the backend a URL names (``setup("s3://bucket/prefix")``, ``--backend``).
+
+        The backends asyncflow ships each take their own scheme; the default refuses.
+
+        Raises:
+            ConfigError: the URL is not of this backend's form.
+        """
+        raise ConfigError(f"{cls.__name__} is not opened from a URL ({url!r})")
+
+    def url(self) -> str | None:
+        """The URL that opens this backend's store again (for ``--backend``, and to say which
+        store a command read), or ``None`` if no URL does. The default is ``None``."""
+        return None
 
     async def open(self) -> None:  # noqa: B027  (optional hook, empty on purpose)
         """Acquire connections or clients. Called once before use; the default does nothing."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import anyio
 
 from ._backend import Backend
+from ._backends import BACKENDS
 from ._exceptions import AsyncflowError, ConfigError, RunNotFoundError, UsageError, leaves
 from ._progress import Progress
 from ._results import Run, RunResult, Step
@@ -143,18 +144,9 @@ def _warnings_to_stderr() -> Iterator[None]:
 
 
 def store_name(backend: Backend) -> str:
-    """The store a backend keeps its runs in, as a URL a user can pass to ``--backend``."""
-    kind = type(backend).__name__
-    attrs = vars(backend)
-    if kind == "FileBackend":
-        return f"file:{os.path.abspath(attrs['folder'])}"
-    if kind == "MemoryBackend":
-        return "memory:"
-    if kind == "S3Backend":
-        return f"s3://{attrs['bucket']}/{str(attrs['prefix']).rstrip('/')}"
-    if kind == "DynamoDBBackend":
-        return f"dynamodb://{attrs['table']}"
-    return repr(backend)
+    """The store a backend keeps its runs in, as a URL a user can pass to ``--backend`` (the
+    backend's :meth:`~asyncflow.Backend.url`), else the backend's repr."""
+    return backend.url() or repr(backend)
 
 
 class _Session:
@@ -227,9 +219,8 @@ def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         "--backend",
         metavar="URL",
         default=default(None),
-        help="where runs are kept: file:<folder>, memory:, s3://<bucket>/<prefix>,"
-        " dynamodb://<table> (default: setup()'s, else $ASYNCFLOW_BACKEND, else"
-        " file:.asyncflow)",
+        help=f"where runs are kept: {', '.join(b.form for b in BACKENDS)} (default: setup()'s,"
+        " else $ASYNCFLOW_BACKEND, else file:.asyncflow)",
     )
     parser.add_argument(
         "--loop",

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from ._backend import Backend, Entry, Key
+from ._backends import FORMS, open_url
 from ._context import Context
 from ._engine import ACTIVE, DONE, Workflow, create_runs, invoke, read_state
 from ._exceptions import (
@@ -25,9 +26,10 @@ from ._exceptions import (
 )
 from ._record import RunRecord, dumps, new_run_id, storable_name
 from ._results import Run, RunResult, RunStatus
-from ._retry import Retry, check_timeout
+from ._retry import Retry
 from ._telemetry import observer
 from ._triggers import Trigger, as_trigger
+from ._validate import positive_int, seconds
 from ._waits import WAITS, WaitIndex
 
 if TYPE_CHECKING:
@@ -41,10 +43,7 @@ W = TypeVar("W", bound=Callable[..., Awaitable[Any]])
 
 #: Used when neither ``setup()`` nor ``ASYNCFLOW_BACKEND`` names a backend.
 DEFAULT_BACKEND = "file:.asyncflow"
-_FORMS = (
-    "'memory:', 'file:<folder>', 's3://<bucket>/<prefix>', 'dynamodb://<table>'"
-    " or an asyncflow.Backend instance"
-)
+_FORMS = f"{FORMS} or an asyncflow.Backend instance"
 
 
 def setup(
@@ -84,37 +83,10 @@ def open_backend(spec: str | Backend | None) -> Backend:
         try:
             return open_backend(from_env)
         except ConfigError as exc:
-            raise ConfigError(f"ASYNCFLOW_BACKEND: {exc}") from None
+            raise ConfigError(f"ASYNCFLOW_BACKEND: {exc}") from exc.__cause__
     if not isinstance(spec, str):
         raise ConfigError(f"backend must be {_FORMS}, not {type(spec).__name__}")
-    scheme, sep, rest = spec.partition(":")
-    if sep and scheme == "memory" and rest in ("", "//"):
-        from ._backends._memory import MemoryBackend
-
-        return MemoryBackend()
-    if sep and scheme == "file":
-        if rest.startswith("//"):  # file:///abs/path
-            rest = rest[2:]
-        if not rest:
-            raise ConfigError(f"backend {spec!r} names no folder: use 'file:<folder>'")
-        from ._backends._file import FileBackend
-
-        return FileBackend(rest)
-    if sep and scheme == "s3":
-        bucket, _, prefix = rest.removeprefix("//").partition("/")
-        if not rest.startswith("//") or not bucket:
-            raise ConfigError(f"backend {spec!r} names no bucket: use 's3://<bucket>/<prefix>'")
-        from ._backends._s3 import S3Backend
-
-        return S3Backend(bucket, prefix)
-    if sep and scheme == "dynamodb":
-        table = rest.removeprefix("//")
-        if not rest.startswith("//") or not table or "/" in table:
-            raise ConfigError(f"backend {spec!r} names no table: use 'dynamodb://<table>'")
-        from ._backends._dynamodb import DynamoDBBackend
-
-        return DynamoDBBackend(table)
-    raise ConfigError(f"unknown backend {spec!r}: use {_FORMS}")
+    return open_url(spec)
 
 
 class Flow:
@@ -132,10 +104,7 @@ class Flow:
         max_concurrency: int = 1000,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-            raise ConfigError("max_concurrency must be a positive integer")
-        if max_concurrency < 1:
-            raise ConfigError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        positive_int(max_concurrency, "max_concurrency", error=ConfigError)
         self._backend: Backend | None = None
         self._backend_error: ConfigError | None = None
         if backend is None:
@@ -186,6 +155,7 @@ class Flow:
         Raises:
             UsageError: the function is not ``async def``, has another signature, or a workflow
                 of the same name is already registered.
+            ConfigError: ``trigger`` is neither a non-empty string nor a Trigger.
         """
 
         if callable(trigger):
@@ -207,15 +177,7 @@ class Flow:
                 )
             if name in self._workflows:
                 raise UsageError(f"a workflow named {name!r} is already registered")
-            if (
-                trigger is not None
-                and not isinstance(trigger, Trigger)
-                and (not isinstance(trigger, str) or not trigger)
-            ):
-                raise UsageError(
-                    f"the trigger of workflow {name!r} must be a non-empty string or a Trigger"
-                )
-            bound = as_trigger(trigger or name)
+            bound = as_trigger(name if trigger is None else trigger, name)
             self._workflows[name] = Workflow(
                 name, bound.name, fn, len(params) == 2, bound.kind, bound.cron
             )
@@ -271,7 +233,14 @@ class Flow:
                 inspect.Parameter.POSITIONAL_OR_KEYWORD,
             ):
                 raise UsageError(f"side effect {name!r} must take the Context as first parameter")
-            limit = check_timeout(timeout, f"side effect {name!r}")
+            limit = None
+            if timeout is not None:
+                limit = seconds(
+                    timeout,
+                    f"the timeout of side effect {name!r}",
+                    error=ConfigError,
+                    infinite=True,
+                )
 
             @functools.wraps(fn)
             async def wrapper(c: Context, /, *args: P.args, **kwargs: P.kwargs) -> T:

@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from ._exceptions import (
     AsyncflowError,
+    ConfigError,
     RunNotFoundError,
     SerializationError,
     UnknownTriggerError,
     UsageError,
 )
 from ._results import Run, RunResult, RunStatus
+from ._validate import name as checked_name
+from ._validate import positive_int
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -199,12 +202,9 @@ class Api:
     """
 
     def __init__(self, flow: Flow, *, token: str | None, max_body_size: int) -> None:
-        if token is not None and (not isinstance(token, str) or not token):
-            raise UsageError("token must be a non-empty string or None")
-        if isinstance(max_body_size, bool) or not isinstance(max_body_size, int):
-            raise UsageError("max_body_size must be a positive integer")
-        if max_body_size < 1:
-            raise UsageError(f"max_body_size must be at least 1, not {max_body_size}")
+        if token is not None:
+            checked_name(token, "token (or None)", error=ConfigError)
+        positive_int(max_body_size, "max_body_size", error=ConfigError)
         self.flow = flow
         self.max_body_size = max_body_size
         self._token = None if token is None else token.encode()

@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigError
+from ._validate import seconds
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -104,9 +105,6 @@ def _port(text: str) -> int:
 
 def _seconds(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"invalid SECONDS {text!r}: a positive number")
-    return value
+        return seconds(float(text), "SECONDS", error=ConfigError)
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(f"invalid SECONDS {text!r}: a positive number") from None

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from ._exceptions import ConfigError, UsageError
+from ._exceptions import ConfigError
+from ._validate import name as checked_name
 
 if TYPE_CHECKING:
     from ._cron import Cron
@@ -84,14 +85,20 @@ def cron_trigger(expression: str) -> Trigger:
 
 
 def _name(name: object, what: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise UsageError(f"the {what} name must be a non-empty string, not {name!r}")
-    return name
+    return checked_name(name, f"the {what} name", error=ConfigError)
 
 
-def as_trigger(trigger: str | Trigger) -> Trigger:
+def as_trigger(trigger: str | Trigger, workflow: str) -> Trigger:
+    """``@flow.workflow(trigger=...)``'s trigger (a name is an event), checked once here.
+
+    Raises:
+        ConfigError: neither a non-empty string nor a :class:`Trigger`.
+    """
     if isinstance(trigger, Trigger):
         return trigger
     if isinstance(trigger, str) and trigger:
         return Trigger("event", trigger)
-    raise ConfigError(f"a trigger must be a non-empty string or a Trigger, not {trigger!r}")
+    raise ConfigError(
+        f"the trigger of workflow {workflow!r} must be a non-empty string or a Trigger,"
+        f" not {trigger!r}"
+    )

@@ -35,9 +35,10 @@ from typing import Any
 
 import anyio
 
-from ._exceptions import UsageError
+from ._exceptions import ConfigError, UsageError
 from ._flow import Flow
 from ._http import MAX_BODY_SIZE, Api, Request, Response
+from ._validate import seconds
 
 __all__ = ["ASGIApp", "Lifespan", "app", "lifespan"]
 
@@ -78,17 +79,12 @@ def app(
             passed the checks (else 408 and the connection is closed).
 
     Raises:
-        UsageError: a setting that cannot work.
+        ConfigError: a setting that cannot work.
     """
     _check_resume_every(resume_every)
-    if (
-        isinstance(body_timeout, bool)
-        or not isinstance(body_timeout, int | float)
-        or not 0 < body_timeout < float("inf")
-    ):
-        raise UsageError(f"body_timeout must be a positive number of seconds, not {body_timeout}")
+    timeout = seconds(body_timeout, "body_timeout", error=ConfigError)
     api = Api(flow, token=token, max_body_size=max_body_size)
-    return ASGIApp(api, resume_every, float(body_timeout))
+    return ASGIApp(api, resume_every, timeout)
 
 
 def lifespan(flow: Flow, *, resume_every: float | None = None) -> Lifespan:
@@ -105,19 +101,15 @@ def lifespan(flow: Flow, *, resume_every: float | None = None) -> Lifespan:
     the due runs are resumed every that many seconds in the background.
 
     Raises:
-        UsageError: ``resume_every`` is not a positive number of seconds.
+        ConfigError: ``resume_every`` is not a positive number of seconds.
     """
     _check_resume_every(resume_every)
     return Lifespan(flow, resume_every)
 
 
 def _check_resume_every(resume_every: float | None) -> None:
-    if resume_every is not None and (
-        isinstance(resume_every, bool)
-        or not isinstance(resume_every, int | float)
-        or not resume_every > 0
-    ):
-        raise UsageError(f"resume_every must be a positive number of seconds, not {resume_every}")
+    if resume_every is not None:
+        seconds(resume_every, "resume_every", error=ConfigError, infinite=True)
 
 
 class Lifespan:

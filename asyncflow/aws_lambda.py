@@ -45,6 +45,7 @@ from ._http import (
     parse_order,
     results_list,
 )
+from ._validate import seconds
 
 __all__ = ["LambdaContext", "LambdaHandler", "handler"]
 
@@ -80,24 +81,21 @@ def handler(
         loop: the async library to run on.
 
     Raises:
-        ConfigError: running inside Lambda with no backend configured: the default folder
-            would vanish with the container.
+        ConfigError: a setting that cannot work, or running inside Lambda with no backend
+            configured (the default folder would vanish with the container).
     """
     if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and _is_default_backend(flow):
         raise ConfigError(
             "no backend configured for AWS Lambda: set ASYNCFLOW_BACKEND=s3://<bucket>/<prefix>"
             " (the default folder would vanish with the container)"
         )
-    if isinstance(safety_margin, bool) or not isinstance(safety_margin, int | float):
-        raise UsageError("safety_margin must be a number of seconds")
-    if safety_margin < 0:
-        raise UsageError(f"safety_margin must not be negative, not {safety_margin}")
+    margin = seconds(safety_margin, "safety_margin", error=ConfigError, zero=True)
     if loop not in ("asyncio", "trio"):
-        raise UsageError(f"loop must be 'asyncio' or 'trio', not {loop!r}")
+        raise ConfigError(f"loop must be 'asyncio' or 'trio', not {loop!r}")
     if token is None:
         token = os.environ.get("ASYNCFLOW_TOKEN") or None
     api = Api(flow, token=token, max_body_size=max_body_size)
-    return LambdaHandler(api, safety_margin=float(safety_margin), loop=loop)
+    return LambdaHandler(api, safety_margin=margin, loop=loop)
 
 
 def _is_default_backend(flow: Flow) -> bool:

@@ -299,7 +299,7 @@ async def test_resume_every_advances_due_runs_in_the_background() -> None:
 def test_bad_settings_are_refused() -> None:
     flow = make_flow()
     for bad in (0, -1, True, "1"):
-        with pytest.raises(asyncflow.UsageError, match="resume_every"):
+        with pytest.raises(asyncflow.ConfigError, match="resume_every"):
             asyncflow.asgi.app(flow, resume_every=bad)  # type: ignore[arg-type]
 
 

@@ -125,5 +125,5 @@ async def test_an_app_whose_own_lifespan_runs_does_not_warn(
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(asyncflow.UsageError, match="resume_every"):
+    with pytest.raises(asyncflow.ConfigError, match="resume_every"):
         asyncflow.asgi.lifespan(make_flow(), resume_every=0)

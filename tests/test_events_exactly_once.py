@@ -49,6 +49,10 @@ class Hooked(asyncflow.Backend):
     ``after_write(key, data)`` once it is stored, and ``before_delete(key, None)`` before each
     delete is sent."""
 
+    @property
+    def leased_claims(self) -> bool:  # type: ignore[override]
+        return self.inner.leased_claims  # claims are the wrapped backend's
+
     def __init__(
         self,
         inner: asyncflow.Backend,

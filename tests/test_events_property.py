@@ -45,6 +45,10 @@ class Faulty(asyncflow.Backend):
     after it is stored), and whose ``inject_at``-th awaits ``inject()`` first (another
     process's action, interleaved there)."""
 
+    @property
+    def leased_claims(self) -> bool:  # type: ignore[override]
+        return self.inner.leased_claims  # claims are the wrapped backend's
+
     def __init__(
         self,
         inner: asyncflow.Backend,

@@ -148,7 +148,7 @@ async def test_a_body_that_does_not_arrive_in_time_gets_408() -> None:
 
 def test_body_timeout_is_checked() -> None:
     for bad in (0, -1, float("inf"), float("nan"), True, "5"):
-        with pytest.raises(asyncflow.UsageError, match="body_timeout"):
+        with pytest.raises(asyncflow.ConfigError, match="body_timeout"):
             asyncflow.asgi.app(_flow(), body_timeout=bad)  # type: ignore[arg-type]
 
 

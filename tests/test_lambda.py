@@ -426,13 +426,14 @@ def test_inside_lambda_the_default_folder_is_refused(
 
 def test_bad_settings_are_refused() -> None:
     flow = asyncflow.setup("memory:")
-    with pytest.raises(asyncflow.UsageError, match="safety_margin"):
+    # The handler's options are settings: ConfigError (asyncflow._validate's rule).
+    with pytest.raises(asyncflow.ConfigError, match="safety_margin"):
         asyncflow.aws_lambda.handler(flow, safety_margin=-1)
-    with pytest.raises(asyncflow.UsageError, match="token"):
+    with pytest.raises(asyncflow.ConfigError, match="token"):
         asyncflow.aws_lambda.handler(flow, token="")
-    with pytest.raises(asyncflow.UsageError, match="max_body_size"):
+    with pytest.raises(asyncflow.ConfigError, match="max_body_size"):
         asyncflow.aws_lambda.handler(flow, max_body_size=0)
-    with pytest.raises(asyncflow.UsageError, match="loop"):
+    with pytest.raises(asyncflow.ConfigError, match="loop"):
         asyncflow.aws_lambda.handler(flow, loop="curio")  # type: ignore[arg-type]
 
 

@@ -155,12 +155,15 @@ def test_bad_cron_expressions_are_config_errors(expression: str, mention: str) -
     assert mention in str(info.value)
 
 
-def test_bad_trigger_names_are_usage_errors() -> None:
+def test_bad_trigger_names_are_config_errors() -> None:
+    # Triggers are settings (given before any run executes): ConfigError, checked once.
     for make in (asyncflow.event_trigger, asyncflow.state_trigger):
-        with pytest.raises(asyncflow.UsageError):
+        with pytest.raises(asyncflow.ConfigError, match="name must be a non-empty string"):
             make("")
     flow = asyncflow.setup("memory:")
-    with pytest.raises(asyncflow.UsageError, match="non-empty string or a Trigger"):
+    with pytest.raises(
+        asyncflow.ConfigError, match="trigger of workflow 'bad' must be a non-empty string or a"
+    ):
 
         @flow.workflow(trigger=3)  # type: ignore[arg-type]
         async def bad(c: Context) -> None:

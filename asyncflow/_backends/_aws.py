@@ -40,6 +40,8 @@ from .._exceptions import (
     DamagedRecordError,
     UsageError,
 )
+from .._validate import positive_int
+from .._validate import seconds as checked_seconds
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
@@ -123,8 +125,7 @@ class AwsClient:
         max_attempts: int,
         describe: str,
     ) -> None:
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigError(f"max_attempts must be a positive integer, not {max_attempts!r}")
+        positive_int(max_attempts, "max_attempts", error=ConfigError)
         self.service = service
         self.describe = describe  # "S3 bucket 'x'", for messages
         self._session = session
@@ -193,25 +194,25 @@ class AwsClient:
         try:
             yield
         except ClientError as exc:
-            raise self._client_error(exc, operation, location, conflicts) from None
+            raise self._client_error(exc, operation, location, conflicts) from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise BackendError(
                 f"no usable AWS credentials to reach {location} ({exc}): set AWS_PROFILE or"
                 " AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run with a role",
                 location=location,
-            ) from None
-        except NoRegionError:
+            ) from exc
+        except NoRegionError as exc:
             raise ConfigError(
                 f"no AWS region for {self.describe}: set AWS_REGION (or AWS_DEFAULT_REGION)"
-            ) from None
+            ) from exc
         except ParamValidationError as exc:
             raise BackendError(
                 f"{self.service} cannot take the request for {location}: {exc}", location=location
-            ) from None
+            ) from exc
         except BotoCoreError as exc:
             raise BackendError(
                 f"cannot reach {self.service} for {location}: {exc}", location=location
-            ) from None
+            ) from exc
 
     def _client_error(
         self, exc: ClientError, operation: str, location: str, conflicts: frozenset[str]
@@ -273,9 +274,7 @@ class Leases:
     """The leases one backend object holds, and how long each lasts."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] | None) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-            raise ConfigError(f"lease_seconds must be a positive number, not {seconds!r}")
-        self.seconds = float(seconds)
+        self.seconds = checked_seconds(seconds, "lease_seconds", error=ConfigError)
         self.clock = clock or time.time
         self.owner = lease_owner()
         self.held: dict[tuple[str, str], Held] = {}
@@ -324,9 +323,78 @@ async def concurrently(calls: Iterable[Callable[[], Awaitable[object]]]) -> None
 
 class LeasedBackend(Backend):
     """Claims as leases, shared by the S3 and DynamoDB backends: what each store does is
-    taking (:meth:`_take`, :meth:`_take_new`) and ending (:meth:`_release`) one lease."""
+    writing (:meth:`_write`), taking (:meth:`_take`, :meth:`_take_new`) and ending
+    (:meth:`_release`) one lease."""
 
+    leased_claims = True
+    _aws: AwsClient
     _leases: Leases
+
+    def _connect(
+        self,
+        service: str,
+        describe: str,
+        *,
+        session: AioSession | None,
+        endpoint_url: str | None,
+        region_name: str | None,
+        client_config: Any,
+        max_attempts: int,
+        lease_seconds: float,
+        clock: Callable[[], float] | None,
+    ) -> None:
+        """Set up the client and the leases (called by ``__init__``)."""
+        self._aws = AwsClient(
+            service,
+            session=session,
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+            client_config=client_config,
+            max_attempts=max_attempts,
+            describe=describe,
+        )
+        self._leases = Leases(lease_seconds, clock)
+
+    async def open(self) -> None:
+        await self._aws.open()
+
+    async def aclose(self) -> None:
+        await self._aws.aclose()
+
+    async def write(
+        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
+    ) -> str:
+        return await self._write(key, data, if_version, if_absent, release=False)
+
+    async def write_and_release(
+        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
+    ) -> str:
+        return await self._write(key, data, if_version, if_absent, release=True)
+
+    @abc.abstractmethod
+    async def _write(
+        self, key: Key, data: bytes, if_version: str | None, if_absent: bool, release: bool
+    ) -> str:
+        """:meth:`write`; ``release``: the holder's last write, which ends its lease. A write
+        by the holder of the lease renews it; a write by anyone else ends it. Use
+        :meth:`_holding` to tell, and :meth:`_wrote` after writing."""
+
+    def _holding(self, key: Key) -> Held | None:
+        """This backend object's live lease on ``key``, if it holds one."""
+        held = self._leases.held.get(key)
+        return held if held is not None and not held.released else None
+
+    def _wrote(self, held: Held | None, version: str, data: bytes, release: bool) -> None:
+        """Note what the holder of ``held`` (if any) wrote: its lease ends with ``release``."""
+        if held is not None:
+            held.version, held.data, held.released = version, data, release
+            held.placeholder = None
+
+    def _deleted(self, key: Key) -> None:
+        """Note that ``key`` was deleted: a lease on it ended with it."""
+        held = self._leases.held.get(key)
+        if held is not None:
+            held.released = True
 
     @abc.abstractmethod
     async def _take(self, key: Key, expected: str | None) -> Entry | bool | None:

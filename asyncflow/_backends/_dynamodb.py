@@ -13,12 +13,11 @@ import anyio
 
 from .._backend import Entry, Key
 from .._exceptions import BackendError, ConfigError, ConflictError
+from .._validate import name
 from ._aws import (
     DEFAULT_LEASE_SECONDS,
-    AwsClient,
     Held,
     LeasedBackend,
-    Leases,
     concurrently,
     shielded,
 )
@@ -76,30 +75,35 @@ class DynamoDBBackend(LeasedBackend):
         max_attempts: int = 5,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if not isinstance(table, str) or not table:
-            raise ConfigError(f"not a DynamoDB table name: {table!r}")
-        self.table = table
-        self._aws = AwsClient(
+        self.table = name(table, "the DynamoDB table name", error=ConfigError)
+        self._connect(
             "dynamodb",
+            f"DynamoDB table {table!r}",
             session=session,
             endpoint_url=endpoint_url,
             region_name=region_name,
             client_config=client_config,
             max_attempts=max_attempts,
-            describe=f"DynamoDB table {table!r}",
+            lease_seconds=lease_seconds,
+            clock=clock,
         )
-        self._leases = Leases(lease_seconds, clock)
 
     _page_size: int | None = None  # DynamoDB's own (1 MB) unless a test sets a smaller one
 
     def __repr__(self) -> str:
         return f"DynamoDBBackend({self.table!r})"
 
-    async def open(self) -> None:
-        await self._aws.open()
+    @classmethod
+    def from_url(cls, url: str) -> DynamoDBBackend:
+        """``dynamodb://<table>``"""
+        rest = url.removeprefix("dynamodb:")
+        table = rest.removeprefix("//")
+        if not rest.startswith("//") or not table or "/" in table:
+            raise ConfigError(f"backend {url!r} names no table: use 'dynamodb://<table>'")
+        return cls(table)
 
-    async def aclose(self) -> None:
-        await self._aws.aclose()
+    def url(self) -> str:
+        return f"dynamodb://{self.table}"
 
     def locate(self, key: Key) -> str:
         return f"dynamodb://{self.table}/{key[0]}/{key[1]}"
@@ -145,24 +149,13 @@ class DynamoDBBackend(LeasedBackend):
         await concurrently(functools.partial(fetch, chunk) for chunk in chunks)
         return [found.get(key) for key in keys]
 
-    async def write(
-        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
-    ) -> str:
-        return await self._write(key, data, if_version, if_absent, release=False)
-
-    async def write_and_release(
-        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
-    ) -> str:
-        return await self._write(key, data, if_version, if_absent, release=True)
-
     async def _write(
         self, key: Key, data: bytes, if_version: str | None, if_absent: bool, release: bool
     ) -> str:
-        held = self._leases.held.get(key)
-        mine = held is not None and not held.released
+        held = self._holding(key)
         version = secrets.token_hex(16)
         item = {**self._item_key(key), "d": {"B": bytes(data)}, "v": {"S": version}}
-        if mine and not release:
+        if held is not None and not release:
             # Each write by the holder renews its lease; any other write ends any lease.
             item["lo"] = {"S": self._leases.owner}
             item["lu"] = {"N": repr(self._leases.until())}
@@ -171,7 +164,7 @@ class DynamoDBBackend(LeasedBackend):
         values: dict[str, Any] = {}
         if if_absent:
             conditions.append("attribute_not_exists(d)")
-            if mine and held is not None and held.placeholder is not None:
+            if held is not None and held.placeholder is not None:
                 conditions.append("v = :placeholder")
                 values[":placeholder"] = {"S": held.placeholder}
         if if_version is not None:
@@ -183,8 +176,7 @@ class DynamoDBBackend(LeasedBackend):
             if values:
                 extra["ExpressionAttributeValues"] = values
         await self._call("put_item", key, Item=item, **extra)
-        if mine and held is not None:
-            held.version, held.data, held.released, held.placeholder = version, data, release, None
+        self._wrote(held, version, data, release)
         return version
 
     def _check_size(self, key: Key, item: dict[str, Any]) -> None:
@@ -209,9 +201,7 @@ class DynamoDBBackend(LeasedBackend):
             extra["ConditionExpression"] = "v = :expected AND attribute_exists(d)"
             extra["ExpressionAttributeValues"] = {":expected": {"S": if_version}}
         await self._call("delete_item", key, Key=self._item_key(key), **extra)
-        held = self._leases.held.get(key)
-        if held is not None:
-            held.released = True
+        self._deleted(key)
 
     async def list(self, namespace: str) -> dict[str, str]:
         found: dict[str, str] = {}

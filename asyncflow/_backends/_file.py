@@ -20,6 +20,7 @@ import anyio
 
 from .._backend import Backend, Entry, Key
 from .._exceptions import BackendError, ConfigError, ConflictError, DamagedRecordError
+from .._validate import positive_int
 from ._threads import ThreadBatcher
 
 try:
@@ -147,14 +148,27 @@ class FileBackend(Backend):
                 "the file backend needs POSIX file locks (Linux, macOS); on this system use"
                 " 'memory:' or a backend of your own"
             )
+        self._threads = ThreadBatcher(positive_int(threads, "threads", error=ConfigError))
         self.folder = Path(folder)
         self._root = os.fspath(folder)  # paths are built as strings: pathlib costs on a hot path
-        self._threads = ThreadBatcher(threads)
         self._made: set[str] = set()
         self._lock_table: _Locks | None = None
 
     def __repr__(self) -> str:
         return f"FileBackend({str(self.folder)!r})"
+
+    @classmethod
+    def from_url(cls, url: str) -> FileBackend:
+        """``file:<folder>`` (relative to the working directory) or ``file:///abs/path``."""
+        rest = url.removeprefix("file:")
+        if rest.startswith("//"):  # file:///abs/path
+            rest = rest[2:]
+        if not rest:
+            raise ConfigError(f"backend {url!r} names no folder: use 'file:<folder>'")
+        return cls(rest)
+
+    def url(self) -> str:
+        return f"file:{os.path.abspath(self.folder)}"
 
     # -- paths -------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from .._backend import Backend, Entry, Key
-from .._exceptions import ConflictError
+from .._exceptions import ConfigError, ConflictError
 
 __all__ = ["MemoryBackend"]
 
@@ -26,6 +26,16 @@ class MemoryBackend(Backend):
 
     def __repr__(self) -> str:
         return "MemoryBackend()"
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBackend:
+        """``memory:``"""
+        if url not in ("memory:", "memory://"):
+            raise ConfigError(f"backend {url!r}: a memory backend's URL is 'memory:'")
+        return cls()
+
+    def url(self) -> str:
+        return "memory:"
 
     async def read(self, key: Key) -> Entry | None:
         return self._data.get(key)

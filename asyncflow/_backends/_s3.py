@@ -17,12 +17,11 @@ import anyio
 
 from .._backend import Entry, Key
 from .._exceptions import BackendError, ConfigError, ConflictError, DamagedRecordError
+from .._validate import name
 from ._aws import (
     DEFAULT_LEASE_SECONDS,
-    AwsClient,
     Held,
     LeasedBackend,
-    Leases,
     concurrently,
     shielded,
 )
@@ -113,20 +112,21 @@ class S3Backend(LeasedBackend):
         max_attempts: int = 5,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if not isinstance(bucket, str) or not bucket or "/" in bucket:
-            raise ConfigError(f"not an S3 bucket name: {bucket!r}")
+        if "/" in name(bucket, "the S3 bucket name", error=ConfigError):
+            raise ConfigError(f"the S3 bucket name must not hold a '/', not {bucket!r}")
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self._aws = AwsClient(
+        self._connect(
             "s3",
+            f"S3 bucket {bucket!r}",
             session=session,
             endpoint_url=endpoint_url,
             region_name=region_name,
             client_config=client_config,
             max_attempts=max_attempts,
-            describe=f"S3 bucket {bucket!r}",
+            lease_seconds=lease_seconds,
+            clock=clock,
         )
-        self._leases = Leases(lease_seconds, clock)
 
     _page_size: int | None = None  # S3's own (1,000) unless a test sets a smaller one
     # Whether DeleteObject honours If-Match; None until the store is checked (_check_store).
@@ -136,8 +136,20 @@ class S3Backend(LeasedBackend):
     def __repr__(self) -> str:
         return f"S3Backend({self.bucket!r}, {self.prefix.rstrip('/')!r})"
 
+    @classmethod
+    def from_url(cls, url: str) -> S3Backend:
+        """``s3://<bucket>/<prefix>`` (the prefix may be empty)."""
+        rest = url.removeprefix("s3:")
+        bucket, _, prefix = rest.removeprefix("//").partition("/")
+        if not rest.startswith("//") or not bucket:
+            raise ConfigError(f"backend {url!r} names no bucket: use 's3://<bucket>/<prefix>'")
+        return cls(bucket, prefix)
+
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix.rstrip('/')}"
+
     async def open(self) -> None:
-        await self._aws.open()
+        await super().open()
         self._checking = anyio.Lock()  # made in the loop that uses it, as the client is
 
     async def _checked(self) -> None:
@@ -285,9 +297,6 @@ class S3Backend(LeasedBackend):
             return None
         return body
 
-    async def aclose(self) -> None:
-        await self._aws.aclose()
-
     def _key(self, key: Key) -> str:
         return f"{self.prefix}{key[0]}/{encode_name(key[1])}"
 
@@ -370,24 +379,13 @@ class S3Backend(LeasedBackend):
         await concurrently(functools.partial(one, i) for i in range(len(keys)))
         return found
 
-    async def write(
-        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
-    ) -> str:
-        return await self._write(key, data, if_version, if_absent, release=False)
-
-    async def write_and_release(
-        self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False
-    ) -> str:
-        return await self._write(key, data, if_version, if_absent, release=True)
-
     async def _write(
         self, key: Key, data: bytes, if_version: str | None, if_absent: bool, release: bool
     ) -> str:
-        held = self._leases.held.get(key)
-        mine = held is not None and not held.released
+        held = self._holding(key)
         conditions: dict[str, Any] = {}
         if if_absent:
-            if mine and held is not None and held.placeholder is not None:
+            if held is not None and held.placeholder is not None:
                 # Our own placeholder stands in for "absent".
                 conditions["IfMatch"] = held.placeholder
             else:
@@ -395,10 +393,10 @@ class S3Backend(LeasedBackend):
         if if_version is not None:
             conditions["IfMatch"] = if_version
         # Each write by the holder renews its lease; a write by anyone else ends any lease.
-        etag = await self._put(key, self._pack(data, lease=mine and not release), **conditions)
-        if mine and held is not None:
-            held.version, held.data, held.released = etag, data, release
-            held.placeholder = None
+        etag = await self._put(
+            key, self._pack(data, lease=held is not None and not release), **conditions
+        )
+        self._wrote(held, etag, data, release)
         return etag
 
     async def delete(self, key: Key, *, if_version: str | None = None) -> None:
@@ -408,9 +406,7 @@ class S3Backend(LeasedBackend):
             )
         else:
             await self._delete_if(key, if_version)
-        held = self._leases.held.get(key)
-        if held is not None:
-            held.released = True
+        self._deleted(key)
 
     async def _delete_if(self, key: Key, version: str) -> None:
         """Delete ``key`` if it is at ``version``, on stores with or without conditional
