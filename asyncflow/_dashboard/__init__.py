@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from .._exceptions import AsyncflowError
+from .._store import ACTIVE, DONE, Store
 
 if TYPE_CHECKING:
     from .._backend import Backend
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["handle", "owns"]
 
-ACTIVE, DONE, STATE = "active", "finished", "state"  # (as in _engine)
 PREFIX = "/dashboard/"
 _ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
@@ -270,7 +270,6 @@ class _Dashboard:
         }
 
     async def events(self, query: dict[str, str]) -> dict[str, Any]:
-        from .._engine import read_state
         from .._http import BadRequest
 
         if set(query) - {"limit"}:
@@ -278,11 +277,12 @@ class _Dashboard:
         limit = min(_positive(query.get("limit", "200"), "limit"), 5000)
         async with self.flow._using() as backend:
             runs = await self.summaries(backend)
-            names = sorted(await backend.list(STATE))
+            store = Store(backend, self.flow.clock)
+            names = await store.state_names()
             state = []
             for name in names[:500]:
                 try:
-                    value = await read_state(backend, name, None)
+                    value = await store.read_state(name, None)
                 except AsyncflowError as exc:
                     state.append({"name": name, "error": str(exc)})
                 else:
