@@ -320,11 +320,6 @@ class Flow:
             await self.backend.aclose()
 
     @asynccontextmanager
-    async def _using(self) -> AsyncIterator[Backend]:
-        async with self:
-            yield self.backend
-
-    @asynccontextmanager
     async def _stored(self) -> AsyncIterator[Store]:
         """The store, its backend open (made per use: ``backend`` and ``clock`` may be
         replaced between calls)."""

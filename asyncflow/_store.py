@@ -215,6 +215,27 @@ class Store:
         except DamagedRecordError as exc:
             return exc
 
+    async def run_versions(self) -> dict[str, tuple[str, str]]:
+        """Every stored run: its id -> where it is (a namespace, for :meth:`read_listed`) and
+        the version listed."""
+        listed: dict[str, tuple[str, str]] = {}
+        # Finished last: a run caught between the two namespaces counts as finished.
+        for namespace in (ACTIVE, DONE):
+            for name, version in (await self.backend.list(namespace)).items():
+                listed[name] = (namespace, version)
+        return listed
+
+    async def read_listed(
+        self, runs: Sequence[tuple[str, str]]
+    ) -> list[tuple[bytes, str, str] | None]:
+        """The records of ``runs`` (where, run id: as :meth:`run_versions` lists them), each
+        with its version and location; ``None``: it moved or went since it was listed."""
+        entries = await self.backend.read_many(runs)
+        return [
+            None if entry is None else (entry.data, entry.version, self.backend.locate(key))
+            for key, entry in zip(runs, entries, strict=True)
+        ]
+
     async def finished_entries(self) -> list[tuple[str, Entry, str]]:
         """Every finished run: its id, its stored entry and where it is."""
         keys = [(DONE, name) for name in await self.backend.list(DONE)]
