@@ -146,10 +146,10 @@ async def test_the_layout_of_runs_state_index_log_marks_and_keys(
     # Idempotency keys: a hash of workflow and key (of event and key for events).
     assert stored["keys"] == {
         _h("waiter\0k1")[:40]: (
-            '{"asyncflow":"key","workflow":"waiter","key":"k1","run_id":"%s"}' % wait_id
+            '{"asyncflow":"key","workflow":"waiter","key":"k1","run_id":"' + wait_id + '"}'
         ).encode(),
         _h("\0event\0other\0m1")[:40]: (
-            '{"asyncflow":"key","event":"other","key":"m1","event_id":"%s"}' % event_id
+            '{"asyncflow":"key","event":"other","key":"m1","event_id":"' + event_id + '"}'
         ).encode(),
     }
 
