@@ -149,8 +149,7 @@ class Execution:
 
     async def read_state(self, name: str, default: Any) -> str:
         """Return the JSON text of state ``name``, or of ``default`` if it is not set."""
-        value = await self.store.read_state(name, default)
-        return dumps(value, f"the default for {name!r}")
+        return dumps(await self.store.read_state(name, default), f"the default for {name!r}")
 
     async def write_state(self, name: str, value_json: str) -> None:
         await self.store.write_state(name, value_json)
