@@ -230,7 +230,8 @@ class _Dashboard:
         search = query.get("q", "").strip().lower()
         start = (page - 1) * per_page
         cache = self._summaries
-        async with self.flow._stored() as store:
+        async with self.flow:
+            store = Store(self.flow.backend, self.flow.clock)
             listed = await self.listing(store)
             # Newest first: run ids sort by creation time. They alone answer a search.
             order = [n for n in sorted(listed, reverse=True) if not search or search in n.lower()]
@@ -270,7 +271,8 @@ class _Dashboard:
         if set(query) - {"limit"}:
             raise BadRequest(400, "unknown query parameter(s): use 'limit'")
         limit = min(_positive(query.get("limit", "200"), "limit"), 5000)
-        async with self.flow._stored() as store:
+        async with self.flow:
+            store = Store(self.flow.backend, self.flow.clock)
             runs = await self.summaries(store)
             names = await store.state_names()
             state = []
