@@ -364,13 +364,14 @@ async def _key_notes(flow: Flow, trigger: str, key: str | None, lang: str) -> di
     if key is None:
         return {}
     from ._manage import keyed_run
+    from ._store import Store
 
     notes: dict[str, str] = {}
     async with flow:
         for workflow, bound in flow.workflows.items():
             if bound != trigger:
                 continue
-            run_id = await keyed_run(flow.backend, workflow, key)
+            run_id = await keyed_run(Store(flow.backend, flow.clock), workflow, key)
             if run_id is None:
                 continue
             try:
@@ -464,11 +465,12 @@ async def _cancel(flow: Flow, args: argparse.Namespace, session: _Session) -> in
 
 async def _purge(flow: Flow, args: argparse.Namespace, session: _Session) -> int:
     from ._manage import purge
+    from ._store import Store
 
     statuses = args.status or ["succeeded", "failed", "cancelled"]
     async with flow:
         purged = await purge(
-            flow.backend,
+            Store(flow.backend, flow.clock),
             finished_before=args.finished_before,
             statuses=statuses,
             dry_run=args.dry_run,

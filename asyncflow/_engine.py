@@ -22,7 +22,6 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 from . import _telemetry as telemetry
-from ._backend import Backend, DamagedEntry, Entry, Key
 from ._context import Context, Suspend
 from ._exceptions import (
     AsyncflowError,
@@ -37,22 +36,18 @@ from ._record import (
     FINISHED,
     RunRecord,
     bounded_traceback,
-    decode_state,
     dumps,
-    encode_state,
     new_run_id,
     storable_text,
 )
 from ._results import RunResult
-from ._waits import EVENTS, WAITS, EventLog, WaitIndex, event_hash, pending_waits, sync_index
+from ._store import Store
+from ._waits import EventLog, WaitIndex, event_hash, pending_waits
 
-__all__ = ["Execution", "Invocation", "Workflow", "create_runs", "invoke", "read_state"]
+__all__ = ["Execution", "Invocation", "Workflow", "create_runs", "invoke"]
 
 logger = telemetry.logger
 
-ACTIVE = "active"  # pending and paused runs
-DONE = "finished"  # succeeded and failed runs
-STATE = "state"
 #: How many rounds of event deliveries one invocation executes before it calls it a cycle.
 MAX_EVENT_ROUNDS = 100
 
@@ -68,16 +63,14 @@ class Workflow:
 
 
 class Invocation:
-    """What the runs of one invocation share: the backend, the workflows, and the runs that
+    """What the runs of one invocation share: the store, the workflows, and the runs that
     events emitted during it made due (executed in further rounds before it returns)."""
 
-    __slots__ = ("backend", "clock", "due", "log", "workflows")
+    __slots__ = ("clock", "due", "log", "store", "workflows")
 
-    def __init__(
-        self, backend: Backend, clock: Callable[[], float], workflows: dict[str, Workflow]
-    ) -> None:
-        self.backend = backend
-        self.clock = clock
+    def __init__(self, store: Store, workflows: dict[str, Workflow]) -> None:
+        self.store = store
+        self.clock = store.clock
         self.workflows = workflows
         self.due: list[str] = []
         self.log = EventLog(())  # the event log as listed when the invocation began
@@ -91,7 +84,7 @@ class Invocation:
         from ._events import deliver
 
         self.due += await deliver(
-            self.backend, self.clock, self.workflows, kind, name, args, event_id, again=again
+            self.store, self.workflows, kind, name, args, event_id, again=again
         )
 
 
@@ -99,33 +92,30 @@ class Execution:
     """One run being advanced: its record, the version stored, and its checkpoints."""
 
     __slots__ = (
-        "backend",
         "clock",
         "dirty",
         "indexed",
         "invocation",
-        "key",
         "lock",
         "record",
+        "store",
         "version",
     )
 
     def __init__(
         self,
-        backend: Backend,
-        clock: Callable[[], float],
+        store: Store,
         record: RunRecord,
         version: str | None,
         invocation: Invocation | None = None,
         indexed: Sequence[str] = (),
     ) -> None:
-        self.backend = backend
-        self.clock = clock
+        self.store = store
+        self.clock = store.clock
         self.record = record
-        self.key: Key = (ACTIVE, record.run_id)
         self.version = version  # None: not stored yet
         self.dirty = False  # steps recorded since the last checkpoint
-        self.invocation = invocation or Invocation(backend, clock, {})
+        self.invocation = invocation or Invocation(store, {})
         self.indexed = list(indexed)  # the run's entries in the wait index, as last seen
         self.lock: anyio.Lock | None = None  # made when first needed
 
@@ -138,12 +128,7 @@ class Execution:
         data = self.record.encode()
         # Before the write: branches of the run may record steps while it is under way.
         self.dirty = False
-        write = self.backend.write_and_release if last else self.backend.write
-        self.version = await write(
-            self.key, data, if_version=self.version, if_absent=self.version is None
-        )
-        if self.indexed or self.record.status == "paused":
-            self.indexed = await sync_index(self.backend, self.record, self.indexed)
+        await self.store.save_run(self, data, last=last)  # (sets the version and index entries)
         return data
 
     async def checkpoint_if_dirty(self) -> None:
@@ -164,10 +149,10 @@ class Execution:
 
     async def read_state(self, name: str, default: Any) -> str:
         """Return the JSON text of state ``name``, or of ``default`` if it is not set."""
-        return dumps(await read_state(self.backend, name, default), f"the default for {name!r}")
+        return dumps(await self.store.read_state(name, default), f"the default for {name!r}")
 
     async def write_state(self, name: str, value_json: str) -> None:
-        await write_state(self.backend, name, value_json)
+        await self.store.write_state(name, value_json)
 
     async def execute(self, workflow: Workflow) -> RunResult | None:
         """Replay the run to its next stop and store it. ``None`` if it was lost to another
@@ -246,40 +231,8 @@ class Execution:
             # record in `active` (a lease ends with the final write) and completes the move.
             # The run was advanced here, and is reported here.
             with contextlib.suppress(ConflictError):
-                await finish(self.backend, record.run_id, data, self.version)
+                await self.store.finish_run(record.run_id, data, self.version)
         return RunResult._of(record)
-
-
-async def read_state(backend: Backend, name: str, default: Any) -> Any:
-    """The value of state ``name``, or ``default`` if it was never set."""
-    key = (STATE, name)
-    entry = await backend.read(key)
-    if entry is None:
-        return default
-    return decode_state(entry.data, name, backend.locate(key))
-
-
-async def write_state(backend: Backend, name: str, value_json: str) -> None:
-    """Set state ``name``. Each key is its own object, written whole: writers of other keys
-    are never lost. What is stored is read first and written over only if it is asyncflow's
-    record of that state: a damaged one raises DamagedRecordError and is left untouched."""
-    key = (STATE, name)
-    data = encode_state(name, value_json)
-    for _ in range(50):
-        entry = await backend.read(key)
-        if entry is not None:
-            decode_state(entry.data, name, backend.locate(key))
-        try:
-            await backend.write(
-                key,
-                data,
-                if_version=None if entry is None else entry.version,
-                if_absent=entry is None,
-            )
-            return
-        except ConflictError:
-            continue  # another writer in between: read what it wrote, then write over it
-    raise BackendError(f"state {name!r} kept changing; it could not be set", location=None)
 
 
 def _traceback_of(failure: BaseException) -> str:
@@ -288,16 +241,6 @@ def _traceback_of(failure: BaseException) -> str:
         # Replayed: the side effect's exception is gone, its traceback was recorded.
         text += f"\nThe side effect raised, when it ran:\n{failure.traceback}"
     return text
-
-
-async def finish(backend: Backend, run_id: str, data: bytes, version: str | None) -> None:
-    """Move a finished run from the active namespace to the finished one.
-
-    Its final status is already stored in ``active``: a crash here leaves it there, and the
-    next invocation that reads it completes the move instead of running it.
-    """
-    await backend.write((DONE, run_id), data)
-    await backend.delete((ACTIVE, run_id), if_version=version)
 
 
 def create_runs(
@@ -316,8 +259,7 @@ def create_runs(
 
 
 async def invoke(
-    backend: Backend,
-    clock: Callable[[], float],
+    store: Store,
     workflows: dict[str, Workflow],
     new: list[RunRecord],
     max_concurrency: int,
@@ -327,7 +269,7 @@ async def invoke(
     and the caller's observer."""
     started = time.monotonic()
     with telemetry.tally() as counts, telemetry.span("asyncflow.invocation", {}) as span:
-        results = await _invoke(backend, clock, workflows, new, max_concurrency, stop_at)
+        results = await _invoke(store, workflows, new, max_concurrency, stop_at)
         telemetry.set_attributes(span, {"runs": len(results), "held_elsewhere": counts.held})
     # An invocation that found nothing to do is DEBUG: a server resuming every few seconds
     # would otherwise fill its console with them.
@@ -346,8 +288,7 @@ async def invoke(
 
 
 async def _invoke(
-    backend: Backend,
-    clock: Callable[[], float],
+    store: Store,
     workflows: dict[str, Workflow],
     new: list[RunRecord],
     max_concurrency: int,
@@ -357,67 +298,34 @@ async def _invoke(
     at once; report them new first, then resumed oldest first, then the runs that events
     emitted meanwhile started or woke. No run starts once ``clock()`` reaches ``stop_at``:
     those stay due (new ones are stored) for the next invocation."""
-    invocation = Invocation(backend, clock, workflows)
+    invocation = Invocation(store, workflows)
     new = [*new, *await _scheduled(invocation)]
-    # Runs the wait index calls not due (asleep, waiting for an event) are skipped unread.
-    # Listed before the runs: a run that an emitter wakes after this listing is left to the
-    # emitter's invocation, which executes it (listed the other way round, the run would be
-    # claimed here, then skipped as changed since the listing: executed by neither).
-    index = WaitIndex(await backend.list(WAITS))
-    # The event log, listed after the index: an event whose emitter listed the index before a
-    # run's entry was written is logged before that entry, so it is in this listing whenever
-    # the entry is in the index's (docs/design.md, "Events exactly once").
-    # (Listed side by side with the runs, whose listing has no order to keep with it.)
-    listed: dict[str, str] = {}
-
-    async def list_events() -> None:
-        invocation.log = EventLog(await backend.list(EVENTS))
-
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(list_events)
-            listed = await backend.list(ACTIVE)
+        due = await store.list_due()
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
-    await index.drop_stale(backend, listed)
-    now = clock()
-    await invocation.log.prune(backend)
+    invocation.log = due.log
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation
         # ends: a run another invocation holds is skipped, and nothing that is read below can
         # change under us. (Claiming run by run as they execute measured slower: each claim
         # then waits on the event loop's thread for the GIL held by the file threads.)
-        names = [
-            run_id
-            for run_id in sorted(listed)  # ids sort by creation time
-            if not index.sleeping(run_id, now, invocation.log)
-        ]
-        keys = [(ACTIVE, run_id) for run_id in names]
-        # Changed since the listing (entry None): another invocation advanced it meanwhile, so
-        # its new state was not due when this one began. Backends with leases take the lease
-        # and read in one request per run here.
-        entries, damaged = await _claim_read(claims, backend, keys, [listed[n] for n in names])
-        held = [name for name, entry in zip(names, entries, strict=True) if entry is not None]
-        if len(held) < len(names):
-            telemetry.observer().held_elsewhere(len(names) - len(held))
+        held, claimed, damaged = await store.claim_due(claims, due)
+        if len(held) < len(due.run_ids):
+            telemetry.observer().held_elsewhere(len(due.run_ids) - len(held))
         jobs: list[tuple[RunRecord, str | None]] = []
         for record in new:
-            key = (ACTIVE, record.run_id)
-            if await claims.enter_async_context(backend.claim(key)):
+            if await store.claim_run(claims, record.run_id):
                 jobs.append((record, None))
             else:
                 # A fresh id held elsewhere can only be a hash collision of the claim (about
                 # one in 2**62): keep the run for the next invocation rather than lose it.
-                await backend.write(key, record.encode(), if_absent=True)
+                await store.create_run(record)
         # A record that cannot be used is reported and skipped, never written: the other runs
         # go on.
-        for key, entry in zip(keys, entries, strict=True):
-            if entry is not None:
-                claimed = _decode(backend, key, entry.data, damaged)
-                if claimed is not None:
-                    jobs.append((claimed, entry.version))
-        results = await _advance_all(invocation, jobs, index, max_concurrency, stop_at)
-        results += [RunResult._damaged(key[1], error) for key, error in damaged.items()]
+        jobs += claimed
+        results = await _advance_all(invocation, jobs, due.index, max_concurrency, stop_at)
+        results += [RunResult._damaged(run_id, error) for run_id, error in damaged.items()]
         held += [record.run_id for record, version in jobs if version is None]
         results += await _event_rounds(invocation, claims, set(held), max_concurrency, stop_at)
     return results
@@ -429,9 +337,7 @@ async def _scheduled(invocation: Invocation) -> list[RunRecord]:
         return []
     from ._events import scheduled_runs  # (loaded when used: every import costs a cold start)
 
-    return await scheduled_runs(
-        invocation.backend, invocation.clock, invocation.workflows, new_run_id
-    )
+    return await scheduled_runs(invocation.store, invocation.workflows, new_run_id)
 
 
 async def _advance_all(
@@ -443,7 +349,7 @@ async def _advance_all(
 ) -> list[RunResult]:
     results: list[RunResult | None] = [None] * len(jobs)
     queue = iter(range(len(jobs)))
-    backend, clock = invocation.backend, invocation.clock
+    store, clock = invocation.store, invocation.clock
     observer = telemetry.observer()
     observer.due(len(jobs))
 
@@ -454,9 +360,7 @@ async def _advance_all(
                 if version is None:  # new: stored as it is, so that it stays due
                     # (A conflict: an idempotent start that another caller stored meanwhile.)
                     with contextlib.suppress(ConflictError):
-                        await backend.write(
-                            (ACTIVE, record.run_id), record.encode(), if_absent=True
-                        )
+                        await store.create_run(record)
                 continue
             indexed = index.names(record.run_id)
             results[i] = result = await advance(invocation, record, version, indexed)
@@ -491,7 +395,7 @@ async def _event_rounds(
 ) -> list[RunResult]:
     """Advance the runs that events emitted in this invocation started or woke, round after
     round, so that an invocation returns with its events handled."""
-    backend = invocation.backend
+    store = invocation.store
     results: list[RunResult] = []
     rounds = 0
     while invocation.due:
@@ -505,78 +409,15 @@ async def _event_rounds(
                 " a cycle? The runs are stored and continue at the next invocation."
             )
         for run_id in due:
-            if run_id not in held and await claims.enter_async_context(
-                backend.claim((ACTIVE, run_id))
-            ):
+            if run_id not in held and await store.claim_run(claims, run_id):
                 held.add(run_id)
-        keys = [(ACTIVE, run_id) for run_id in due if run_id in held]
-        jobs: list[tuple[RunRecord, str | None]] = []
-        damaged: dict[Key, DamagedRecordError] = {}
-        for key, entry in zip(keys, await _read_many(backend, keys, damaged), strict=True):
-            if entry is not None:
-                record = _decode(backend, key, entry.data, damaged)
-                if record is not None:
-                    jobs.append((record, entry.version))
+        damaged: dict[str, DamagedRecordError] = {}
+        jobs: list[tuple[RunRecord, str | None]] = [
+            *await store.read_runs([r for r in due if r in held], damaged)
+        ]
         results += await _advance_all(invocation, jobs, WaitIndex(()), max_concurrency, stop_at)
-        results += [RunResult._damaged(key[1], error) for key, error in damaged.items()]
+        results += [RunResult._damaged(run_id, error) for run_id, error in damaged.items()]
     return results
-
-
-async def _claim_read(
-    claims: AsyncExitStack, backend: Backend, keys: list[Key], versions: list[str]
-) -> tuple[list[Entry | None], dict[Key, DamagedRecordError]]:
-    """``backend.claim_read`` under ``claims``, with the keys whose stored object cannot be
-    read set apart (their entry ``None``), so that one of them does not stop the others."""
-    damaged: dict[Key, DamagedRecordError] = {}
-    try:
-        entries = await claims.enter_async_context(backend.claim_read(keys, versions))
-    except DamagedRecordError:
-        # Rare: claim and read key by key to find which (the batch let go of its claims).
-        entries = []
-        for key, version in zip(keys, versions, strict=True):
-            try:
-                one = await claims.enter_async_context(backend.claim_read([key], [version]))
-            except DamagedRecordError as exc:
-                _report(damaged, key, exc)
-                one = [None]
-            entries += one
-    for i, entry in enumerate(entries):
-        if isinstance(entry, DamagedEntry):
-            _report(damaged, keys[i], entry.error)
-            entries[i] = None
-    return entries, damaged
-
-
-async def _read_many(
-    backend: Backend, keys: list[Key], damaged: dict[Key, DamagedRecordError]
-) -> list[Entry | None]:
-    """``backend.read_many``, with the keys that cannot be read set apart (entry ``None``)."""
-    try:
-        return await backend.read_many(keys)
-    except DamagedRecordError:
-        entries: list[Entry | None] = []
-        for key in keys:
-            try:
-                entries.append(await backend.read(key))
-            except DamagedRecordError as exc:
-                _report(damaged, key, exc)
-                entries.append(None)
-        return entries
-
-
-def _decode(
-    backend: Backend, key: Key, data: bytes, damaged: dict[Key, DamagedRecordError]
-) -> RunRecord | None:
-    try:
-        return RunRecord.decode(data, backend.locate(key), key[1])
-    except DamagedRecordError as exc:
-        _report(damaged, key, exc)
-        return None
-
-
-def _report(damaged: dict[Key, DamagedRecordError], key: Key, error: DamagedRecordError) -> None:
-    damaged[key] = error
-    logger.error("run %s skipped: %s", key[1], error, extra={"summarised": True})
 
 
 def _workflows_of(results: list[RunResult]) -> str:
@@ -590,7 +431,7 @@ async def advance(
     indexed: Sequence[str] = (),
 ) -> RunResult | None:
     """Advance one claimed run: a new one (``version`` is ``None``) or a due one as read."""
-    backend, clock = invocation.backend, invocation.clock
+    store, clock = invocation.store, invocation.clock
     if version is not None and record.status == "paused" and record.wait_event is not None:
         # (Before its timeout is looked at: an event logged before the timeout was recorded
         # is received, as an emitter finding the run would have handed it over.)
@@ -602,9 +443,9 @@ async def advance(
     if version is not None and record.status not in FINISHED and not _due(record, clock()):
         # Its index entry was lost, or never written (a crash between the record's write and
         # the entry's): write it, leave the run.
-        await sync_index(backend, record, list(indexed))
+        await store.sync_index(record, list(indexed))
         return None
-    execution = Execution(backend, clock, record, version, invocation, indexed)
+    execution = Execution(store, record, version, invocation, indexed)
     if version is None:
         # Stored before it executes, so that a crash from here on cannot lose it.
         try:
@@ -613,7 +454,7 @@ async def advance(
             return None  # an idempotent start that another caller stored meanwhile
     elif record.status in FINISHED:
         # Complete an interrupted move.
-        await finish(backend, record.run_id, record.encode(), version)
+        await store.finish_run(record.run_id, record.encode(), version)
         return None
     workflow = invocation.workflows.get(record.workflow)
     if workflow is None:
@@ -644,28 +485,28 @@ async def _woken_by_log(
     nothing logged for it, go on with the run as read; ``False``: leave the run."""
     if not await _receive_logged(invocation, record):
         return True
-    backend, key = invocation.backend, (ACTIVE, record.run_id)
+    store = invocation.store
     record.updated_at = invocation.clock()
     try:
-        return record, await backend.write(key, record.encode(), if_version=version)
+        return record, await store.update_run(record.run_id, record.encode(), version)
     except ConflictError:
         pass
     # An emitter woke it first. Where claims are locks apart from the data (the default
     # `write_and_release`), the run is still held here: execute what the emitter stored.
     # Where claims are leases in the object, the emitter's write ended the lease; the
     # emitter's invocation executes the run.
-    if type(backend).write_and_release is not Backend.write_and_release:
-        return False
-    entry = await backend.read(key)
-    if entry is None:
+    if not store.claims_are_locks:
         return False
     try:
-        stored = RunRecord.decode(entry.data, backend.locate(key), key[1])
+        found = await store.read_run(record.run_id)
     except DamagedRecordError:
         return False  # reported by the invocations that list it
+    if found is None:
+        return False
+    stored, stored_version = found
     if stored.status in FINISHED or not _due(stored, invocation.clock()):
         return False
-    return stored, entry.version
+    return stored, stored_version
 
 
 async def _receive_logged(invocation: Invocation, record: RunRecord) -> bool:
@@ -682,10 +523,10 @@ async def _receive_logged(invocation: Invocation, record: RunRecord) -> bool:
     names = invocation.log.after(event_hash(event), since)
     if not names:
         return False
-    from ._events import read_logged, receive  # (loaded when used: imports cost a cold start)
+    from ._events import receive  # (loaded when used: imports cost a cold start)
 
     for name in names:
-        logged = await read_logged(invocation.backend, name)
+        logged = await invocation.store.read_event(name)
         event_id = name.partition(".")[0]
         if (
             logged is not None

@@ -3,17 +3,16 @@ the runs that schedules (every invocation, cron) start."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._backend import Backend
-from ._exceptions import BackendError, ConflictError, DamagedRecordError
+from ._exceptions import ConflictError, DamagedRecordError
 from ._record import RunRecord, dumps
-from ._waits import EVENTS, WAITS, WaitIndex, event_hash, pending_waits, sha256_hex
+from ._store import Store
+from ._waits import pending_waits, sha256_hex
 
 logger = logging.getLogger("asyncflow")
 
@@ -21,18 +20,13 @@ if TYPE_CHECKING:
     from ._engine import Workflow
 
 __all__ = [
-    "CRON",
     "deliver",
     "derived_run_id",
-    "read_logged",
     "receive",
     "scheduled_runs",
     "wake_waiters",
 ]
 
-ACTIVE = "active"  # (as in _engine; repeated to keep this module free of an import cycle)
-DONE = "finished"
-CRON = "cron"
 _RESOLVE_ATTEMPTS = 20
 
 
@@ -45,8 +39,7 @@ def derived_run_id(event_id: str, workflow: str) -> str:
 
 
 async def deliver(
-    backend: Backend,
-    clock: Callable[[], float],
+    store: Store,
     workflows: Mapping[str, Workflow],
     kind: str,
     name: str,
@@ -65,46 +58,46 @@ async def deliver(
     if kind == "event":
         # Logged before the index is listed: a run whose index entry this emitter does not see
         # (written after the listing) finds the event here at its next invocation.
-        logged = dumps({"asyncflow": "event", "name": name, "args": args}, "")
-        await backend.write((EVENTS, f"{event_id}.{event_hash(name)}"), logged.encode())
+        await store.log_event(event_id, name, args)
     trigger = name if kind == "event" else f"{kind}:{name}"
     for workflow in workflows.values():
         if workflow.kind != kind or workflow.trigger != name:
             continue
         run_id = derived_run_id(event_id, workflow.name)
-        if again and await backend.read((DONE, run_id)) is not None:
+        if again and await store.is_finished(run_id):
             continue
         record = RunRecord(
-            run_id=run_id, workflow=workflow.name, trigger=trigger, args=args, created_at=clock()
+            run_id=run_id,
+            workflow=workflow.name,
+            trigger=trigger,
+            args=args,
+            created_at=store.clock(),
         )
         try:
-            await backend.write((ACTIVE, run_id), record.encode(), if_absent=True)
+            await store.create_run(record)
         except ConflictError:
             continue  # delivered before
         due.append(run_id)
     if kind == "event":
-        due += await wake_waiters(backend, clock, name, args, event_id)
+        due += await wake_waiters(store, name, args, event_id)
     return due
 
 
-async def wake_waiters(
-    backend: Backend, clock: Callable[[], float], event: str, args: Any, event_id: str
-) -> list[str]:
+async def wake_waiters(store: Store, event: str, args: Any, event_id: str) -> list[str]:
     """Hand event ``event`` to every run waiting for it since before ``event_id``; return them."""
-    index = WaitIndex(await backend.list(WAITS))
+    index = await store.wait_index()
     waiting = index.waiting_for(event, event_id)
     woken = [False] * len(waiting)
     limiter = anyio.CapacityLimiter(64)  # each is a read and a write: overlap their waits
 
     async def wake(i: int, run_id: str) -> None:
         async with limiter:
-            woken[i] = await _resolve(backend, clock, run_id, event, args, event_id)
+            woken[i] = await _resolve(store, run_id, event, args, event_id)
             if woken[i]:
                 # The record no longer waits: drop its entries so the next listing sees it due.
                 # (A crash before this leaves entries the log contradicts: the next invocation
                 # reads the run instead of trusting them.)
-                for entry in index.names(run_id):
-                    await backend.delete((WAITS, entry))
+                await store.unindex(index.names(run_id))
 
     async with anyio.create_task_group() as tg:
         for i, run_id in enumerate(waiting):
@@ -112,33 +105,26 @@ async def wake_waiters(
     return [run_id for run_id, ok in zip(waiting, woken, strict=True) if ok]
 
 
-async def _resolve(
-    backend: Backend,
-    clock: Callable[[], float],
-    run_id: str,
-    event: str,
-    args: Any,
-    event_id: str,
-) -> bool:
+async def _resolve(store: Store, run_id: str, event: str, args: Any, event_id: str) -> bool:
     """Record ``args`` as the outcome of the run's pending ``wait_event``, by compare-and-swap:
     a run receives each event once, and an invocation advancing the run meanwhile either sees
     the event or loses its write (and replays with it next time)."""
-    key = (ACTIVE, run_id)
+    clock = store.clock
     for _ in range(_RESOLVE_ATTEMPTS):
-        entry = await backend.read(key)
-        if entry is None:
-            return False
         try:
-            record = RunRecord.decode(entry.data, backend.locate(key), run_id)
+            found = await store.read_run(run_id)
         except DamagedRecordError as exc:
             # Reported (and skipped) by every invocation; the event still reaches the others.
             logger.error("run %s skipped: %s", run_id, exc, extra={"summarised": True})
             return False
+        if found is None:
+            return False
+        record, version = found
         if record.status != "paused" or not receive(record, event, args, event_id, clock()):
             return False
         record.updated_at = clock()
         try:
-            await backend.write(key, record.encode(), if_version=entry.version)
+            await store.update_run(run_id, record.encode(), version)
         except ConflictError:
             continue
         return True
@@ -163,34 +149,20 @@ def receive(record: RunRecord, event: str, args: Any, event_id: str, now: float)
     return False  # emitted before these waits began
 
 
-async def read_logged(backend: Backend, name: str) -> tuple[str, Any] | None:
-    """The event name and args of log entry ``name``; ``None`` if it is gone or not ours."""
-    entry = await backend.read((EVENTS, name))
-    if entry is None:
-        return None
-    try:
-        logged = json.loads(entry.data)
-        if logged.get("asyncflow") != "event" or not isinstance(logged.get("name"), str):
-            return None
-    except (ValueError, AttributeError):
-        return None  # not an event this module wrote: skipped, left as it is
-    return logged["name"], logged.get("args")
-
-
 async def scheduled_runs(
-    backend: Backend,
-    clock: Callable[[], float],
+    store: Store,
     workflows: Mapping[str, Workflow],
     new_id: Callable[[], str],
 ) -> list[RunRecord]:
     """New runs for this invocation: one per every-invocation workflow, one per cron workflow
     with a tick since the last invocation that checked it."""
     records = []
-    now = clock()
+    now = store.clock()
     for workflow in workflows.values():
         args: Any = None
         if workflow.kind == "cron":
-            tick = await _cron_tick(backend, workflow, now)
+            assert workflow.cron is not None
+            tick = await store.cron_tick(workflow.name, workflow.cron, now)
             if tick is None:
                 continue
             from datetime import datetime, timezone
@@ -205,32 +177,3 @@ async def scheduled_runs(
             )
         )
     return records
-
-
-async def _cron_tick(backend: Backend, workflow: Workflow, now: float) -> float | None:
-    """The latest tick since the schedule was last checked, if any; only the invocation that
-    moves the stored mark forward gets it (compare-and-swap), so concurrent invocations start
-    one run per tick."""
-    assert workflow.cron is not None
-    key = (CRON, workflow.name)
-    entry = await backend.read(key)
-    mark = json.dumps({"asyncflow": "cron", "checked": now}).encode()
-    try:
-        if entry is None:
-            await backend.write(key, mark, if_absent=True)  # the first invocation notes the time
-            return None
-        try:
-            last = float(json.loads(entry.data)["checked"])
-        except (ValueError, KeyError, TypeError):
-            raise BackendError(
-                f"{backend.locate(key)} is not asyncflow's schedule mark of workflow"
-                f" {workflow.name!r}; asyncflow leaves it untouched: delete it to restart"
-                " the schedule",
-                location=backend.locate(key),
-            ) from None
-        tick = workflow.cron.latest(last, now)
-        if tick is not None:
-            await backend.write(key, mark, if_version=entry.version)
-        return tick
-    except ConflictError:
-        return None

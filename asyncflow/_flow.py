@@ -12,10 +12,10 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from ._backend import Backend, Entry, Key
+from ._backend import Backend
 from ._backends import FORMS, open_url
 from ._context import Context
-from ._engine import ACTIVE, DONE, Workflow, create_runs, invoke, read_state
+from ._engine import Workflow, create_runs, invoke
 from ._exceptions import (
     ConfigError,
     ConflictError,
@@ -27,10 +27,10 @@ from ._exceptions import (
 from ._record import RunRecord, dumps, new_run_id, storable_name
 from ._results import Run, RunResult, RunStatus
 from ._retry import Retry
+from ._store import Store
 from ._telemetry import observer
 from ._triggers import Trigger, as_trigger
 from ._validate import positive_int, seconds
-from ._waits import WAITS, WaitIndex
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -289,9 +289,11 @@ class Flow:
             await self.backend.aclose()
 
     @asynccontextmanager
-    async def _using(self) -> AsyncIterator[Backend]:
+    async def _stored(self) -> AsyncIterator[Store]:
+        """The store, its backend open (made per use: ``backend`` and ``clock`` may be
+        replaced between calls)."""
         async with self:
-            yield self.backend
+            yield Store(self.backend, self.clock)
 
     # -- invocations ---------------------------------------------------------------------------
 
@@ -333,14 +335,12 @@ class Flow:
         elif key is not None:
             raise UsageError("a key is given without a trigger")
         stop_at = None if time_limit is None else self.clock() + time_limit
-        async with self._using() as backend:
+        async with self._stored() as store:
             if key is not None:
                 from ._manage import claim_key
 
-                new = [r for r in new if await claim_key(backend, r, key)]
-            return await invoke(
-                backend, self.clock, self._workflows, new, self.max_concurrency, stop_at
-            )
+                new = [r for r in new if await claim_key(store, r, key)]
+            return await invoke(store, self._workflows, new, self.max_concurrency, stop_at)
 
     async def start(self, trigger: str, args: Any = None, *, key: str | None = None) -> list[str]:
         """Record one new run per workflow bound to ``trigger`` without executing it.
@@ -356,12 +356,12 @@ class Flow:
         from ._manage import claim_key
 
         records = create_runs(self.clock, self._bound(trigger), trigger, args)
-        async with self._using() as backend:
+        async with self._stored() as store:
             for record in records:
-                if key is not None and not await claim_key(backend, record, key):
+                if key is not None and not await claim_key(store, record, key):
                     continue
                 try:
-                    await backend.write((ACTIVE, record.run_id), record.encode(), if_absent=True)
+                    await store.create_run(record)
                 except ConflictError:
                     if key is None:
                         raise
@@ -386,11 +386,9 @@ class Flow:
             SerializationError: ``args`` cannot be stored as JSON (nothing was changed).
         """
         stop_at = None if time_limit is None else self.clock() + time_limit
-        async with self._using() as backend:
+        async with self._stored() as store:
             await self._deliver(name, args)
-            return await invoke(
-                backend, self.clock, self._workflows, [], self.max_concurrency, stop_at
-            )
+            return await invoke(store, self._workflows, [], self.max_concurrency, stop_at)
 
     async def _deliver(self, name: str, args: Any, *, key: str | None = None) -> None:
         """Emit event ``name`` without advancing anything: the runs it starts are stored and
@@ -405,17 +403,15 @@ class Flow:
         from ._events import deliver
 
         args = json.loads(dumps(args, f"the args of event {name!r}"))
-        async with self._using() as backend:
+        async with self._stored() as store:
             event_id, again = new_run_id(), False
             if key is not None:
                 from ._manage import claim_event_key
 
-                recorded = await claim_event_key(backend, name, key, event_id)
+                recorded = await claim_event_key(store, name, key, event_id)
                 # Delivered before (perhaps half-way, by a crashed invocation): once more.
                 again, event_id = recorded != event_id, recorded
-            due = await deliver(
-                backend, self.clock, self._workflows, "event", name, args, event_id, again=again
-            )
+            due = await deliver(store, self._workflows, "event", name, args, event_id, again=again)
         observer().delivered(name, len(due))
 
     async def cancel(self, run_id: str) -> None:
@@ -431,8 +427,8 @@ class Flow:
         """
         from ._manage import cancel
 
-        async with self._using() as backend:
-            await cancel(backend, self.clock, run_id)
+        async with self._stored() as store:
+            await cancel(store, run_id)
 
     async def retry(self, run_id: str) -> list[RunResult]:
         """Execute a failed run again from its journal; one invocation.
@@ -448,9 +444,9 @@ class Flow:
         """
         from ._manage import reopen
 
-        async with self._using() as backend:
-            await reopen(backend, self.clock, run_id, self._workflows)
-            return await invoke(backend, self.clock, self._workflows, [], self.max_concurrency)
+        async with self._stored() as store:
+            await reopen(store, run_id, self._workflows)
+            return await invoke(store, self._workflows, [], self.max_concurrency)
 
     async def next_wakeup(self) -> datetime | None:
         """When the earliest durable timer (``c.sleep``, a ``wait_event`` timeout, a retry
@@ -461,8 +457,8 @@ class Flow:
         """
         from datetime import datetime, timezone
 
-        async with self._using() as backend:
-            wake = WaitIndex(await backend.list(WAITS)).next_wakeup()
+        async with self._stored() as store:
+            wake = (await store.wait_index()).next_wakeup()
         return None if wake is None else datetime.fromtimestamp(wake, timezone.utc)
 
     # -- inspection ----------------------------------------------------------------------------
@@ -475,17 +471,13 @@ class Flow:
         """
         if not _plausible_id(run_id):
             raise RunNotFoundError(run_id)  # no store could hold it: not one of ours
-        async with self._using() as backend:
-            # Finished again last: a run that finishes meanwhile is written to finished, then
-            # removed from active, and could otherwise be missed in both.
-            for namespace in (DONE, ACTIVE, DONE):
-                key = (namespace, run_id)
-                try:
-                    entry = await backend.read(key)
-                    if entry is not None:
-                        return _run_of(entry.data, backend.locate(key), run_id)
-                except DamagedRecordError as exc:
-                    return Run._damaged(run_id, exc)
+        async with self._stored() as store:
+            try:
+                found = await store.find_run(run_id)
+                if found is not None:
+                    return _run_of(*found, run_id)
+            except DamagedRecordError as exc:
+                return Run._damaged(run_id, exc)
         raise RunNotFoundError(run_id)
 
     async def list_runs(self, status: RunStatus | Sequence[RunStatus] | None = None) -> list[Run]:
@@ -495,31 +487,24 @@ class Flow:
         ``error`` says why), after the others; the file is left untouched.
         """
         wanted = {status} if isinstance(status, str) else set(status) if status else None
-        async with self._using() as backend:
-            runs: dict[str, Run] = {}
-            # Finished last: a run caught between the two namespaces counts as finished.
-            for namespace in (ACTIVE, DONE):
-                keys = [(namespace, name) for name in await backend.list(namespace)]
-                entries: list[Entry | DamagedRecordError | None]
-                try:
-                    entries = list(await backend.read_many(keys))
-                except DamagedRecordError:  # rare: read them one by one to find which
-                    entries = [await _read_or_damaged(backend, key) for key in keys]
-                for key, entry in zip(keys, entries, strict=True):
-                    if isinstance(entry, DamagedRecordError):
-                        runs[key[1]] = Run._damaged(key[1], entry)
-                    elif entry is not None:
-                        try:
-                            runs[key[1]] = _run_of(entry.data, backend.locate(key), key[1])
-                        except DamagedRecordError as exc:
-                            runs[key[1]] = Run._damaged(key[1], exc)
+        async with self._stored() as store:
+            stored = await store.all_runs()
+        runs: dict[str, Run] = {}
+        for run_id, record in stored.items():
+            if isinstance(record, DamagedRecordError):
+                runs[run_id] = Run._damaged(run_id, record)
+                continue
+            try:
+                runs[run_id] = _run_of(*record, run_id)
+            except DamagedRecordError as exc:
+                runs[run_id] = Run._damaged(run_id, exc)
         found = [r for r in runs.values() if wanted is None or r.status in wanted]
         return sorted(found, key=lambda r: (r.status == "damaged", r.created_at, r.run_id))
 
     async def get_state(self, name: str, default: Any = None) -> Any:
         """The current value of shared state ``name`` (``default`` if never set)."""
-        async with self._using() as backend:
-            return await read_state(backend, name, default)
+        async with self._stored() as store:
+            return await store.read_state(name, default)
 
     # -- command line --------------------------------------------------------------------------
 
@@ -544,13 +529,6 @@ def _plausible_id(run_id: object) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-async def _read_or_damaged(backend: Backend, key: Key) -> Entry | DamagedRecordError | None:
-    try:
-        return await backend.read(key)
-    except DamagedRecordError as exc:
-        return exc
 
 
 def _run_of(data: bytes, location: str, run_id: str) -> Run:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Container
+from collections.abc import Collection, Container
 from typing import Any
 
-from ._backend import Backend
-from ._engine import ACTIVE, DONE, finish
 from ._exceptions import BackendError, ConflictError, RunNotFoundError, UsageError
-from ._record import FINISHED, RunRecord, dumps, storable_name
-from ._waits import WAITS, WaitIndex, sha256_hex
+from ._record import FINISHED, RunRecord, storable_name
+from ._store import Store
 
 __all__ = [
-    "KEYS",
     "Purged",
     "cancel",
     "claim_event_key",
@@ -23,29 +20,26 @@ __all__ = [
     "reopen",
 ]
 
-KEYS = "keys"
 _ATTEMPTS = 20
 
 
-async def cancel(backend: Backend, clock: Callable[[], float], run_id: str) -> None:
+async def cancel(store: Store, run_id: str) -> None:
     """Mark a pending or paused run cancelled and file it with the finished runs.
 
     An invocation advancing the run at this moment loses its next write of it (the record's
     version moved), so the run stops there; at most one more side effect runs (one that starts
     before anything new was recorded, so without a checkpoint).
     """
-    key = (ACTIVE, run_id)
     for _ in range(_ATTEMPTS):
-        entry = await backend.read(key)
-        if entry is None:
-            done = await backend.read((DONE, run_id))
+        found = await store.read_run(run_id)
+        if found is None:
+            done = await store.read_finished(run_id)
             if done is None:
                 raise RunNotFoundError(run_id)
-            status = RunRecord.decode(done.data, backend.locate((DONE, run_id)), run_id).status
             raise UsageError(
-                f"run {run_id} has {status} already; only a waiting run can be cancelled"
+                f"run {run_id} has {done[0].status} already; only a waiting run can be cancelled"
             )
-        record = RunRecord.decode(entry.data, backend.locate(key), run_id)
+        record, version = found
         if record.status in FINISHED:
             raise UsageError(
                 f"run {run_id} has {record.status} already; only a waiting run can be cancelled"
@@ -53,24 +47,21 @@ async def cancel(backend: Backend, clock: Callable[[], float], run_id: str) -> N
         record.status = "cancelled"
         record.wake_at = None
         record.wait_event = None
-        record.updated_at = clock()
+        record.updated_at = store.clock()
         data = record.encode()
         try:
-            version = await backend.write(key, data, if_version=entry.version)
+            version = await store.update_run(run_id, data, version)
         except ConflictError:
             continue  # advanced meanwhile: cancel what it is now
         break
     else:
         raise BackendError(f"run {run_id} kept changing; it could not be cancelled", location=None)
-    index = WaitIndex(await backend.list(WAITS))
-    for name in index.names(run_id):
-        await backend.delete((WAITS, name))
-    await finish(backend, run_id, data, version)
+    await store.unindex((await store.wait_index()).names(run_id))
+    await store.finish_run(run_id, data, version)
 
 
 async def reopen(
-    backend: Backend,
-    clock: Callable[[], float],
+    store: Store,
     run_id: str,
     workflows: Container[str] | None = None,
 ) -> None:
@@ -84,13 +75,12 @@ async def reopen(
     ``workflows``: the workflows the caller defines; a run of another is left as it was
     (UsageError), since nothing here could execute it.
     """
-    key = (DONE, run_id)
-    entry = await backend.read(key)
-    if entry is None:
-        if await backend.read((ACTIVE, run_id)) is not None:
+    found = await store.read_finished(run_id)
+    if found is None:
+        if await store.is_active(run_id):
             raise UsageError(f"run {run_id} has not failed; only a failed run can be retried")
         raise RunNotFoundError(run_id)
-    record = RunRecord.decode(entry.data, backend.locate(key), run_id)
+    record, version = found
     if record.status != "failed":
         raise UsageError(f"run {run_id} has {record.status}; only a failed run can be retried")
     if workflows is not None and record.workflow not in workflows:
@@ -112,14 +102,15 @@ async def reopen(
         if failed:
             steps = _reopened(steps, failed[-1])
     raw = json.loads(record.encode())
-    raw.update(status="pending", error=None, result=None, steps=steps, updated_at=clock())
+    raw.update(status="pending", error=None, result=None, steps=steps, updated_at=store.clock())
     raw.pop("traceback", None)
-    reopened = RunRecord.decode(json.dumps(raw, ensure_ascii=False).encode(), backend.locate(key))
+    where = store.where(run_id, finished=True)
+    reopened = RunRecord.decode(json.dumps(raw, ensure_ascii=False).encode(), where)
     try:
-        await backend.write((ACTIVE, run_id), reopened.encode(), if_absent=True)
+        await store.create_run(reopened)
     except ConflictError:
         raise UsageError(f"run {run_id} is being retried already") from None
-    await backend.delete(key, if_version=entry.version)
+    await store.delete_finished(run_id, version)
 
 
 def _reopened(steps: list[dict[str, Any]], cut: int) -> list[dict[str, Any]]:
@@ -194,7 +185,7 @@ def _unfinished(step: dict[str, Any]) -> dict[str, Any]:
     return unfinished
 
 
-async def claim_event_key(backend: Backend, event: str, key: str, event_id: str) -> str:
+async def claim_event_key(store: Store, event: str, key: str, event_id: str) -> str:
     """The id under which event ``event`` is delivered for idempotency key ``key``.
 
     The first caller records ``event_id`` for the key (a create-only write) and gets it back;
@@ -205,39 +196,11 @@ async def claim_event_key(backend: Backend, event: str, key: str, event_id: str)
     """
     if not isinstance(key, str) or not key:
         raise UsageError(f"an idempotency key must be a non-empty string, not {key!r}")
-    # "\0event\0" keeps these apart from claim_key's names, which start with a workflow's.
-    name = sha256_hex(f"\0event\0{event}\0{key}")[:40]
-    content = {"asyncflow": "key", "event": event, "key": key, "event_id": event_id}
-    found = await _take_key(backend, name, content, "event_id")
+    found = await store.take_event_key(event, key, event_id)
     return event_id if found is None else found
 
 
-async def _take_key(
-    backend: Backend, name: str, content: dict[str, str], field: str
-) -> str | None:
-    """Store ``content`` as key ``name`` if no one did (``None``); else the ``field`` that the
-    first writer recorded there (a BackendError if the stored key is not ours)."""
-    try:
-        await backend.write((KEYS, name), dumps(content, "").encode(), if_absent=True)
-        return None
-    except ConflictError:
-        pass
-    entry = await backend.read((KEYS, name))
-    try:
-        found = json.loads(entry.data if entry is not None else b"")[field]
-        if not isinstance(found, str):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        location = backend.locate((KEYS, name))
-        raise BackendError(
-            f"{location} is not asyncflow's record of key {content['key']!r}; asyncflow"
-            " leaves it untouched",
-            location=location,
-        ) from None
-    return found
-
-
-async def claim_key(backend: Backend, record: RunRecord, key: str) -> bool:
+async def claim_key(store: Store, record: RunRecord, key: str) -> bool:
     """Make ``record`` the one run of its workflow for ``key``.
 
     Returns ``False`` when a run for the key exists already (``record`` then gets its id).
@@ -249,31 +212,16 @@ async def claim_key(backend: Backend, record: RunRecord, key: str) -> bool:
     if not isinstance(key, str) or not key:
         raise UsageError(f"an idempotency key must be a non-empty string, not {key!r}")
     storable_name(key, "idempotency key")
-    name = sha256_hex(f"{record.workflow}\0{key}")[:40]
-    content = {
-        "asyncflow": "key",
-        "workflow": record.workflow,
-        "key": key,
-        "run_id": record.run_id,
-    }
-    run_id = await _take_key(backend, name, content, "run_id")
+    run_id = await store.take_run_key(record.workflow, key, record.run_id)
     if run_id is None:
         return True
     record.run_id = run_id
-    found = await backend.read_many([(ACTIVE, run_id), (DONE, run_id)])
-    return all(e is None for e in found)
+    return not await store.exists(run_id)
 
 
-async def keyed_run(backend: Backend, workflow: str, key: str) -> str | None:
+async def keyed_run(store: Store, workflow: str, key: str) -> str | None:
     """The id of the run of ``workflow`` that idempotency key ``key`` started, if any."""
-    entry = await backend.read((KEYS, sha256_hex(f"{workflow}\0{key}")[:40]))
-    if entry is None:
-        return None
-    try:
-        run_id = json.loads(entry.data)["run_id"]
-    except (ValueError, KeyError, TypeError):
-        return None  # not ours: claim_key reports it
-    return run_id if isinstance(run_id, str) else None
+    return await store.keyed_run(workflow, key)
 
 
 class Purged:
@@ -285,7 +233,7 @@ class Purged:
 
 
 async def purge(
-    backend: Backend, *, finished_before: float, statuses: Collection[str], dry_run: bool = False
+    store: Store, *, finished_before: float, statuses: Collection[str], dry_run: bool = False
 ) -> Purged:
     """Delete the finished runs with one of ``statuses`` last updated before ``finished_before``
     (epoch seconds), with the idempotency keys that name them (a key can then start a new run).
@@ -297,32 +245,20 @@ async def purge(
     if unknown:
         raise UsageError(f"only finished runs can be purged, not {sorted(unknown)}")
     purged = Purged()
-    keys = [(DONE, name) for name in await backend.list(DONE)]
-    for key, entry in zip(keys, await backend.read_many(keys), strict=True):
-        if entry is None:
-            continue
+    for name, entry, where in await store.finished_entries():
         try:
-            record = RunRecord.decode(entry.data, backend.locate(key))
+            record = RunRecord.decode(entry.data, where)
         except BackendError:
-            purged.unreadable.append(backend.locate(key))
+            purged.unreadable.append(where)
             continue
         if record.status not in statuses or record.updated_at >= finished_before:
             continue
         if not dry_run:
             try:
-                await backend.delete(key, if_version=entry.version)
+                await store.delete_finished(name, entry.version)
             except ConflictError:
                 continue  # changed since read (retried): not what was asked to go
         purged.run_ids.append(record.run_id)
     if purged.run_ids and not dry_run:
-        gone = set(purged.run_ids)
-        names = list(await backend.list(KEYS))
-        found = await backend.read_many([(KEYS, n) for n in names])
-        for name, key_entry in zip(names, found, strict=True):
-            try:
-                run_id = json.loads(key_entry.data)["run_id"] if key_entry else None
-            except (ValueError, KeyError, TypeError):
-                continue
-            if run_id in gone:
-                await backend.delete((KEYS, name))
+        await store.drop_keys(purged.run_ids)
     return purged

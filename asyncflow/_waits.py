@@ -14,6 +14,9 @@ whose entry waits for an event the log holds after the entry's ``since``: so an 
 emitter did not see the entry (written after its listing, or lost in a crash) reaches the run
 at the next invocation, and an entry left behind by a crash (the record no longer waits) is
 repaired there, not trusted. See docs/design.md, "Events exactly once".
+
+This module is what the entries and the log say; :mod:`asyncflow._store` writes, lists and
+deletes them (when, and in which order, is the invariant above).
 """
 
 from __future__ import annotations
@@ -22,23 +25,17 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ._backend import Backend
 from ._record import RunRecord
 
 __all__ = [
-    "EVENTS",
-    "WAITS",
     "EventLog",
     "WaitIndex",
     "event_hash",
     "index_name",
     "pending_waits",
     "sha256_hex",
-    "sync_index",
 ]
 
-WAITS = "waits"
-EVENTS = "events"
 #: How long the event log keeps an event (seconds). Only crash repair reads an event this late:
 #: a run whose invoker died between storing its wait and indexing it, or an emitter that died
 #: between waking a run and dropping its index entry, is repaired by the first invocation
@@ -104,14 +101,17 @@ class EventLog:
             f"{i}.{digest}" for i in self.by_hash.get(digest, ()) if since is None or i > since
         ]
 
-    async def prune(self, backend: Backend) -> None:
-        """Delete the events older than the retention (their ids start with their time)."""
+    def expired(self) -> list[str]:
+        """Take the events older than the retention (their ids start with their time) out of
+        this listing; return their names, for the store to delete."""
         import time  # (the clock event ids are made from, not the flow's, which tests move)
 
         horizon = f"{int((time.time() - EVENT_LOG_RETENTION) * 1000):011x}"
+        names = []
         for digest, ids in self.by_hash.items():
             while ids and ids[0] < horizon:
-                await backend.delete((EVENTS, f"{ids.pop(0)}.{digest}"))
+                names.append(f"{ids.pop(0)}.{digest}")
+        return names
 
 
 @dataclass(frozen=True)
@@ -161,28 +161,18 @@ class WaitIndex:
             if any(e.event == digest and (e.since is None or e.since < event_id) for e in entries)
         )
 
-    async def drop_stale(self, backend: Backend, active: Iterable[str]) -> None:
-        """Delete the entries of runs not in ``active`` (listed after this index): a crash
-        left them behind their run's end, and they would mislead ``next_wakeup``."""
+    def stale(self, active: Iterable[str]) -> list[str]:
+        """Take the entries of runs not in ``active`` (listed after this index) out of this
+        listing; return their names, for the store to delete: a crash left them behind their
+        run's end, and they would mislead ``next_wakeup``."""
+        names = []
         for run_id in self.by_run.keys() - set(active):
-            for name in self.names(run_id):
-                await backend.delete((WAITS, name))
+            names += self.names(run_id)
             del self.by_run[run_id]
+        return names
 
     def next_wakeup(self) -> float | None:
         times = [
             e.wake_at for entries in self.by_run.values() for e in entries if e.wake_at is not None
         ]
         return min(times, default=None)
-
-
-async def sync_index(backend: Backend, record: RunRecord, known: list[str]) -> list[str]:
-    """Make the index say what ``record`` (just written) says; ``known`` are the run's entries
-    as last seen. Returns its entries now."""
-    wanted = index_name(record)
-    if wanted is not None and wanted not in known:
-        await backend.write((WAITS, wanted), b"{}")  # (not empty: some stores refuse that)
-    for name in known:
-        if name != wanted:
-            await backend.delete((WAITS, name))
-    return [] if wanted is None else [wanted]

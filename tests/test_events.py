@@ -428,6 +428,7 @@ async def test_an_event_from_before_the_wait_began_wakes_nothing(
 ) -> None:
     from asyncflow._events import wake_waiters
     from asyncflow._record import new_run_id
+    from asyncflow._store import Store
 
     flow = make_flow()
 
@@ -438,8 +439,9 @@ async def test_an_event_from_before_the_wait_began_wakes_nothing(
     earlier = new_run_id()  # an event made before the wait (delivered late, after a crash)
     [run] = await flow.run("wait")
     async with flow:
-        assert await wake_waiters(flow.backend, clock, "go", 1, earlier) == []
-        assert await wake_waiters(flow.backend, clock, "go", 2, new_run_id()) == [run.run_id]
+        store = Store(flow.backend, clock)
+        assert await wake_waiters(store, "go", 1, earlier) == []
+        assert await wake_waiters(store, "go", 2, new_run_id()) == [run.run_id]
     [done] = await flow.run()
     assert done.result == 2
 

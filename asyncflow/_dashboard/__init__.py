@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from .._exceptions import AsyncflowError
+from .._store import Store
 
 if TYPE_CHECKING:
-    from .._backend import Backend
     from .._http import Api, Request, Response
 
 __all__ = ["handle", "owns"]
 
-ACTIVE, DONE, STATE = "active", "finished", "state"  # (as in _engine)
 PREFIX = "/dashboard/"
 _ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
@@ -163,13 +162,9 @@ class _Dashboard:
         # run id -> (namespace, version, summary) as last read
         self._summaries: dict[str, tuple[str, str, dict[str, Any]]] = {}
 
-    async def listing(self, backend: Backend) -> dict[str, tuple[str, str]]:
-        """Every stored run: its id -> its namespace and version."""
-        listed: dict[str, tuple[str, str]] = {}
-        # Finished last: a run caught between the two namespaces counts as finished.
-        for namespace in (ACTIVE, DONE):
-            for name, version in (await backend.list(namespace)).items():
-                listed[name] = (namespace, version)
+    async def listing(self, store: Store) -> dict[str, tuple[str, str]]:
+        """Every stored run: its id -> where it is and its version."""
+        listed = await store.run_versions()
         cache = self._summaries
         for name in [name for name in cache if name not in listed]:
             del cache[name]
@@ -177,7 +172,7 @@ class _Dashboard:
 
     async def read(
         self,
-        backend: Backend,
+        store: Store,
         listed: dict[str, tuple[str, str]],
         first: list[str] | None = None,
     ) -> int:
@@ -203,19 +198,19 @@ class _Dashboard:
                 break
             keys = [(listed[name][0], name) for name in stale[done : done + size]]
             size = _CHUNK
-            for key, entry in zip(keys, await backend.read_many(keys), strict=True):
-                if entry is None:  # it moved meanwhile: the next listing finds it
+            for key, found in zip(keys, await store.read_listed(keys), strict=True):
+                if found is None:  # it moved meanwhile: the next listing finds it
                     cache.pop(key[1], None)
                     continue
-                summary = _summary(entry.data, key[1], backend.locate(key))
-                cache[key[1]] = (key[0], entry.version, summary)
+                data, version, location = found
+                cache[key[1]] = (key[0], version, _summary(data, key[1], location))
             done += len(keys)
         return len(stale) - done
 
-    async def summaries(self, backend: Backend) -> list[dict[str, Any]]:
+    async def summaries(self, store: Store) -> list[dict[str, Any]]:
         """A summary of every stored run, newest first."""
-        listed = await self.listing(backend)
-        await self.read(backend, listed)
+        listed = await self.listing(store)
+        await self.read(store, listed)
         cache = self._summaries
         return [cache[name][2] for name in sorted(listed, reverse=True) if name in cache]
 
@@ -235,20 +230,21 @@ class _Dashboard:
         search = query.get("q", "").strip().lower()
         start = (page - 1) * per_page
         cache = self._summaries
-        async with self.flow._using() as backend:
-            listed = await self.listing(backend)
+        async with self.flow:
+            store = Store(self.flow.backend, self.flow.clock)
+            listed = await self.listing(store)
             # Newest first: run ids sort by creation time. They alone answer a search.
             order = [n for n in sorted(listed, reverse=True) if not search or search in n.lower()]
             if statuses or workflow or wait:
                 # Filters on what records hold: every record is needed.
-                unread = await self.read(backend, listed)
+                unread = await self.read(store, listed)
                 order = [
                     n
                     for n in order
                     if n in cache and _matches(cache[n][2], statuses, workflow, wait)
                 ]
             else:
-                unread = await self.read(backend, listed, order[start : start + per_page])
+                unread = await self.read(store, listed, order[start : start + per_page])
         shown = [cache[n][2] for n in order[start : start + per_page] if n in cache]
         counts = dict.fromkeys(_STATUSES, 0)
         waits: set[str] = set()
@@ -270,19 +266,19 @@ class _Dashboard:
         }
 
     async def events(self, query: dict[str, str]) -> dict[str, Any]:
-        from .._engine import read_state
         from .._http import BadRequest
 
         if set(query) - {"limit"}:
             raise BadRequest(400, "unknown query parameter(s): use 'limit'")
         limit = min(_positive(query.get("limit", "200"), "limit"), 5000)
-        async with self.flow._using() as backend:
-            runs = await self.summaries(backend)
-            names = sorted(await backend.list(STATE))
+        async with self.flow:
+            store = Store(self.flow.backend, self.flow.clock)
+            runs = await self.summaries(store)
+            names = await store.state_names()
             state = []
             for name in names[:500]:
                 try:
-                    value = await read_state(backend, name, None)
+                    value = await store.read_state(name, None)
                 except AsyncflowError as exc:
                     state.append({"name": name, "error": str(exc)})
                 else:
