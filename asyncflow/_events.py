@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -14,11 +14,9 @@ from ._backend import Backend
 from ._exceptions import BackendError, ConflictError, DamagedRecordError
 from ._record import RunRecord, dumps
 from ._waits import EVENTS, WAITS, WaitIndex, event_hash, pending_waits, sha256_hex
+from ._workflow import Workflow
 
 logger = logging.getLogger("asyncflow")
-
-if TYPE_CHECKING:
-    from ._engine import Workflow
 
 __all__ = [
     "CRON",
