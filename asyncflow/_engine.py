@@ -39,7 +39,7 @@ from ._record import (
     new_run_id,
     storable_text,
 )
-from ._results import RunResult
+from ._results import RunResult, run_result
 from ._waits import EVENTS, WAITS, EventLog, WaitIndex, event_hash, pending_waits, sync_index
 from ._workflow import Workflow
 
@@ -245,7 +245,7 @@ class Execution:
             # The run was advanced here, and is reported here.
             with contextlib.suppress(ConflictError):
                 await finish(self.backend, record.run_id, data, self.version)
-        return RunResult._of(record)
+        return run_result(record)
 
 
 async def read_state(backend: Backend, name: str, default: Any) -> Any:

@@ -9,7 +9,16 @@ from ._exceptions import DamagedRecordError
 from ._record import RunRecord
 from ._steps import view
 
-__all__ = ["Run", "RunResult", "RunStatus", "Step"]
+__all__ = [
+    "Run",
+    "RunResult",
+    "RunStatus",
+    "Step",
+    "damaged_result",
+    "damaged_run",
+    "run_result",
+    "run_view",
+]
 
 #: ``"damaged"``: a stored record asyncflow cannot use (see :class:`DamagedRecordError`).
 RunStatus = Literal["pending", "paused", "succeeded", "failed", "cancelled", "damaged"]
@@ -174,3 +183,27 @@ class Run:
 
 def _step(raw: dict[str, Any]) -> Step:
     return Step(**view(raw))
+
+
+# The package makes the views through these (the classmethods are kept for the callers not
+# moved yet; a module does not call another's private names).
+
+
+def run_result(record: RunRecord) -> RunResult:
+    """How the run ``record`` holds ended in an invocation."""
+    return RunResult._of(record)
+
+
+def damaged_result(run_id: str, error: DamagedRecordError) -> RunResult:
+    """The result of a due run whose stored record cannot be used."""
+    return RunResult._damaged(run_id, error)
+
+
+def run_view(record: RunRecord) -> Run:
+    """The run ``record`` holds, for inspection."""
+    return Run._of(record)
+
+
+def damaged_run(run_id: str, error: DamagedRecordError) -> Run:
+    """A stored run whose record cannot be used, for inspection."""
+    return Run._damaged(run_id, error)

@@ -26,13 +26,14 @@ import anyio
 import pytest
 
 import asyncflow
-from asyncflow import Context, Retry, SideEffectError, WaitTimeout
-from asyncflow import _record
+from asyncflow import Context, Retry, SideEffectError, WaitTimeout, _record
+from asyncflow._cli import main
 from asyncflow.testing import MemoryBackend, MockClock
 
 pytestmark = pytest.mark.anyio
 
 GOLDEN = Path(__file__).parent / "golden" / "records.txt"
+GOLDEN_VIEWS = Path(__file__).parent / "golden" / "views.txt"
 NAMESPACES = ("active", "finished", "state", "waits", "events", "cron")
 _TRACEBACK = re.compile(r'"traceback":"((?:[^"\\]|\\.)*)"')
 
@@ -95,7 +96,7 @@ def _define(flow: asyncflow.Flow, clock: MockClock) -> None:
 
     @flow.workflow(trigger="start")
     async def everything(c: Context, args: dict[str, Any]) -> Any:
-        await c.log(f"start {args['who']} ✓ \"quoted\"")
+        await c.log(f'start {args["who"]} ✓ "quoted"')
         count = await c.get_state("count", 0)
         await c.set_state("count", count + 1)
         await c.set_state("watched", {"v": count + 1})  # starts on_watched
@@ -159,6 +160,10 @@ async def _snapshot(backend: MemoryBackend) -> list[str]:
 
 
 async def _records(monkeypatch: pytest.MonkeyPatch) -> str:
+    return (await _scenario(monkeypatch))[0]
+
+
+async def _scenario(monkeypatch: pytest.MonkeyPatch) -> tuple[str, asyncflow.Flow]:
     clock = MockClock(1_700_000_000.0)
     # Ids from the mock clock, with no random bits: the same on every run of the test.
     monkeypatch.setattr(_record, "_last_id", [0, 0])
@@ -187,7 +192,7 @@ async def _records(monkeypatch: pytest.MonkeyPatch) -> str:
         out += await _snapshot(backend)
         if run.status in ("succeeded", "failed"):
             break
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n", flow
 
 
 async def _the_run(flow: asyncflow.Flow) -> str:
@@ -226,3 +231,52 @@ async def test_stored_records_are_byte_identical_to_the_golden_ones(
     }
     for field in ('"retry_at"', '"last_error"', '"span"', '"timed_out"', '"branch":"', '"sent"'):
         assert field in expected
+
+
+def _compare(text: str, golden: Path) -> None:
+    if os.environ.get("ASYNCFLOW_WRITE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    expected = golden.read_text(encoding="utf-8")
+    for got, want in zip(text.splitlines(), expected.splitlines(), strict=False):
+        assert got == want
+    assert text == expected
+
+
+def test_the_views_of_the_golden_runs_are_unchanged(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What users see of those runs: ``show`` (each step described on one line, at its
+    address) and ``show --json`` (the public Run and Step views), as the code before the
+    step schema printed them (written by it)."""
+    import time
+
+    monkeypatch.setenv("TZ", "UTC")  # `show` prints local times
+    time.tzset()
+    try:
+        _, flow = anyio.run(_scenario, monkeypatch)
+        runs = anyio.run(flow.list_runs)
+        capsys.readouterr()
+        out = []
+        for run in runs:
+            for argv in (["show", run.run_id], ["show", "--json", run.run_id]):
+                assert main(flow, argv) == 0
+                printed = capsys.readouterr().out
+                if "--json" in argv:
+                    data = json.loads(printed)
+                    if data["traceback"] is not None:
+                        data["traceback"] = data["traceback"].strip().splitlines()[-1]
+                    printed = json.dumps(data, ensure_ascii=False, indent=1)
+                else:
+                    # The traceback's lines name the package's source lines: its last kept.
+                    lines = printed.splitlines()
+                    if "traceback:" in lines:
+                        start = lines.index("traceback:")
+                        end = lines.index("steps:")
+                        lines[start + 1 : end - 1] = []
+                    printed = "\n".join(lines)
+                out.append(f"== {' '.join(argv[:-1])}\n{printed}")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    _compare("\n".join(out) + "\n", GOLDEN_VIEWS)
