@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from . import _steps as steps
 from . import _telemetry as telemetry
-from ._branches import bind
-from ._branches import gather as gather_branches
 from ._cursor import Cursor, Suspend
 from ._exceptions import AsyncflowError, UsageError, WaitTimeout
 from ._journal import Journal, RunEngine
@@ -358,7 +356,10 @@ class Context:
             NonDeterminismError: a replay reached this call with another number of branches.
             UsageError: ``limit`` is not a positive integer.
         """
-        return await gather_branches(  # type: ignore[no-any-return]
+        # (Loaded on first use, as a one-way import: a cold start without branches skips it.)
+        from ._branches import gather
+
+        return await gather(  # type: ignore[no-any-return]
             self._cursor, Context, branches, limit, return_exceptions
         )
 
@@ -379,6 +380,8 @@ class Context:
                 every replay.
             limit: run at most this many at once; ``None``: all at once.
         """
+        from ._branches import bind
+
         return await self.gather(*[bind(fn, item) for item in items], limit=limit)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._record import dumps, name_json, step_text
@@ -46,7 +45,6 @@ Step = tuple[dict[str, Any], str]
 # -- the kinds -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Kind:
     """One kind of step.
 
@@ -64,13 +62,30 @@ class Kind:
             (``retry_at``).
     """
 
-    kind: str
-    primitive: str
-    fields: tuple[str, ...] = ()
-    value: str = "value"
-    lasting: bool = False
-    done: Callable[[dict[str, Any]], bool] | None = None
-    deadline: bool = False
+    # (A plain class: a dataclass would cost every cold start a millisecond to define.)
+    __slots__ = ("deadline", "done", "fields", "kind", "lasting", "primitive", "value")
+
+    def __init__(
+        self,
+        kind: str,
+        primitive: str,
+        fields: tuple[str, ...] = (),
+        *,
+        value: str = "value",
+        lasting: bool = False,
+        done: Callable[[dict[str, Any]], bool] | None = None,
+        deadline: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.primitive = primitive
+        self.fields = fields
+        self.value = value
+        self.lasting = lasting
+        self.done = done
+        self.deadline = deadline
+
+    def __repr__(self) -> str:
+        return f"Kind({self.kind!r})"
 
 
 KINDS: dict[str, Kind] = {
