@@ -4,40 +4,39 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
+from . import _steps as steps
+from ._cursor import Cursor, Suspend
 from ._exceptions import NonDeterminismError, UsageError
-from ._record import step_text
-
-if TYPE_CHECKING:
-    from ._context import Context
 
 __all__ = ["bind", "gather"]
 
+C = TypeVar("C")  # the context type (asyncflow.Context)
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741
 
 
-def bind(fn: Callable[[Context, I], Awaitable[T]], item: I) -> Callable[[Context], Awaitable[T]]:
+def bind(fn: Callable[[C, I], Awaitable[T]], item: I) -> Callable[[C], Awaitable[T]]:
     """The branch ``fn(child, item)`` of a map."""
 
-    def branch(c: Context) -> Awaitable[T]:
+    def branch(c: C) -> Awaitable[T]:
         return fn(c, item)
 
     return branch
 
 
 async def gather(
-    ctx: Context,
-    branches: Sequence[Callable[[Context], Awaitable[Any]]],
+    cursor: Cursor,
+    make_context: Callable[[Cursor], C],
+    branches: Sequence[Callable[[C], Awaitable[Any]]],
     limit: int | None,
     return_exceptions: bool,
 ) -> Any:
-    """See :meth:`Context.gather`."""
-    from ._context import Suspend
-
+    """See :meth:`Context.gather`: each branch gets the context ``make_context`` makes of a
+    child of ``cursor``."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UsageError(
             f"the limit of gather() and map() must be a positive integer, not {limit!r}"
@@ -52,17 +51,20 @@ async def gather(
                 f" {type(branch).__name__} (pass the function, not a call of it)"
             )
     n = len(branches)
-    step = ctx._replay("gather", None)
+    step = cursor.replay("gather", None)
     if step is None:
-        ctx._append({"kind": "gather", "n": n}, step_text("gather", n=str(n)))
+        cursor.append(*steps.gather(n))
     elif step.get("n") != n:
-        ctx._fatal = NonDeterminismError(
-            f"run {ctx.run_id} of workflow {ctx.workflow!r}: {ctx._where(ctx._pos - 1)} was"
-            f" recorded as gather() of {step.get('n')} branches but the workflow now gathers"
-            f" {n}. The code changed under a paused run; the run's record is kept as it was."
+        record = cursor.record
+        raise cursor.fail(
+            NonDeterminismError(
+                f"run {record.run_id} of workflow {record.workflow!r}:"
+                f" {cursor.where(cursor.pos - 1)} was recorded as gather() of {step.get('n')}"
+                f" branches but the workflow now gathers {n}. The code changed under a paused"
+                " run; the run's record is kept as it was."
+            )
         )
-        raise ctx._fatal
-    pos = ctx._pos - 1
+    pos = cursor.pos - 1
     results: list[Any] = [None] * n
     errors: list[Exception | None] = [None] * n
     paused = False
@@ -70,15 +72,15 @@ async def gather(
     async def run(i: int) -> None:
         nonlocal paused
         # Made in the branch's own task: its steps must come from there.
-        child = ctx._child(f"{pos}.{i}")
+        child = cursor.child(steps.branch_label(pos, i))
         try:
-            results[i] = await branches[i](child)
-            child._finish_check()
+            results[i] = await branches[i](make_context(child))
+            child.finish_check()
         except Suspend:
             pass
         except Exception as exc:
             errors[i] = exc
-        if child._suspended:
+        if child.suspended:
             paused = True
 
     queue = iter(range(n))
@@ -89,19 +91,19 @@ async def gather(
 
     # Siblings of a failing branch are not cancelled: each branch settles on its own, so its
     # journal holds all it did and a replay reproduces every branch the same way.
-    ctx._journal.gathers += 1
+    journal = cursor.journal
+    journal.gathers += 1
     try:
         async with anyio.create_task_group() as tg:
             for _ in range(n if limit is None else min(limit, n)):
                 tg.start_soon(worker)
     finally:
-        ctx._journal.gathers -= 1
-    fatal = ctx._fatal
+        journal.gathers -= 1
+    fatal = journal.fatal
     if fatal is not None:
         raise fatal
     if paused:
-        ctx._suspended = True
-        raise Suspend
+        cursor.paused()
     if return_exceptions:
         return [e if e is not None else r for r, e in zip(results, errors, strict=True)]
     for error in errors:

@@ -24,6 +24,7 @@ from ._backends import BACKENDS
 from ._exceptions import AsyncflowError, ConfigError, RunNotFoundError, UsageError, leaves
 from ._progress import Progress
 from ._results import Run, RunResult, Step
+from ._steps import address, describe
 from ._summary import (
     LANGUAGES,
     Summary,
@@ -586,43 +587,12 @@ def _addresses(steps: Sequence[Step]) -> list[str]:
         path = step.branch or ""
         position = positions.get(path, 0)
         positions[path] = position + 1
-        addresses.append(f"{path}/{position}" if path else str(position))
+        addresses.append(address(path, position))
     return addresses
 
 
 def _what(step: Step) -> str:
-    if step.kind == "log":
-        return f"log {_compact(step.value)}"
-    if step.kind == "pause":
-        return "pause_once"
-    if step.kind == "gather":
-        return f"gather of {step.value} branches"
-    if step.kind == "sleep":
-        return f"sleep until {_time(step.value)}{'' if step.done else ' (sleeping)'}"
-    if step.kind in ("now", "random", "uuid"):
-        return f"{step.kind} -> {_compact(step.value)}"
-    if step.kind == "event":
-        return f"event {step.name} {_compact(step.value)}"
-    if step.kind == "wait_event":
-        if step.error is not None:
-            return f"wait_event {step.name}: timed out"
-        if not step.done:
-            return f"wait_event {step.name} (waiting)"
-        return f"wait_event {step.name} -> {_compact(step.value)}"
-    text = f"{step.kind} {step.name}"
-    if step.retry_at is not None and not step.done:
-        return (
-            f"{text} failed {step.attempts} time(s), last with {step.error};"
-            f" next attempt at {_time(step.retry_at)}"
-        )
-    tried = f" (attempt {step.attempts})" if step.attempts and step.attempts > 1 else ""
-    if step.error is not None:
-        return f"{text} raised {step.error}{tried}"
-    if not step.done:
-        return f"{text} (started, not finished)"
-    if step.kind == "set_state":
-        return f"{text} = {_compact(step.value)}"
-    return f"{text} -> {_compact(step.value)}{tried}"
+    return describe(step)
 
 
 def _run_dict(run: Run, *, steps: bool) -> dict[str, Any]:

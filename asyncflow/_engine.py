@@ -7,22 +7,18 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
-
-if TYPE_CHECKING:
-    from ._cron import Cron
-    from ._triggers import TriggerKind
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 from . import _telemetry as telemetry
-from ._context import Context, Suspend
+from ._context import Context, root_cursor
+from ._cursor import Suspend
 from ._exceptions import (
     AsyncflowError,
     BackendError,
@@ -40,9 +36,10 @@ from ._record import (
     new_run_id,
     storable_text,
 )
-from ._results import RunResult
+from ._results import RunResult, run_result
 from ._store import Store
 from ._waits import EventLog, WaitIndex, event_hash, pending_waits
+from ._workflow import Workflow
 
 __all__ = ["Execution", "Invocation", "Workflow", "create_runs", "invoke"]
 
@@ -50,16 +47,6 @@ logger = telemetry.logger
 
 #: How many rounds of event deliveries one invocation executes before it calls it a cycle.
 MAX_EVENT_ROUNDS = 100
-
-
-@dataclass(frozen=True)
-class Workflow:
-    name: str
-    trigger: str
-    fn: Callable[..., Awaitable[Any]]
-    takes_args: bool
-    kind: TriggerKind = "event"  # a plain name is an event
-    cron: Cron | None = None
 
 
 class Invocation:
@@ -154,6 +141,16 @@ class Execution:
     async def write_state(self, name: str, value_json: str) -> None:
         await self.store.write_state(name, value_json)
 
+    def state_triggered(self, name: str) -> bool:
+        """Whether workflows are started by changes of state ``name``."""
+        return self.invocation.state_triggered(name)
+
+    async def deliver(
+        self, kind: str, name: str, args: Any, event_id: str, *, again: bool = False
+    ) -> None:
+        """Deliver an event or state change recorded by the run (see ``RunEngine``)."""
+        await self.invocation.deliver(kind, name, args, event_id, again=again)
+
     async def execute(self, workflow: Workflow) -> RunResult | None:
         """Replay the run to its next stop and store it. ``None`` if it was lost to another
         invocation."""
@@ -161,17 +158,19 @@ class Execution:
         # Whatever it waited for is over; a primitive that suspends it again says what for.
         record.wake_at = None
         record.wait_event = None
-        ctx = Context(self)
+        cursor = root_cursor(self)
+        journal = cursor.journal
+        ctx = Context(cursor)
         try:
             if workflow.takes_args:
                 result = await workflow.fn(ctx, record.args)
             else:
                 result = await workflow.fn(ctx)
-            ctx._finish_check()
+            cursor.finish_check()
             record.result = json.loads(dumps(result, f"the result of workflow {workflow.name!r}"))
             record.status = "succeeded"
         except BaseException as exc:
-            fatal = ctx._fatal
+            fatal = journal.fatal
             if isinstance(fatal, ConflictError):
                 logger.warning(
                     "run %s was changed by another invocation; skipped",
@@ -183,7 +182,7 @@ class Execution:
                 raise fatal from None  # storage is failing: stop, leave the run as stored
             if fatal is not None:
                 failure: BaseException | None = fatal  # whatever the workflow made of it
-            elif ctx._suspended and all(isinstance(e, Exception | Suspend) for e in leaves(exc)):
+            elif cursor.suspended and all(isinstance(e, Exception | Suspend) for e in leaves(exc)):
                 # Paused; the workflow may have wrapped the pause in an exception group (a task
                 # group in its code) or raised something else after swallowing it.
                 record.status = "paused"
@@ -206,10 +205,9 @@ class Execution:
                     extra=telemetry.run_extra(record.run_id, workflow.name) | {"summarised": True},
                 )
         else:
-            if ctx._suspended:
+            if cursor.suspended:
                 record.status = "paused"  # it caught the Suspend and returned: still paused
         if record.status == "paused":
-            journal = ctx._journal
             record.wake_at = journal.resume_at()
             if journal.due_now:
                 # A branch paused until the next invocation, which replays the run anyway:
@@ -232,7 +230,7 @@ class Execution:
             # The run was advanced here, and is reported here.
             with contextlib.suppress(ConflictError):
                 await self.store.finish_run(record.run_id, data, self.version)
-        return RunResult._of(record)
+        return run_result(record)
 
 
 def _traceback_of(failure: BaseException) -> str:

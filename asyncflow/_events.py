@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -13,11 +13,9 @@ from ._exceptions import ConflictError, DamagedRecordError
 from ._record import RunRecord, dumps
 from ._store import Store
 from ._waits import pending_waits, sha256_hex
+from ._workflow import Workflow
 
 logger = logging.getLogger("asyncflow")
-
-if TYPE_CHECKING:
-    from ._engine import Workflow
 
 __all__ = [
     "deliver",

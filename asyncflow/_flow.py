@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from ._backend import Backend
 from ._backends import FORMS, open_url
 from ._context import Context
+from ._context import sideeffect as call_sideeffect
 from ._engine import Workflow, create_runs, invoke
 from ._exceptions import (
     ConfigError,
@@ -249,8 +250,8 @@ class Flow:
                         f"side effect {name!r} must be called with the Context as its first"
                         f" argument, not {type(c).__name__}"
                     )
-                return await c._sideeffect(  # type: ignore[no-any-return]
-                    name, fn, args, kwargs, retry, limit
+                return await call_sideeffect(  # type: ignore[no-any-return]
+                    c, name, fn, args, kwargs, retry, limit
                 )
 
             return wrapper
@@ -542,3 +543,9 @@ def _run_of(data: bytes, location: str, run_id: str) -> Run:
             " untouched; restore it from a backup or move it away.",
             location=location,
         ) from None
+
+
+async def deliver_event(flow: Flow, name: str, args: Any, *, key: str | None = None) -> None:
+    """Emit event ``name`` without advancing anything (the package's route to
+    :meth:`Flow._deliver`, for the Lambda handler's SQS records)."""
+    await flow._deliver(name, args, key=key)

@@ -1,28 +1,65 @@
-"""The journal of one run as its contexts see it: steps indexed by branch path, and what
-the contexts of the run share."""
+"""The journal of one run as its contexts see it: steps indexed by branch path, what the
+contexts of the run share, and the one interface through which they reach the engine."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from ._record import name_json
+from ._exceptions import AsyncflowError
+from ._record import RunRecord
 
-if TYPE_CHECKING:
-    from ._engine import Execution
-    from ._exceptions import AsyncflowError
+__all__ = ["Journal", "RunEngine", "current_task_getter"]
 
-__all__ = ["Journal", "with_branch"]
+
+class RunEngine(Protocol):
+    """What a run's contexts need of the engine executing the run; all they reach it by.
+
+    :class:`asyncflow._engine.Execution` implements it (with storage behind it); the contexts,
+    the branches and the side-effect runner never see the engine, the backend or the
+    invocation.
+    """
+
+    #: The run being executed: its journal of steps, what it waits for.
+    record: RunRecord
+    #: Steps were recorded since the last checkpoint (set by every recorded step).
+    dirty: bool
+    #: The flow's clock: seconds since the epoch.
+    clock: Callable[[], float]
+
+    async def read_state(self, name: str, default: Any) -> str:
+        """The JSON text of shared state ``name``, or of ``default`` if it is not set."""
+        ...
+
+    async def write_state(self, name: str, value_json: str) -> None:
+        """Set shared state ``name`` to ``value_json``."""
+        ...
+
+    def state_triggered(self, name: str) -> bool:
+        """Whether workflows are started by changes of state ``name``."""
+        ...
+
+    async def deliver(
+        self, kind: str, name: str, args: Any, event_id: str, *, again: bool = False
+    ) -> None:
+        """Deliver an event (``kind`` ``"event"``) or a state change (``"state"``) with id
+        ``event_id``: the runs it starts or wakes execute in this invocation. ``again``: it
+        may have been delivered before (a replay after a crash)."""
+        ...
+
+    async def checkpoint_if_dirty(self) -> None:
+        """Store the run if steps were recorded since it was last stored."""
+        ...
 
 
 class Journal:
-    """What the contexts of one run share: its execution, its steps indexed by branch path, a
-    fatal error, and when the run asked to be resumed."""
+    """What the contexts of one run share: the engine, the run's steps indexed by branch path,
+    a fatal error, and when the run asked to be resumed."""
 
     __slots__ = (
         "current_task",
         "due_now",
-        "exec",
+        "engine",
         "fatal",
         "gathers",
         "index",
@@ -30,9 +67,10 @@ class Journal:
         "wake_at",
     )
 
-    def __init__(self, execution: Execution) -> None:
-        self.exec = execution
-        self.record = execution.record
+    def __init__(self, engine: RunEngine) -> None:
+        self.engine = engine
+        self.record = engine.record
+        #: An error that stops the whole run (set by any of its contexts).
         self.fatal: AsyncflowError | None = None
         # Every context (the workflow's, each branch's, each retried attempt's) replays its own
         # steps: the indices of the journal steps recorded with its branch path. One pass here
@@ -56,10 +94,14 @@ class Journal:
         """When the suspended run is due again (``None``: at the next invocation)."""
         return None if self.due_now else self.wake_at
 
-
-def with_branch(text: str, path: str) -> str:
-    """The JSON text of a step with the ``branch`` field of its context's path."""
-    return f'{text[:-1]},"branch":{name_json(path)}}}'
+    def wake_by(self, until: float | None, *, waiting: bool = False) -> None:
+        """A context suspends until ``until`` (seconds since the epoch; ``None``: the next
+        invocation, or, ``waiting`` for an event, no time)."""
+        if until is None:
+            if not waiting:
+                self.due_now = True
+        elif self.wake_at is None or until < self.wake_at:
+            self.wake_at = until
 
 
 def current_task_getter() -> Callable[[], object]:

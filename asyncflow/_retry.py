@@ -1,25 +1,19 @@
-"""Retry policies for side effects, and the waits between attempts."""
+"""Retry policies for side effects (the side-effect runner, :mod:`asyncflow._sideeffect`,
+follows them), and how a wait between attempts is slept."""
 
 from __future__ import annotations
 
 import inspect
-import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from ._exceptions import ConfigError
-from ._record import dumps, step_text
 
-if TYPE_CHECKING:
-    from ._context import Context
-
-logger = logging.getLogger("asyncflow")
-
-__all__ = ["Retry", "attempt", "check_timeout", "pause_for", "schedule", "wait_until"]
+__all__ = ["Retry", "check_timeout", "pause_for"]
 
 
 @dataclass(frozen=True)
@@ -129,72 +123,3 @@ async def pause_for(clock: Callable[[], float], seconds: float) -> None:
         await sleep(seconds)
     else:
         await anyio.sleep(seconds)
-
-
-def schedule(
-    ctx: Context, name: str, pos: int, retry: Retry, failed: int, error: dict[str, str]
-) -> float:
-    """Record the ``failed``-th failed attempt of the side effect at ``pos``; return when
-    the next attempt is due."""
-    now = ctx._exec.clock()
-    retry_at = now + retry.delay(failed, f"{ctx.run_id}/{ctx._path}/{pos}")
-    # Stored with the attempt: should this invocation die during the wait, the run is not
-    # due before the retry time. (The earliest of the waits under way; the run's end sets
-    # it anew.)
-    record = ctx._record
-    if record.wake_at is None or not now < record.wake_at <= retry_at:
-        record.wake_at = retry_at
-    step = {"kind": "sideeffect", "name": name, "attempts": failed}
-    step.update(last_error=error, retry_at=retry_at)
-    text = step_text(
-        "sideeffect",
-        name,
-        attempts=str(failed),
-        last_error=dumps(error, ""),
-        retry_at=dumps(retry_at, "the retry time"),
-    )
-    ctx._replace(pos, step, text)
-    logger.info(
-        "%s %s: side effect %r failed (attempt %d of %d), next attempt at %.3f: %s: %s",
-        ctx.workflow,
-        ctx.run_id,
-        name,
-        failed,
-        retry.attempts,
-        retry_at,
-        error["type"],
-        error["message"],
-    )
-    return retry_at
-
-
-async def wait_until(ctx: Context, retry: Retry | None, retry_at: float) -> None:
-    """Wait until ``retry_at``: in the invocation if the wait is short, else suspend the
-    run until then (a replay before then comes back here and suspends again)."""
-    clock = ctx._exec.clock
-    remaining = retry_at - clock()
-    if remaining <= 0:
-        return
-    # Without a policy now (the code changed), retry without waiting any longer.
-    if retry is None:
-        return
-    if remaining > retry.durable_after:
-        ctx._suspend(retry_at)
-    await pause_for(clock, remaining)
-
-
-async def attempt(
-    name: str,
-    fn: Callable[..., Awaitable[Any]],
-    ctx: Context,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    time_limit: float | None,
-) -> Any:
-    """One attempt of a side effect's body, failed with TimeoutError past ``time_limit``."""
-    if time_limit is None:
-        return await fn(ctx, *args, **kwargs)
-    with anyio.move_on_after(time_limit) as scope:
-        return await fn(ctx, *args, **kwargs)
-    assert scope.cancelled_caught
-    raise TimeoutError(f"side effect {name!r} did not finish within {time_limit:g} s")

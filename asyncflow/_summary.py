@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from ._results import Run, RunResult
+from ._steps import compact, local_time
 
-__all__ = ["LANGUAGES", "Summary", "format_summary", "language", "message", "waiting_for"]
+__all__ = [
+    "LANGUAGES",
+    "Summary",
+    "compact",
+    "format_summary",
+    "language",
+    "local_time",
+    "message",
+    "waiting_for",
+]
 
 LANGUAGES = ("en", "ja")
 
@@ -179,11 +187,3 @@ def waiting_for(run: Run | RunResult, lang: str = "en") -> str:
     if run.wake_at is not None:
         return message(lang, "time", when=local_time(run.wake_at))
     return message(lang, "next")
-
-
-def compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def local_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")

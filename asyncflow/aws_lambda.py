@@ -31,7 +31,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from ._exceptions import AsyncflowError, ConfigError, UsageError
-from ._flow import DEFAULT_BACKEND, Flow
+from ._flow import DEFAULT_BACKEND, Flow, deliver_event
 from ._http import (
     MAX_BODY_SIZE,
     Api,
@@ -250,7 +250,7 @@ class LambdaHandler:
                 if order.event is not None:
                     # Delivered (its runs stored, its waiters woken) and no run advanced: the
                     # one invocation below advances them with the rest.
-                    await self.flow._deliver(order.event, order.args, key=key)
+                    await deliver_event(self.flow, order.event, order.args, key=key)
                 elif order.trigger is not None:
                     await self.flow.start(order.trigger, order.args, key=key)
             except AsyncflowError as exc:
