@@ -241,6 +241,7 @@ async def test_a_process_opening_many_file_stores_keeps_few_descriptors(tmp_path
     assert descriptors() - before < 20
 
 
+@pytest.mark.procs
 async def test_a_claim_held_by_one_store_survives_another_closing(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -1,6 +1,6 @@
 """The command line of a flow script (`flow.cli()`), as real processes.
 
-Driven through tests/proc_cli_flow.py; every test gets its own backend folder.
+Driven through tests/helpers/proc_cli_flow.py; every test gets its own backend folder.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent / "proc_cli_flow.py"
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "proc_cli_flow.py"
 RESULT_KEYS = {
     "workflow", "run_id", "status", "logs", "result", "error", "traceback", "wake_at",
     "wait_event",

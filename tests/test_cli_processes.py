@@ -22,9 +22,12 @@ import pytest
 import asyncflow
 from asyncflow import Context
 
-SCRIPT = Path(__file__).resolve().parent / "proc_cli_flow.py"
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "proc_cli_flow.py"
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and terminals")
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and terminals"),
+    pytest.mark.procs,
+]
 
 
 def env(tmp_path: Path, **extra: str) -> dict[str, str]:

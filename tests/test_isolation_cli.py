@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent / "proc_isolation_flow.py"
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "proc_isolation_flow.py"
 
 
 class Cli:
