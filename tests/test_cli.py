@@ -304,6 +304,21 @@ def test_run_with_a_key_starts_once(cli: Cli) -> None:
     assert [r["run_id"] for r in cli.json("runs")] == [first["run_id"]]
 
 
+def test_another_scripts_runs_are_one_summary_line_and_no_warnings(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(2):
+        started = cli("start", "wait")
+        assert started.returncode == 0, started.stderr
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    other = Cli(examples / "cli.py", tmp_path, monkeypatch, capsys)  # same store
+    proc = other("run")
+    assert (proc.returncode, proc.stderr) == (0, "")  # not a warning per run
+    assert "\n2 runs of workflows this script does not define left as they are: wait (2)\n" in (
+        proc.stdout
+    )
+
+
 @pytest.mark.procs
 def test_a_real_process_exits_0_1_or_2_and_writes_utf_8(tmp_path: Path) -> None:
     """The script run as a user runs it: its exit status, and its output as UTF-8 bytes in a
