@@ -12,6 +12,7 @@ on small synthetic packages, so that a passing check is known to be able to fail
 from __future__ import annotations
 
 import ast
+import functools
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -318,14 +319,20 @@ def private_accesses(known: dict[str, Module]) -> list[Access]:
 # -- the checks on the package --------------------------------------------------------------
 
 
+@functools.cache
+def package_modules() -> dict[str, Module]:
+    """asyncflow's modules, read once for the three checks."""
+    return modules(PACKAGE, "asyncflow")
+
+
 @refactor
 def test_no_import_circle_but_the_lazy_cli_import() -> None:
-    graph = import_graph(modules(PACKAGE, "asyncflow"))
+    graph = import_graph(package_modules())
     assert not circles(graph), "import circles:\n" + describe(graph)
 
 
 def test_the_allowed_lazy_import_is_the_only_edge_left_out_and_stays_lazy() -> None:
-    known = modules(PACKAGE, "asyncflow")
+    known = package_modules()
     edges = [e for m in known.values() for e in imports(m, known)]
     lazy = [e for e in edges if (e.importer, e.imported) in ALLOWED_LAZY]
     assert lazy, "flow.cli() no longer imports the CLI: drop it from ALLOWED_LAZY"
@@ -334,7 +341,7 @@ def test_the_allowed_lazy_import_is_the_only_edge_left_out_and_stays_lazy() -> N
 
 @refactor
 def test_no_module_uses_another_modules_private_names() -> None:
-    found = private_accesses(modules(PACKAGE, "asyncflow"))
+    found = private_accesses(package_modules())
     assert not found, "private names used across modules:\n" + "\n".join(map(str, found))
 
 
