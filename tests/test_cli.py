@@ -1,6 +1,6 @@
 """The command line of a flow script (`flow.cli()`): tests/helpers/proc_cli_flow.py, each
-invocation loaded afresh and run in-process (`main(flow, argv)`, conftest's ScriptCli), a few
-as real processes (the exit status and the bytes a process writes); pipes, signals and
+invocation loaded afresh and run in-process (`main(flow, argv)`, tests/helpers/script_cli.py),
+a few as real processes (the exit status and the bytes a process writes); pipes, signals and
 terminals are in tests/test_cli_processes.py. Every test gets its own backend folder.
 """
 
