@@ -1,4 +1,4 @@
-"""Developer tasks: `nox -s tests`, `lint`, `typecheck`, `examples`, `bench`, `faults`,
+"""Developer tasks: `nox -s tests`, `quick`, `lint`, `typecheck`, `examples`, `bench`, `faults`,
 `pythons`, `package`."""
 
 from __future__ import annotations
@@ -43,6 +43,19 @@ def tests(session: nox.Session) -> None:
     """The test suite, on asyncio and trio."""
     install(session)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+# What `quick` leaves out: the markers pyproject.toml declares (tests/conftest.py keeps them true).
+QUICK = "not procs and not aws and not browser and not slow and not package"
+
+
+@nox.session
+def quick(session: nox.Session) -> None:
+    """The fast tests, to run between edits (`nox -Rs quick` reuses the environment): no
+    processes, no AWS servers, no browser, nothing slow; stops at the first failure. The full
+    suite (`nox -s tests`, `.ci/run`) runs them all. `nox -Rs quick -- -k retry` narrows it."""
+    install(session)
+    session.run("python", "-m", "pytest", "-q", "-x", "-m", QUICK, *session.posargs)
 
 
 @nox.session(python=PYTHONS)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,6 +13,41 @@ import pytest
 
 import asyncflow
 from asyncflow.testing import MockClock
+
+# -- markers (pyproject.toml declares them; `nox -s quick` leaves these out) ----------------------
+
+# A test that uses one of these fixtures talks to moto's server, dynalite or s3rver: marked
+# `aws` here, by fixture use (transitively), so a new test is marked without being told.
+AWS_FIXTURES = {"aws", "dynalite", "s3rver"}
+# The markers of tests allowed to start a process (see `_processes_are_marked`).
+PROCESS_MARKERS = ("procs", "aws", "browser", "package")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if AWS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.aws)
+
+
+@pytest.fixture(autouse=True)
+def _processes_are_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that starts a process (subprocess, anyio's or asyncio's run_process, all of which
+    go through ``subprocess.Popen``) must be marked `procs` (or `aws`, `browser`, `package`,
+    whose servers are processes): the fast session (`nox -s quick`) leaves them out by their
+    markers, and this keeps those markers true as tests are added."""
+    if any(request.node.get_closest_marker(name) for name in PROCESS_MARKERS):
+        return
+    started = subprocess.Popen.__init__
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        pytest.fail(
+            f"{request.node.nodeid} starts a process ({args!r}): mark it"
+            " @pytest.mark.procs (the fast session leaves such tests out)",
+            pytrace=False,
+        )
+        started(self, args, *rest, **kwargs)  # pragma: no cover  (fail raises)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -30,12 +30,14 @@ KEY = ("active", "run-1")
 MakeBackend = Callable[..., asyncflow.Backend]
 
 
-@pytest.fixture(params=["s3", "dynamodb"])
+@pytest.fixture(params=[pytest.param(k, marks=pytest.mark.aws) for k in ("s3", "dynamodb")])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["s3", "dynamodb", "dynalite"])
+@pytest.fixture(
+    params=[pytest.param(k, marks=pytest.mark.aws) for k in ("s3", "dynamodb", "dynalite")]
+)
 def store(request: pytest.FixtureRequest) -> tuple[str, Aws]:
     """A fresh store's URL and its server: moto's S3 and DynamoDB, and dynalite (npm)."""
     if request.param == "dynalite":

@@ -1,10 +1,11 @@
 """Real processes on one S3 prefix or DynamoDB table (moto's server): invocations racing, and
 kill -9 while holding leases.
 
-The flow is tests/aws_proc_worker.py; each real execution of its side effect appends a line to
-a per-run journal file, which is how these tests count what really ran. Synchronisation is by
-files and process exit only (polled with a bounded deadline), never by sleeping; lease expiry
-is reached by running the next invocation with its lease clock moved forward.
+The flow is tests/helpers/aws_proc_worker.py; each real execution of its side effect appends
+a line to a per-run journal file, which is how these tests count what really ran.
+Synchronisation is by files and process exit only (polled with a bounded deadline), never by
+sleeping; lease expiry is reached by running the next invocation with its lease clock moved
+forward.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from test_processes import wait_for
 if TYPE_CHECKING:
     from conftest import Aws
 
-WORKER = Path(__file__).resolve().parent / "aws_proc_worker.py"
+pytestmark = pytest.mark.procs
+
+WORKER = Path(__file__).resolve().parent / "helpers" / "aws_proc_worker.py"
 STEPS = 5  # aws_proc_worker.STEPS
 LEASE = 60  # aws_proc_worker.LEASE
 

@@ -16,7 +16,13 @@ from asyncflow.testing import BACKEND_CHECKS, check_backend
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "file", "s3", "dynamodb", "dynalite"])
+@pytest.fixture(
+    params=[
+        "memory",
+        "file",
+        *(pytest.param(k, marks=pytest.mark.aws) for k in ("s3", "dynamodb", "dynalite")),
+    ]
+)
 async def backend(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[asyncflow.Backend]:
@@ -222,6 +228,7 @@ async def test_interrupted_move_is_completed_not_rerun(tmp_path: Path) -> None:
     assert [x.status for x in await flow.list_runs()] == ["succeeded"]
 
 
+@pytest.mark.slow
 async def test_a_process_opening_many_file_stores_keeps_few_descriptors(tmp_path: Path) -> None:
     # Each store's lock files are open while it is used; 400 stores one after another held
     # 26,000 descriptors before (past a common limit), one store's worth now.
@@ -241,6 +248,7 @@ async def test_a_process_opening_many_file_stores_keeps_few_descriptors(tmp_path
     assert descriptors() - before < 20
 
 
+@pytest.mark.procs
 async def test_a_claim_held_by_one_store_survives_another_closing(tmp_path: Path) -> None:
     import subprocess
     import sys

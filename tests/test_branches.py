@@ -605,10 +605,11 @@ async def test_interleavings_that_change_every_invocation_replay_the_same(
     assert len(executed) == 5 * 3 + sum(i % 3 for i in range(5))
 
 
+@pytest.mark.procs
 def test_kill_9_mid_gather_re_executes_only_the_side_effect_in_flight(tmp_path: Path) -> None:
     """Branches 0-2 finish while branch 3 is in a long call; the process dies. Their outcomes
     were stored as they finished, so the next invocation executes only branch 3 again."""
-    script = Path(__file__).resolve().parent / "proc_crash_flow.py"
+    script = Path(__file__).resolve().parent / "helpers" / "proc_crash_flow.py"
     store, journal = tmp_path / "store", tmp_path / "journal.txt"
     argv = [sys.executable, str(script), str(store), str(journal), "fan"]
 

@@ -1,6 +1,7 @@
-"""The command line of a flow script (`flow.cli()`), as real processes.
-
-Driven through tests/proc_cli_flow.py; every test gets its own backend folder.
+"""The command line of a flow script (`flow.cli()`): tests/helpers/proc_cli_flow.py, each
+invocation loaded afresh and run in-process (`main(flow, argv)`, tests/helpers/script_cli.py),
+a few as real processes (the exit status and the bytes a process writes); pipes, signals and
+terminals are in tests/test_cli_processes.py. Every test gets its own backend folder.
 """
 
 from __future__ import annotations
@@ -13,37 +14,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_cli import ScriptCli
 
-SCRIPT = Path(__file__).resolve().parent / "proc_cli_flow.py"
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "proc_cli_flow.py"
 RESULT_KEYS = {
     "workflow", "run_id", "status", "logs", "result", "error", "traceback", "wake_at",
     "wait_event",
 }  # fmt: skip
 
 
-class Cli:
-    def __init__(self, tmp_path: Path) -> None:
-        self.cwd = tmp_path
-        self.backend = f"file:{tmp_path / 'store'}"
-
-    def __call__(self, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
-        full_env = {
-            **os.environ,
-            "PYTHONIOENCODING": "utf-8",
-            "ASYNCFLOW_BACKEND": self.backend,
-            **env,
-        }
-        return subprocess.run(
-            [sys.executable, str(SCRIPT), *argv],
-            cwd=self.cwd,
-            env=full_env,
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            timeout=60,
-            check=False,
-        )
-
+class Cli(ScriptCli):
     def json(self, *argv: str, code: int = 0) -> object:
         proc = self(*argv, "--json")
         assert proc.returncode == code, proc.stderr
@@ -51,8 +31,10 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path)
+def cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Cli:
+    return Cli(SCRIPT, tmp_path, monkeypatch, capsys)
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess[str], *mentions: str) -> str:
@@ -218,17 +200,8 @@ def test_backend_option_overrides_the_environment(cli: Cli, tmp_path: Path) -> N
 
 
 def test_default_backend_is_dot_asyncflow_in_the_current_folder(cli: Cli, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "ASYNCFLOW_BACKEND"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "run", "greet", "--json"],
-        cwd=tmp_path,
-        env={**env, "PYTHONIOENCODING": "utf-8"},
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=60,
-        check=False,
-    )
+    cli.backend = None  # no ASYNCFLOW_BACKEND
+    proc = cli("run", "greet", "--json")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / ".asyncflow").is_dir()
     assert not (tmp_path / "store").exists()
@@ -329,3 +302,48 @@ def test_run_with_a_key_starts_once(cli: Cli) -> None:
     [first] = cli.json("run", "greet", "--key", "once")
     assert cli.json("run", "greet", "--key", "once") == []
     assert [r["run_id"] for r in cli.json("runs")] == [first["run_id"]]
+
+
+def test_another_scripts_runs_are_one_summary_line_and_no_warnings(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(2):
+        started = cli("start", "wait")
+        assert started.returncode == 0, started.stderr
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    other = Cli(examples / "cli.py", tmp_path, monkeypatch, capsys)  # same store
+    proc = other("run")
+    assert (proc.returncode, proc.stderr) == (0, "")  # not a warning per run
+    assert "\n2 runs of workflows this script does not define left as they are: wait (2)\n" in (
+        proc.stdout
+    )
+
+
+@pytest.mark.procs
+def test_a_real_process_exits_0_1_or_2_and_writes_utf_8(tmp_path: Path) -> None:
+    """The script run as a user runs it: its exit status, and its output as UTF-8 bytes in a
+    UTF-8 locale (no PYTHONIOENCODING)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}
+    env.update(LANG="C.UTF-8", LC_ALL="C.UTF-8", ASYNCFLOW_BACKEND=f"file:{tmp_path / 'store'}")
+
+    def run(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), *argv],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+    ok = run("run", "greet", '{"name": "エイダ"}')
+    assert ok.returncode == 0, ok.stderr
+    assert '\t  result: {"name": "エイダ", "total": 3}\n'.encode() in ok.stdout
+    assert "\t    - hello, エイダ\n".encode() in ok.stdout
+    failed = run("run", "boom")
+    assert failed.returncode == 1, failed.stderr
+    assert b"\t  error: ValueError: kaboom\n" in failed.stdout
+    bad = run("show", "424242")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(b"error: ")
+    assert bad.stderr.count(b"\n") == 1

@@ -22,9 +22,12 @@ import pytest
 import asyncflow
 from asyncflow import Context
 
-SCRIPT = Path(__file__).resolve().parent / "proc_cli_flow.py"
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "proc_cli_flow.py"
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and terminals")
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and terminals"),
+    pytest.mark.procs,
+]
 
 
 def env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -241,27 +244,3 @@ def test_an_interrupted_worker_reports_what_it_did(tmp_path: Path, loop: str) ->
     assert "\t  workflow: nap\n\t  run_id: " in out
     assert "\t  waiting for: time 20" in out
     assert "total: 1 paused\n" in out
-
-
-def test_another_scripts_runs_are_one_summary_line_and_no_warnings(tmp_path: Path) -> None:
-    for _ in range(2):
-        started = subprocess.run(
-            [sys.executable, str(SCRIPT), "start", "wait"],
-            cwd=tmp_path,
-            env=env(tmp_path),
-            capture_output=True,
-            text=True,
-        )
-        assert started.returncode == 0, started.stderr
-    other = Path(__file__).resolve().parent.parent / "examples" / "cli.py"  # same store
-    proc = subprocess.run(
-        [sys.executable, str(other), "run"],
-        cwd=tmp_path,
-        env=env(tmp_path),
-        capture_output=True,
-        text=True,
-    )
-    assert (proc.returncode, proc.stderr) == (0, "")  # not a warning per run
-    assert "\n2 runs of workflows this script does not define left as they are: wait (2)\n" in (
-        proc.stdout
-    )

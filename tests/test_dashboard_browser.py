@@ -1,5 +1,5 @@
 """The dashboard in a real browser: headless Chromium (Debian's `chromium`) driven by
-Playwright, against `flow.cli() serve` (tests/proc_dashboard_flow.py) on 127.0.0.1.
+Playwright, against `flow.cli() serve` (tests/helpers/proc_dashboard_flow.py) on 127.0.0.1.
 
 Screenshots go to test-artifacts/dashboard/ (git-ignored; ASYNCFLOW_ARTIFACTS moves it). With
 ASYNCFLOW_UPDATE_SCREENSHOTS=1 the README's screenshots (docs/screenshots/) are taken again.
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.browser
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SCRIPT = HERE / "proc_dashboard_flow.py"
+SCRIPT = HERE / "helpers" / "proc_dashboard_flow.py"
 TOKEN = "browser-test-token"
 ARTIFACTS = Path(os.environ.get("ASYNCFLOW_ARTIFACTS", ROOT / "test-artifacts")) / "dashboard"
 SCREENSHOTS = ROOT / "docs" / "screenshots"

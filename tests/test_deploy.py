@@ -24,11 +24,13 @@ def cfn_lint(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.procs
 def test_the_template_passes_cfn_lint() -> None:
     proc = cfn_lint(TEMPLATE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.procs
 def test_cfn_lint_would_catch_a_mistake(tmp_path: Path) -> None:
     # The check above is only worth something if cfn-lint reads the SAM resources.
     broken = tmp_path / "template.yaml"
@@ -78,6 +80,7 @@ def run_app(**env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.procs
 def test_the_app_needs_a_backend_inside_lambda() -> None:
     proc = run_app()
     assert proc.returncode != 0
@@ -85,6 +88,7 @@ def test_the_app_needs_a_backend_inside_lambda() -> None:
     assert "ASYNCFLOW_BACKEND=s3://" in proc.stderr
 
 
+@pytest.mark.procs
 def test_the_app_runs_with_a_backend(tmp_path: Path) -> None:
     proc = run_app(ASYNCFLOW_BACKEND=f"file:{tmp_path}")
     assert proc.returncode == 0, proc.stderr

@@ -331,6 +331,7 @@ anyio.run(main)
 """
 
 
+@pytest.mark.procs
 def test_processes_emitting_and_invoking_at_once_finish_each_waiter_once(
     tmp_path: Path,
 ) -> None:
@@ -483,6 +484,7 @@ anyio.run(main)
 """
 
 
+@pytest.mark.procs
 def test_an_event_survives_a_kill_9_of_its_invocation_and_runs_once(tmp_path: Path) -> None:
     script = tmp_path / "crasher.py"
     script.write_text(CRASHER)

@@ -146,7 +146,13 @@ class Store:
         return asyncflow.DynamoDBBackend(self.where, endpoint_url=self.aws.endpoint)
 
 
-@pytest.fixture(params=["memory", "file", "s3", "dynamodb"])
+@pytest.fixture(
+    params=[
+        "memory",
+        "file",
+        *(pytest.param(k, marks=pytest.mark.aws) for k in ("s3", "dynamodb")),
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     aws = request.getfixturevalue("aws") if request.param in ("s3", "dynamodb") else None
     return Store(str(request.param), tmp_path, aws)

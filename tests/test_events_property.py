@@ -30,6 +30,8 @@ from hypothesis import strategies as st
 import asyncflow
 from asyncflow import Context, _record
 
+pytestmark = pytest.mark.slow
+
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 

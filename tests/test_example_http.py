@@ -1,6 +1,6 @@
 """examples/watch_price_http.py end to end: its own price service as a process, and the
-watcher as CLI invocations, as `serve`, and as a Lambda handler (tests/proc_lambda_driver.py),
-all on one backend folder."""
+watcher as CLI invocations, as `serve`, and as a Lambda handler
+(tests/helpers/proc_lambda_driver.py), all on one backend folder."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from lambda_events import scheduled, url
+
+pytestmark = pytest.mark.procs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "watch_price_http.py"
@@ -124,7 +126,7 @@ def test_as_a_lambda_handler(env: dict[str, str]) -> None:
         {"trigger": "買いたいもの追加", "args": LEMON},
         scheduled(),
     ]
-    driver = str(ROOT / "tests" / "proc_lambda_driver.py")
+    driver = str(ROOT / "tests" / "helpers" / "proc_lambda_driver.py")
     proc = subprocess.run(
         [sys.executable, driver, "watch_price_http.handler"],
         input=json.dumps([{"event": e} for e in events]),

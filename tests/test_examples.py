@@ -17,6 +17,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.procs
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -14,6 +14,8 @@ from faults.campaign import AWS_STARTUP, holds, run_campaign
 if TYPE_CHECKING:
     from conftest import Aws
 
+pytestmark = [pytest.mark.procs, pytest.mark.slow]
+
 
 def check(report: dict[str, object], *, emits: bool = True) -> None:
     assert report["kills"], report

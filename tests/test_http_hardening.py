@@ -22,7 +22,7 @@ import asyncflow.asgi
 from asyncflow import Context
 from asyncflow._record import MAX_DEPTH
 
-SERVER = Path(__file__).resolve().parent / "proc_http_server.py"
+SERVER = Path(__file__).resolve().parent / "helpers" / "proc_http_server.py"
 AUTH = {"authorization": "Bearer t"}
 
 
@@ -170,7 +170,7 @@ def _rss_mib(pid: int) -> float:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    """uvicorn serving tests/proc_http_server.py's app; yields (port, pid)."""
+    """uvicorn serving tests/helpers/proc_http_server.py's app; yields (port, pid)."""
     pytest.importorskip("uvicorn")
     port = _free_port()
     proc = subprocess.Popen(
@@ -206,6 +206,7 @@ def _answer(sock: socket.socket, within: float) -> bytes:
     return data
 
 
+@pytest.mark.procs
 def test_stalled_clients_without_the_token_cannot_pile_up_memory(
     server: tuple[int, int],
 ) -> None:
@@ -245,6 +246,7 @@ def test_stalled_clients_without_the_token_cannot_pile_up_memory(
     assert grown < 40, f"the server grew by {grown:.1f} MiB"
 
 
+@pytest.mark.procs
 def test_a_slow_client_with_the_token_gets_408(server: tuple[int, int]) -> None:
     port, _ = server
     with socket.create_connection(("127.0.0.1", port)) as sock:

@@ -1,49 +1,36 @@
-"""The command line with bad records and bad values (issue 9, points 2 to 5), as real
-processes: reported, exit 2, never a traceback; the other runs advance."""
+"""The command line with bad records and bad values (issue 9, points 2 to 5), in-process
+(tests/helpers/proc_isolation_flow.py loaded afresh per invocation, `main(flow, argv)`):
+reported, exit 2, never a traceback; the other runs advance."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from script_cli import ScriptCli
 
-SCRIPT = Path(__file__).resolve().parent / "proc_isolation_flow.py"
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "proc_isolation_flow.py"
 
 
-class Cli:
-    def __init__(self, tmp_path: Path) -> None:
-        self.cwd = tmp_path
-        self.store = tmp_path / "store"
+class Cli(ScriptCli):
+    @property
+    def store(self) -> Path:
+        return self.cwd / "store"
 
     def __call__(self, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), *argv],
-            cwd=self.cwd,
-            env={
-                **os.environ,
-                "PYTHONIOENCODING": "utf-8",
-                "ASYNCFLOW_BACKEND": f"file:{self.store}",
-                **env,
-            },
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            errors="backslashreplace",
-            timeout=60,
-            check=False,
-        )
+        proc = super().__call__(*argv, **env)
         # Never a crash's traceback (a failed run's own is logged, with the run id).
         assert "_cli.py" not in proc.stderr, proc.stderr
         return proc
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path)
+def cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Cli:
+    return Cli(SCRIPT, tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize(("damage", "loop"), [("not json", "asyncio"), ("a directory", "trio")])

@@ -1,8 +1,8 @@
 """The AWS Lambda handler (`asyncflow.aws_lambda`), fed realistic events in a fresh process
 that imports the handler module by its dotted name, as Lambda's runtime does.
 
-tests/proc_lambda_app.py is the handler module, tests/proc_lambda_driver.py the runtime
-stand-in, tests/lambda_events.py the events.
+tests/helpers/proc_lambda_app.py is the handler module, tests/helpers/proc_lambda_driver.py the
+runtime stand-in, tests/helpers/lambda_events.py the events.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import asyncflow.aws_lambda
 if TYPE_CHECKING:
     from conftest import Aws
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent / "helpers"  # the handler modules, the driver
 
 
 class Lambda:
@@ -79,6 +79,7 @@ def http(answer: dict[str, Any]) -> tuple[int, Any]:
     return response["statusCode"], json.loads(response["body"])
 
 
+@pytest.mark.procs
 def test_every_event_kind_on_one_warm_container(lam: Lambda) -> None:
     answers = lam(
         url({"trigger": "greet", "args": {"name": "url"}}),
@@ -113,6 +114,7 @@ def test_every_event_kind_on_one_warm_container(lam: Lambda) -> None:
     assert lam.report == {"opened": 1, "closed": 0, "open_threads": 1, "main_thread": False}
 
 
+@pytest.mark.procs
 def test_a_function_url_shows_one_run(lam: Lambda) -> None:
     (first,) = lam(url({"trigger": "wait"}))
     _, body = http(first)
@@ -130,6 +132,7 @@ def test_a_function_url_shows_one_run(lam: Lambda) -> None:
     assert (status, body) == (404, {"error": "no run with id 'nope'"})
 
 
+@pytest.mark.procs
 def test_bad_http_requests_get_400_404_405_413_and_change_nothing(lam: Lambda) -> None:
     answers = lam(
         url("{not json"),
@@ -157,6 +160,7 @@ def test_bad_http_requests_get_400_404_405_413_and_change_nothing(lam: Lambda) -
     assert http(answers[-1])[1] == []  # none of them stored anything
 
 
+@pytest.mark.procs
 def test_a_token_is_required_when_set(tmp_path: Path) -> None:
     lam = Lambda(tmp_path, token="s3cret")
     answers = lam(
@@ -173,6 +177,7 @@ def test_a_token_is_required_when_set(tmp_path: Path) -> None:
     assert len(ok(answers[5])) == 1
 
 
+@pytest.mark.procs
 def test_an_unexpected_failure_is_a_500_with_an_error_id_and_no_details(lam: Lambda) -> None:
     lam(url({"trigger": "wait"}))
     folder = Path(asyncflow.FileBackend(lam.store).locate(("active", "x"))).parent
@@ -190,6 +195,7 @@ def test_an_unexpected_failure_is_a_500_with_an_error_id_and_no_details(lam: Lam
     assert folder.read_bytes() == b"a file where the folder of runs should be"  # left as found
 
 
+@pytest.mark.procs
 def test_a_damaged_record_is_reported_in_the_answer_and_the_other_runs_advance(
     lam: Lambda,
 ) -> None:
@@ -208,6 +214,7 @@ def test_a_damaged_record_is_reported_in_the_answer_and_the_other_runs_advance(
     assert path.read_bytes() == b"\x00 not a record"  # left as found
 
 
+@pytest.mark.procs
 def test_sqs_reports_only_the_failed_messages(lam: Lambda) -> None:
     batch = sqs(
         {"trigger": "greet", "args": {"name": "sqs"}},
@@ -227,6 +234,7 @@ def test_sqs_reports_only_the_failed_messages(lam: Lambda) -> None:
     assert runs["wait"]["status"] == "paused"
 
 
+@pytest.mark.procs
 def test_events_over_a_function_url_a_direct_invocation_and_sqs(lam: Lambda) -> None:
     started, woken, direct, batch, again = lam(
         {"trigger": "approve"},
@@ -255,6 +263,7 @@ def test_events_over_a_function_url_a_direct_invocation_and_sqs(lam: Lambda) -> 
     ]
 
 
+@pytest.mark.procs
 def test_an_sqs_event_message_delivered_twice_starts_and_wakes_nothing_twice(
     lam: Lambda,
 ) -> None:
@@ -304,6 +313,7 @@ def test_sqs_reports_a_message_whose_runs_could_not_be_stored() -> None:
         handler.close()
 
 
+@pytest.mark.procs
 def test_direct_invocations_raise_on_bad_input(lam: Lambda) -> None:
     answers = lam(
         {"trigger": "nope"},
@@ -319,6 +329,7 @@ def test_direct_invocations_raise_on_bad_input(lam: Lambda) -> None:
     assert answers[4]["raised"].startswith("UsageError: unrecognised EventBridge detail")
 
 
+@pytest.mark.procs
 def test_no_run_starts_when_too_little_time_is_left(lam: Lambda) -> None:
     # `slow` takes "a minute" (it moves the flow's clock); the safety margin is 1 s and
     # max_concurrency 1, so each invocation with 5 s left starts one run only.
@@ -470,6 +481,7 @@ async def test_time_limit_starts_no_run_past_it(make_flow: Any, clock: Any) -> N
     assert sorted(r.status for r in rest) == ["paused"] * 3 + ["succeeded"] * 2
 
 
+@pytest.mark.procs
 @pytest.mark.parametrize("kind", ["s3", "dynamodb"])
 def test_a_deployed_handler_keeps_its_runs_in_the_aws_store(kind: str, aws: Aws) -> None:
     """As the SAM template deploys it: ASYNCFLOW_BACKEND names the store; moto stands in for

@@ -232,6 +232,7 @@ anyio.run(main)
 """
 
 
+@pytest.mark.procs
 def test_a_key_starts_one_run_across_processes(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -1,7 +1,7 @@
 """Real processes on one file backend: kill -9 mid-invocation, and invocations racing.
 
-The flow is tests/proc_worker.py; each real execution of its side effect appends a line to a
-per-run journal file, which is how these tests count what really ran. Synchronisation is by
+The flow is tests/helpers/proc_worker.py; each real execution of its side effect appends a line
+to a per-run journal file, which is how these tests count what really ran. Synchronisation is by
 files and process exit only (polled with a bounded deadline), never by sleeping.
 """
 
@@ -17,7 +17,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-WORKER = Path(__file__).resolve().parent / "proc_worker.py"
+import pytest
+
+pytestmark = pytest.mark.procs
+
+WORKER = Path(__file__).resolve().parent / "helpers" / "proc_worker.py"
 STEPS = 5  # proc_worker.STEPS
 
 

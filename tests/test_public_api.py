@@ -43,6 +43,7 @@ def test_every_error_derives_from_the_root() -> None:
     assert all(issubclass(e, asyncflow.AsyncflowError) for e in errors)
 
 
+@pytest.mark.procs
 def test_import_loads_no_aws_or_http_library() -> None:
     code = (
         "import sys, asyncflow, asyncflow.testing;"
@@ -57,6 +58,7 @@ def test_import_loads_no_aws_or_http_library() -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.procs
 def test_import_defers_what_only_timers_events_and_schedules_use() -> None:
     """uuid, random, hashlib (OpenSSL), datetime and the modules for events, schedules and run
     management cost a cold start ~15 ms together; they load when first used."""
@@ -114,6 +116,7 @@ def test_results_are_frozen_dataclasses() -> None:
         result.status = "failed"  # type: ignore[misc]
 
 
+@pytest.mark.procs
 def test_the_server_and_lambda_modules_load_no_http_or_aws_library() -> None:
     """asyncflow.aws_lambda is what a Lambda cold start imports; asyncflow.asgi what a server
     imports before it serves. Neither needs httpx, uvicorn or the AWS libraries."""

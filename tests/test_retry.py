@@ -400,8 +400,9 @@ def test_wake_at_is_stored_and_checked() -> None:
             RunRecord.decode(damaged, "x")
 
 
+@pytest.mark.procs
 def test_a_failed_attempt_is_stored_before_the_wait_and_survives_kill_9(tmp_path: Any) -> None:
-    script = Path(__file__).resolve().parent / "proc_crash_flow.py"
+    script = Path(__file__).resolve().parent / "helpers" / "proc_crash_flow.py"
     store, journal = tmp_path / "store", tmp_path / "journal.txt"
 
     def argv(*extra: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""`flow.cli()`'s `serve` command, as a real process on 127.0.0.1 (tests/proc_cli_flow.py)."""
+"""`flow.cli()`'s `serve` command, as a real process on 127.0.0.1
+(tests/helpers/proc_cli_flow.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent / "proc_cli_flow.py"
+pytestmark = pytest.mark.procs
+
+SCRIPT = Path(__file__).resolve().parent / "helpers" / "proc_cli_flow.py"
 
 
 def free_port() -> int:

@@ -143,6 +143,7 @@ async def test_runs_of_undefined_workflows_are_one_warning_per_invocation(
     ]
 
 
+@pytest.mark.procs
 def test_asyncflow_never_imports_opentelemetry() -> None:
     code = (
         "import sys, anyio, asyncflow\n"

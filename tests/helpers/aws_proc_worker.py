@@ -1,13 +1,13 @@
 """A flow script on S3 or DynamoDB for tests/test_aws_processes.py, run as its own process.
 
-    python tests/aws_proc_worker.py URL JOURNALS start TRIGGER N  # start N runs, print ids
-    python tests/aws_proc_worker.py URL JOURNALS run [SKEW]       # one invocation, print results
-    python tests/aws_proc_worker.py URL JOURNALS crash K          # one invocation that also
+    python tests/helpers/aws_proc_worker.py URL JOURNALS start TRIGGER N  # start N runs, print ids
+    python tests/helpers/aws_proc_worker.py URL JOURNALS run [SKEW] # one invocation, print results
+    python tests/helpers/aws_proc_worker.py URL JOURNALS crash K   # one invocation that also
         # triggers `job` with k=K; every run blocks for good at a chosen step (the test kills
         # the process there)
-    python tests/aws_proc_worker.py URL JOURNALS race I           # write JOURNALS/ready-I, wait
+    python tests/helpers/aws_proc_worker.py URL JOURNALS race I    # write JOURNALS/ready-I, wait
         # for JOURNALS/go, then one invocation, print results
-    python tests/aws_proc_worker.py URL JOURNALS inspect          # print every run
+    python tests/helpers/aws_proc_worker.py URL JOURNALS inspect   # print every run
 
 URL is ``s3://bucket/prefix`` or ``dynamodb://table``; the endpoint comes from
 AWS_ENDPOINT_URL. Leases last LEASE seconds; SKEW moves this process's lease clock forward, as

@@ -1,5 +1,5 @@
 """The flow the dashboard tests look at (tests/test_dashboard*.py), in process or served by
-`python tests/proc_dashboard_flow.py serve`.
+`python tests/helpers/proc_dashboard_flow.py serve`.
 
 `order` has a side effect retried once, two branches, a state change, an emitted event and a
 wait for `approved` (with a deadline); `shipped` starts `notify`, the state `orders` starts

@@ -1,6 +1,6 @@
 """Feed events to a Lambda handler the way Lambda's Python runtime does, in this process.
 
-    python tests/proc_lambda_driver.py MODULE.ATTR < events.json
+    python tests/helpers/proc_lambda_driver.py MODULE.ATTR < events.json
 
 The handler module is imported by its dotted name (as Lambda does with `app.handler`), once;
 then each item of the JSON list on stdin, `{"event": ..., "remaining_ms": ...}`, is passed to

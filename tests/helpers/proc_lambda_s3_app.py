@@ -1,6 +1,6 @@
 """A Lambda handler module as it is deployed: the flow's backend comes from ASYNCFLOW_BACKEND
 (an ``s3://`` or ``dynamodb://`` URL), the endpoint from AWS_ENDPOINT_URL. Imported by
-tests/proc_lambda_driver.py by its dotted name, as Lambda imports ``app.handler``.
+tests/helpers/proc_lambda_driver.py by its dotted name, as Lambda imports ``app.handler``.
 
 `watch` pauses once, then asks its side effect for the price and returns it.
 """

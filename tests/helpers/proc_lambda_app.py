@@ -1,5 +1,5 @@
-"""A flow script with a Lambda handler, imported by tests/proc_lambda_driver.py by its dotted
-name the way Lambda's Python runtime imports a handler module.
+"""A flow script with a Lambda handler, imported by tests/helpers/proc_lambda_driver.py by its
+dotted name the way Lambda's Python runtime imports a handler module.
 
 `greet` succeeds, `wait` pauses once, `boom` fails, `slow` moves the flow's clock on by a
 minute (standing in for a run that takes long) and pauses once, `approve` waits for the event

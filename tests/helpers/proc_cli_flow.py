@@ -1,4 +1,5 @@
-"""A small flow script driven by tests/test_cli.py through `python tests/proc_cli_flow.py ...`.
+"""A small flow script driven by tests/test_cli.py: imported and run in-process, or as
+`python tests/helpers/proc_cli_flow.py ...`.
 
 `greet` succeeds (a side effect, a log line, a result), `wait` pauses once, `boom` fails,
 `nap` sleeps an hour, `listen` waits for the event `bell`, `flaky` fails unless

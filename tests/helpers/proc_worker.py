@@ -1,13 +1,13 @@
 """A flow script for tests/test_processes.py, run as its own process.
 
-    python tests/proc_worker.py STORE JOURNALS start TRIGGER N   # start N runs, print their ids
-    python tests/proc_worker.py STORE JOURNALS run               # one invocation, print results
-    python tests/proc_worker.py STORE JOURNALS crash K           # one invocation that also
+    python tests/helpers/proc_worker.py STORE JOURNALS start TRIGGER N  # start N runs, print ids
+    python tests/helpers/proc_worker.py STORE JOURNALS run   # one invocation, print results
+    python tests/helpers/proc_worker.py STORE JOURNALS crash K   # one invocation that also
         # triggers `job` with k=K, whose side effects block for good at a chosen step (the test
         # kills the process there)
-    python tests/proc_worker.py STORE JOURNALS race I            # write JOURNALS/ready-I, wait
+    python tests/helpers/proc_worker.py STORE JOURNALS race I    # write JOURNALS/ready-I, wait
         # for JOURNALS/go, then one invocation (4 runs at a time), print results
-    python tests/proc_worker.py STORE JOURNALS inspect           # print every run
+    python tests/helpers/proc_worker.py STORE JOURNALS inspect   # print every run
 
 The backend is `file:STORE`. Every real execution of the side effect `step` appends a line
 `step<n>` to JOURNALS/<run_id>.log, so the test can count what really ran.

@@ -1,7 +1,7 @@
 """A flow script for the kill -9 tests of tests/test_retry.py and tests/test_branches.py, run
 as its own process.
 
-    python tests/proc_crash_flow.py STORE JOURNAL WORKFLOW [LATER]
+    python tests/helpers/proc_crash_flow.py STORE JOURNAL WORKFLOW [LATER]
 
 One invocation on `file:STORE`, its results printed as JSON; the first invocation (an empty
 store) starts WORKFLOW. Every real execution of a side effect appends a line to JOURNAL, so the
