@@ -36,7 +36,7 @@ from ._record import (
     new_run_id,
     storable_text,
 )
-from ._results import RunResult, run_result
+from ._results import RunResult, damaged_result, run_result
 from ._store import Store
 from ._waits import EventLog, WaitIndex, event_hash, pending_waits
 from ._workflow import Workflow
@@ -323,7 +323,7 @@ async def _invoke(
         # go on.
         jobs += claimed
         results = await _advance_all(invocation, jobs, due.index, max_concurrency, stop_at)
-        results += [RunResult._damaged(run_id, error) for run_id, error in damaged.items()]
+        results += [damaged_result(run_id, error) for run_id, error in damaged.items()]
         held += [record.run_id for record, version in jobs if version is None]
         results += await _event_rounds(invocation, claims, set(held), max_concurrency, stop_at)
     return results
@@ -414,7 +414,7 @@ async def _event_rounds(
             *await store.read_runs([r for r in due if r in held], damaged)
         ]
         results += await _advance_all(invocation, jobs, WaitIndex(()), max_concurrency, stop_at)
-        results += [RunResult._damaged(run_id, error) for run_id, error in damaged.items()]
+        results += [damaged_result(run_id, error) for run_id, error in damaged.items()]
     return results
 
 

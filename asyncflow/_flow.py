@@ -26,7 +26,7 @@ from ._exceptions import (
     UsageError,
 )
 from ._record import RunRecord, dumps, new_run_id, storable_name
-from ._results import Run, RunResult, RunStatus
+from ._results import Run, RunResult, RunStatus, damaged_run, run_view
 from ._retry import Retry
 from ._store import Store
 from ._telemetry import observer
@@ -478,7 +478,7 @@ class Flow:
                 if found is not None:
                     return _run_of(*found, run_id)
             except DamagedRecordError as exc:
-                return Run._damaged(run_id, exc)
+                return damaged_run(run_id, exc)
         raise RunNotFoundError(run_id)
 
     async def list_runs(self, status: RunStatus | Sequence[RunStatus] | None = None) -> list[Run]:
@@ -493,12 +493,12 @@ class Flow:
         runs: dict[str, Run] = {}
         for run_id, record in stored.items():
             if isinstance(record, DamagedRecordError):
-                runs[run_id] = Run._damaged(run_id, record)
+                runs[run_id] = damaged_run(run_id, record)
                 continue
             try:
                 runs[run_id] = _run_of(*record, run_id)
             except DamagedRecordError as exc:
-                runs[run_id] = Run._damaged(run_id, exc)
+                runs[run_id] = damaged_run(run_id, exc)
         found = [r for r in runs.values() if wanted is None or r.status in wanted]
         return sorted(found, key=lambda r: (r.status == "damaged", r.created_at, r.run_id))
 
@@ -536,7 +536,7 @@ def _run_of(data: bytes, location: str, run_id: str) -> Run:
     """The stored record ``data`` as a :class:`Run`; DamagedRecordError if it is not one."""
     record = RunRecord.decode(data, location, run_id)
     try:
-        return Run._of(record)
+        return run_view(record)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a step it cannot show
         raise DamagedRecordError(
             f"{location} cannot be used: a step is damaged ({exc!r}). asyncflow leaves it"

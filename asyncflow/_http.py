@@ -8,15 +8,15 @@ shapes, status codes, the token check, the size limit) is decided here, once.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_args
 
 from ._exceptions import (
-    AsyncflowError,
     ConfigError,
     RunNotFoundError,
     SerializationError,
@@ -26,6 +26,16 @@ from ._exceptions import (
 from ._results import Run, RunResult, RunStatus
 from ._validate import name as checked_name
 from ._validate import positive_int
+from ._wire import (
+    SESSION_COOKIE,
+    BadRequest,
+    MethodNotAllowed,
+    Request,
+    Response,
+    check_method,
+    cookie,
+    same_origin,
+)
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -52,42 +62,6 @@ logger = logging.getLogger("asyncflow")
 MAX_BODY_SIZE = 1024 * 1024
 _STATUSES: tuple[str, ...] = get_args(RunStatus)
 _REQUEST_KEYS = {"trigger", "trigger_name", "event", "args", "key"}
-
-
-class BadRequest(AsyncflowError):
-    """A request this API refuses; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class Request:
-    """An HTTP request, whatever carried it. ``headers`` have lower-case names."""
-
-    method: str
-    path: str
-    query: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-
-@dataclass(frozen=True)
-class Response:
-    """What to answer: a status and a JSON-serializable body (or, for the dashboard's pages
-    and assets, the bytes of a ``content_type`` body)."""
-
-    status: int
-    body: Any
-    headers: Mapping[str, str] = field(default_factory=dict)
-    content_type: str = "application/json"
-
-    def encode(self) -> bytes:
-        if isinstance(self.body, bytes):
-            return self.body
-        # (backslashreplace: a lone surrogate a client sent, quoted back, stays an escape)
-        return json.dumps(self.body, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -208,7 +182,10 @@ class Api:
         self.flow = flow
         self.max_body_size = max_body_size
         self._token = None if token is None else token.encode()
-        self._dashboard: Any = None  # the dashboard's per-process caches, made on first use
+
+    def token_matches(self, given: bytes) -> bool:
+        """Whether ``given`` is the token (in constant time); ``False`` when there is none."""
+        return self._token is not None and hmac.compare_digest(given, self._token)
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         """Whether the request carries the token (always, when there is none to carry)."""
@@ -246,10 +223,10 @@ class Api:
         """
         headers = request.headers
         if self._token is None:
-            return "open" if _same_origin(request) else None
+            return "open" if same_origin(request) else None
         if self.authorized(headers):
             return "header"
-        session = _cookie(headers.get("cookie", ""), SESSION_COOKIE)
+        session = cookie(headers.get("cookie", ""), SESSION_COOKIE)
         if session is None:
             return None
         import hmac
@@ -258,7 +235,7 @@ class Api:
         if not hmac.compare_digest(session.encode(), expected.encode()):
             return None
         if request.method.upper() not in ("GET", "HEAD") and (
-            not headers.get("x-asyncflow-csrf") or not _same_origin(request)
+            not headers.get("x-asyncflow-csrf") or not same_origin(request)
         ):
             return None
         return "cookie"
@@ -298,7 +275,7 @@ class Api:
     def _gate(self, request: Request) -> Response | None:
         method, path = request.method.upper(), request.path
         if path == "/healthz":
-            _method(method, "GET")
+            check_method(method, "GET")
             return Response(200, {"status": "ok"})
         from . import _dashboard
 
@@ -312,7 +289,7 @@ class Api:
         if self.credentials(request) is None:
             if (
                 self._token is None
-                or _cookie(request.headers.get("cookie", ""), SESSION_COOKIE) == self.session()
+                or cookie(request.headers.get("cookie", ""), SESSION_COOKIE) == self.session()
             ):
                 return Response(403, {"error": CROSS_SITE})
             return Response(
@@ -320,7 +297,7 @@ class Api:
                 {"error": "missing or wrong token: send 'Authorization: Bearer <token>'"},
                 {"www-authenticate": "Bearer"},
             )
-        _method(method, *allowed)
+        check_method(method, *allowed)
         return None
 
     async def _route(self, request: Request, time_limit: float | None) -> Response:
@@ -403,47 +380,10 @@ CROSS_SITE = (
     "refused: a browser's request that changes something must come from this server's own"
     " page (same Origin, with the x-asyncflow-csrf header)"
 )
-#: The name of the dashboard's session cookie.
-SESSION_COOKIE = "asyncflow_session"
-
-
-def _cookie(header: str, name: str) -> str | None:
-    for part in header.split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep and key == name:
-            return value
-    return None
-
-
-def _same_origin(request: Request) -> bool:
-    """Whether the request's ``Origin`` (if a browser sent one) names the host it was sent to.
-
-    Browsers send ``Origin`` with every POST; a request from another site's page names that
-    site. Clients that are not browsers send none, and are not refused for it.
-    """
-    if request.method.upper() in ("GET", "HEAD"):
-        return True
-    origin = request.headers.get("origin")
-    if origin is None:
-        return True
-    host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
-    _, sep, netloc = origin.partition("://")
-    return bool(sep) and netloc == host
-
-
-class _MethodNotAllowed(BadRequest):
-    def __init__(self, allowed: tuple[str, ...]) -> None:
-        super().__init__(405, f"method not allowed: use {' or '.join(allowed)}")
-        self.allowed = allowed
-
-
-def _method(method: str, *allowed: str) -> None:
-    if method not in allowed:
-        raise _MethodNotAllowed(allowed)
 
 
 def _allow(exc: BadRequest) -> dict[str, str]:
-    return {"allow": ", ".join(exc.allowed)} if isinstance(exc, _MethodNotAllowed) else {}
+    return {"allow": ", ".join(exc.allowed)} if isinstance(exc, MethodNotAllowed) else {}
 
 
 def _no_query(request: Request) -> None:

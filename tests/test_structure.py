@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import asyncflow
 
 PACKAGE = Path(asyncflow.__file__).resolve().parent
@@ -28,10 +26,6 @@ PACKAGE = Path(asyncflow.__file__).resolve().parent
 # `Flow.cli()` imports the CLI on first use, so that `import asyncflow` does not load argparse
 # and the CLI's modules; the CLI takes the Flow it is given.
 ALLOWED_LAZY = {("asyncflow._flow", "asyncflow._cli")}
-
-# `refactor` marks the two checks on the package until the one-way core (issue 13, points 1 to 3,
-# on other branches) lands; the lead removes the mark after merging.
-refactor = pytest.mark.xfail(strict=False, reason="until the one-way core refactor lands")
 
 
 # -- reading the package --------------------------------------------------------------------
@@ -325,7 +319,6 @@ def package_modules() -> dict[str, Module]:
     return modules(PACKAGE, "asyncflow")
 
 
-@refactor
 def test_no_import_circle_but_the_lazy_cli_import() -> None:
     graph = import_graph(package_modules())
     assert not circles(graph), "import circles:\n" + describe(graph)
@@ -339,7 +332,6 @@ def test_the_allowed_lazy_import_is_the_only_edge_left_out_and_stays_lazy() -> N
     assert all(e.in_function for e in lazy), "the CLI must stay imported on first use"
 
 
-@refactor
 def test_no_module_uses_another_modules_private_names() -> None:
     found = private_accesses(package_modules())
     assert not found, "private names used across modules:\n" + "\n".join(map(str, found))

@@ -15,16 +15,31 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Iterable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 from .._exceptions import AsyncflowError
 from .._store import Store
+from .._wire import SESSION_COOKIE, BadRequest, Request, Response, check_method, same_origin
 
 if TYPE_CHECKING:
-    from .._http import Api, Request, Response
+    from .._flow import Flow
+
+
+class Api(Protocol):
+    """What the dashboard needs of the HTTP API that routes to it (``_http.Api``)."""
+
+    flow: Flow
+
+    def credentials(self, request: Request) -> str | None: ...
+
+    def session(self) -> str | None: ...
+
+    def token_matches(self, given: bytes) -> bool: ...
+
 
 __all__ = ["handle", "owns"]
 
@@ -58,8 +73,6 @@ def owns(method: str, path: str) -> bool:
 
 async def handle(api: Api, request: Request) -> Response:
     """Answer a request for the dashboard."""
-    from .._http import BadRequest, Response
-
     method, path = request.method.upper(), request.path
     if path.startswith(PREFIX + "assets/"):
         name = path.removeprefix(PREFIX + "assets/")
@@ -93,9 +106,7 @@ async def handle(api: Api, request: Request) -> Response:
 
 
 def _only(method: str, *allowed: str) -> None:
-    from .._http import _method
-
-    _method(method, *allowed)
+    check_method(method, *allowed)
 
 
 def _asset(name: str) -> bytes:
@@ -112,16 +123,9 @@ def _query(request: Request) -> dict[str, str]:
 def _login(api: Api, request: Request) -> Response:
     """Check the token of the login form; answer with the session cookie and a redirect to
     the page, or the form again with a 401."""
-    import hmac
-
-    from .._http import Response, _same_origin
-
     form = parse_qs(request.body.decode("utf-8", "replace"))
     given = (form.get("token") or [""])[-1].encode()
-    expected = api._token
-    if expected is not None and _same_origin(request) and hmac.compare_digest(given, expected):
-        from .._http import SESSION_COOKIE
-
+    if same_origin(request) and api.token_matches(given):
         cookie = f"{SESSION_COOKIE}={api.session()}; Path=/; Secure; HttpOnly; SameSite=Strict"
         return _redirect(cookie)
     # Back to the page, which shows the form again saying so (a page answered here, under
@@ -131,14 +135,10 @@ def _login(api: Api, request: Request) -> Response:
 
 
 def _clear_cookie() -> str:
-    from .._http import SESSION_COOKIE
-
     return f"{SESSION_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"
 
 
 def _redirect(cookie: str) -> Response:
-    from .._http import Response
-
     # Relative to /dashboard/login: the page, wherever the app is mounted.
     headers = {"location": "../", "set-cookie": cookie, "cache-control": "no-store"}
     return Response(303, b"", headers, "text/plain; charset=utf-8")
@@ -147,10 +147,14 @@ def _redirect(cookie: str) -> Response:
 # -- what the page asks ------------------------------------------------------------------------
 
 
+# The summaries of each API object, kept for its life (made on first use).
+_DASHBOARDS: weakref.WeakKeyDictionary[Api, _Dashboard] = weakref.WeakKeyDictionary()
+
+
 def _state(api: Api) -> _Dashboard:
-    if api._dashboard is None:
-        api._dashboard = _Dashboard(api)
-    dashboard: _Dashboard = api._dashboard
+    dashboard = _DASHBOARDS.get(api)
+    if dashboard is None:
+        dashboard = _DASHBOARDS[api] = _Dashboard(api)
     return dashboard
 
 
@@ -215,8 +219,6 @@ class _Dashboard:
         return [cache[name][2] for name in sorted(listed, reverse=True) if name in cache]
 
     async def runs_page(self, query: dict[str, str]) -> dict[str, Any]:
-        from .._http import BadRequest
-
         unknown = sorted(set(query) - {"status", "workflow", "wait", "q", "page", "per_page"})
         if unknown:
             raise BadRequest(400, f"unknown query parameter(s): {', '.join(unknown)}")
@@ -266,8 +268,6 @@ class _Dashboard:
         }
 
     async def events(self, query: dict[str, str]) -> dict[str, Any]:
-        from .._http import BadRequest
-
         if set(query) - {"limit"}:
             raise BadRequest(400, "unknown query parameter(s): use 'limit'")
         limit = min(_positive(query.get("limit", "200"), "limit"), 5000)
@@ -294,8 +294,6 @@ class _Dashboard:
 
 
 def _positive(text: str, what: str) -> int:
-    from .._http import BadRequest
-
     if not text.isdigit() or int(text) < 1:
         raise BadRequest(400, f"{what} must be a positive integer, not {text!r}")
     return int(text)
