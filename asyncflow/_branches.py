@@ -11,6 +11,7 @@ import anyio
 from . import _steps as steps
 from ._cursor import Cursor, Suspend
 from ._exceptions import NonDeterminismError, UsageError
+from ._validate import positive_int
 
 __all__ = ["bind", "gather"]
 
@@ -37,10 +38,8 @@ async def gather(
 ) -> Any:
     """See :meth:`Context.gather`: each branch gets the context ``make_context`` makes of a
     child of ``cursor``."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UsageError(
-            f"the limit of gather() and map() must be a positive integer, not {limit!r}"
-        )
+    if limit is not None:
+        positive_int(limit, "the limit of gather() and map()", error=UsageError)
     for branch in branches:
         if inspect.iscoroutine(branch):
             branch.close()  # never to run: close it rather than leave a "never awaited" warning

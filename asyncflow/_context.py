@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -22,6 +21,8 @@ from ._journal import Journal, RunEngine
 from ._record import dumps, new_run_id, storable_name
 from ._retry import Retry
 from ._sideeffect import run_sideeffect
+from ._validate import name as checked_name
+from ._validate import seconds
 
 if TYPE_CHECKING:
     import uuid as _uuid
@@ -386,20 +387,12 @@ class Context:
 
 
 def _check_name(name: object, what: str) -> None:
-    if not isinstance(name, str) or not name:
-        raise UsageError(f"the {what} name must be a non-empty string, not {name!r}")
-    storable_name(name, what)
+    checked_name(name, f"the {what} name", error=UsageError)
+    storable_name(name, what)  # type: ignore[arg-type]
 
 
 def _seconds(value: object, what: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise UsageError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
-    return float(value)
+    return seconds(value, what, error=UsageError, zero=True)
 
 
 def root_cursor(engine: RunEngine) -> Cursor:

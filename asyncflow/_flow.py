@@ -31,6 +31,7 @@ from ._retry import Retry
 from ._store import Store
 from ._telemetry import observer
 from ._triggers import Trigger, as_trigger
+from ._validate import name as checked_name
 from ._validate import positive_int, seconds
 
 if TYPE_CHECKING:
@@ -398,8 +399,7 @@ class Flow:
         ``key``: an idempotency key (an SQS message's id): the event delivered again with it
         starts and wakes nothing twice.
         """
-        if not isinstance(name, str) or not name:
-            raise UsageError(f"the event name must be a non-empty string, not {name!r}")
+        checked_name(name, "the event name", error=UsageError)
         storable_name(name, "event")
         from ._events import deliver
 

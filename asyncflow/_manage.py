@@ -9,6 +9,7 @@ from typing import Any
 from ._exceptions import BackendError, ConflictError, RunNotFoundError, UsageError
 from ._record import FINISHED, RunRecord, storable_name
 from ._store import Store
+from ._validate import name as checked_name
 
 __all__ = [
     "Purged",
@@ -194,8 +195,7 @@ async def claim_event_key(store: Store, event: str, key: str, event_id: str) -> 
     (a woken wait records it), so a redelivered message completes what a crashed delivery left
     half done and repeats nothing.
     """
-    if not isinstance(key, str) or not key:
-        raise UsageError(f"an idempotency key must be a non-empty string, not {key!r}")
+    checked_name(key, "an idempotency key", error=UsageError)
     found = await store.take_event_key(event, key, event_id)
     return event_id if found is None else found
 
@@ -209,8 +209,7 @@ async def claim_key(store: Store, record: RunRecord, key: str) -> bool:
     but died before storing its run left a key without a run: the next caller stores the run
     under the id the key names (``record`` gets that id).
     """
-    if not isinstance(key, str) or not key:
-        raise UsageError(f"an idempotency key must be a non-empty string, not {key!r}")
+    checked_name(key, "an idempotency key", error=UsageError)
     storable_name(key, "idempotency key")
     run_id = await store.take_run_key(record.workflow, key, record.run_id)
     if run_id is None:

@@ -12,8 +12,9 @@ from typing import Any
 import anyio
 
 from ._exceptions import ConfigError
+from ._validate import number, positive_int
 
-__all__ = ["Retry", "check_timeout", "pause_for"]
+__all__ = ["Retry", "pause_for"]
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,7 @@ class Retry:
     durable_after: float = 5.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
-            raise ConfigError(f"Retry(attempts=) must be an integer, not {self.attempts!r}")
-        if self.attempts < 1:
-            raise ConfigError(f"Retry(attempts=) must be at least 1, not {self.attempts}")
+        positive_int(self.attempts, "Retry(attempts=)", error=ConfigError)
         _number("initial", self.initial, low=0)
         _number("backoff", self.backoff, low=1)
         _number("max_delay", self.max_delay, low=0)
@@ -93,26 +91,7 @@ class Retry:
 def _number(
     name: str, value: object, *, low: float, high: float = math.inf, infinite: bool = False
 ) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
-    if ok and math.isinf(value) and not infinite:  # type: ignore[arg-type]
-        ok = False
-    if not ok or not low <= value <= high:  # type: ignore[operator]
-        bound = f"from {low} to {high}" if high != math.inf else f"at least {low}"
-        raise ConfigError(f"Retry({name}=) must be a number {bound}, not {value!r}")
-
-
-def check_timeout(timeout: object, where: str) -> float | None:
-    """``timeout`` as seconds, or ConfigError naming ``where``."""
-    if timeout is None:
-        return None
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or math.isnan(timeout)
-        or timeout <= 0
-    ):
-        raise ConfigError(f"the timeout of {where} must be a positive number, not {timeout!r}")
-    return float(timeout)
+    number(value, f"Retry({name}=)", error=ConfigError, low=low, high=high, infinite=infinite)
 
 
 async def pause_for(clock: Callable[[], float], seconds: float) -> None:
