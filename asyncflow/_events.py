@@ -9,8 +9,9 @@ from typing import Any
 
 import anyio
 
+from . import _steps as steps
 from ._exceptions import ConflictError, DamagedRecordError
-from ._record import RunRecord, dumps
+from ._record import RunRecord
 from ._store import Store
 from ._waits import pending_waits, sha256_hex
 from ._workflow import Workflow
@@ -139,8 +140,7 @@ def receive(record: RunRecord, event: str, args: Any, event_id: str, now: float)
         return False  # (a second wait begun in the same millisecond on another clock)
     for index in pending_waits(record, event):
         if event_id > record.steps[index]["since"]:
-            step = {**record.steps[index], "value": args, "event": event_id, "end": now}
-            record.replace(index, step, dumps(step, f"the args of event {event!r}"))
+            record.replace(index, *steps.received(record.steps[index], args, event_id, now))
             record.wait_event = None
             record.wake_at = None
             return True

@@ -8,6 +8,7 @@ from typing import Any
 
 from ._exceptions import BackendError, ConflictError, RunNotFoundError, UsageError
 from ._record import FINISHED, RunRecord, storable_name
+from ._steps import label_position, unfinished
 from ._store import Store
 from ._validate import name as checked_name
 
@@ -133,7 +134,7 @@ def _reopened(steps: list[dict[str, Any]], cut: int) -> list[dict[str, Any]]:
     path = failed_path
     while path:
         path, _, label = path.rpartition("/")
-        chain[path] = _label_position(label)
+        chain[path] = label_position(label)
     keep: list[tuple[int, dict[str, Any]]] = []
     for path, indices in own.items():
         for pos, i in enumerate(indices):
@@ -145,16 +146,11 @@ def _reopened(steps: list[dict[str, Any]], cut: int) -> list[dict[str, Any]]:
                 if step["kind"] == "sideeffect" and (
                     pos == at or ("span" in step and pos + step["span"] >= at)
                 ):
-                    step = _unfinished(step)
+                    step = unfinished(step)
             elif _under_what_goes(path, chain, failed_path, steps, own):
                 continue
             keep.append((i, step))
     return [step for _, step in sorted(keep, key=lambda kept: kept[0])]
-
-
-def _label_position(label: str) -> int:
-    # "3.1": branch 1 of the gather at position 3; "5#2": attempt 2 of the side effect at 5.
-    return int(label.replace("#", ".").split(".")[0])
 
 
 def _under_what_goes(
@@ -169,7 +165,7 @@ def _under_what_goes(
     parent, _, label = path.rpartition("/")
     while parent not in chain:
         parent, _, label = parent.rpartition("/")
-    at, pos = chain[parent], _label_position(label)
+    at, pos = chain[parent], label_position(label)
     if pos != at:
         return pos > at
     if parent == failed_path:
@@ -177,13 +173,6 @@ def _under_what_goes(
     # Made by the step the failure came through: a sibling branch of a gather keeps its steps;
     # an earlier attempt of a side effect entered again does not.
     return bool(steps[own[parent][at]]["kind"] == "sideeffect")
-
-
-def _unfinished(step: dict[str, Any]) -> dict[str, Any]:
-    unfinished = {"kind": "sideeffect", "name": step["name"]}
-    if "branch" in step:
-        unfinished["branch"] = step["branch"]
-    return unfinished
 
 
 async def claim_event_key(store: Store, event: str, key: str, event_id: str) -> str:

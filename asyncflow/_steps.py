@@ -32,8 +32,11 @@ __all__ = [
     "child_path",
     "compact",
     "describe",
+    "label_position",
     "local_time",
+    "received",
     "stamp",
+    "unfinished",
     "view",
     "with_branch",
 ]
@@ -158,6 +161,13 @@ def attempt_label(pos: int, attempt: int) -> str:
     return f"{pos}#{attempt}"
 
 
+def label_position(label: str) -> int:
+    """The position, in its parent context, of the step that made a child context: ``3`` for
+    ``"3.1"`` (branch 1 of the gather at 3) and for ``"3#2"`` (attempt 2 of the side effect at
+    3)."""
+    return int(label.replace("#", ".").split(".")[0])
+
+
 def child_path(path: str, label: str) -> str:
     """The path of the child labelled ``label`` of the context at ``path``."""
     return f"{path}/{label}" if path else label
@@ -214,6 +224,13 @@ def event(name: str, args: Any, event_id: str) -> Step:
 def wait_event(name: str, since: str, until: float | None) -> Step:
     step = {"kind": "wait_event", "name": name, "since": since, "until": until}
     return step, dumps(step, "")
+
+
+def received(step: dict[str, Any], args: Any, event_id: str, now: float) -> Step:
+    """The ``wait_event`` step ``step`` answered by event ``event_id`` with ``args`` at ``now``
+    (the time its wait ended)."""
+    done = {**step, "value": args, "event": event_id, "end": now}
+    return done, dumps(done, f"the args of event {step['name']!r}")
 
 
 def sleep(until: float) -> Step:
@@ -280,6 +297,14 @@ def sideeffect_raised(name: str, span: int, attempts: int | None, error: dict[st
         step["attempts"] = attempts
         fields["attempts"] = str(attempts)
     return step, step_text("sideeffect", name, **fields)
+
+
+def unfinished(step: dict[str, Any]) -> dict[str, Any]:
+    """The side effect ``step`` as it was when it started (to be entered again on retry)."""
+    again = {"kind": "sideeffect", "name": step["name"]}
+    if "branch" in step:
+        again["branch"] = step["branch"]
+    return again
 
 
 def marked(step: dict[str, Any], *, ended: bool, **fields: Any) -> Step:
