@@ -690,8 +690,8 @@ def machine_info(load_before: float) -> str:
         f"Measured {now} on {platform.system()} {platform.release()}, {cpu}, "
         f"nproc {usable if usable is not None else os.cpu_count()}, "
         f"{platform.python_implementation()} {platform.python_version()}; "
-        f"asyncflow {ver('asyncflow')} ({commit or 'no commit yet'}), anyio {ver('anyio')}, "
-        f"trio {ver('trio')}, ttflow {ver('ttflow')}, dbos {ver('dbos')}. "
+        f"asyncflow {ver('asyncflow-durable')} ({commit or 'no commit yet'}), "
+        f"anyio {ver('anyio')}, trio {ver('trio')}, ttflow {ver('ttflow')}, dbos {ver('dbos')}. "
         # Other work on the machine (a test suite, a build) inflates every figure: say so.
         f"Load average (1 min) {load_before:.2f} before the run, "
         f"{os.getloadavg()[0]:.2f} after."
