@@ -167,8 +167,12 @@ def watch_price_http(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against the peers; writes the figures into README.md."""
+    """Benchmarks side by side with the peers (ttflow, DBOS on SQLite); writes the figures into
+    README.md. `nox -s bench -- --quick` scales every scenario down; `-- --only steps-` runs
+    some (README left unchanged); see `python benchmarks/run.py --help`."""
     install(session)
+    # DBOS runs on SQLite with no server; it is a benchmark peer, not a dev dependency.
+    session.install("--quiet", "dbos>=3.4,<4")
     session.run("python", "benchmarks/run.py", "--write-readme", *session.posargs)
 
 

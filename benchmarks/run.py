@@ -14,6 +14,7 @@ timings are reported, never asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -52,10 +53,33 @@ class Sizes:
     cold_reps: int
     lambda_calls: int = 2_000  # invocations timed per rep (lambda_overhead.py)
     lambda_reps: int = 5
+    # Issue 14's scenarios. Durable steps: asyncflow (file) at each size; DBOS (SQLite) and
+    # ttflow (local file) at the smaller sizes only: DBOS pays a few ms per step, flat with
+    # length (20,000 would add minutes and say nothing new), and ttflow is quadratic.
+    steps: tuple[int, ...] = (1_000, 10_000, 20_000)
+    steps_reps: int = 3
+    dbos_steps: tuple[int, ...] = (1_000, 10_000)
+    tt_steps: int = 1_000
+    # Fan-out side by side (one 50 ms step per workflow): asyncflow at each size (the largest
+    # is fanout_runs), DBOS up to dbos_fanout_max (DBOS took ~506 s and 10,000 threads for
+    # 10,000 here: capped so that the session stays near 30 minutes; --dbos-fanout-max
+    # raises it), ttflow at vs_runs only (it runs workflows one after another: N x 50 ms).
+    vs_fanout: tuple[int, ...] = (100, 1_000)
+    dbos_fanout_max: int = 1_000
+    # 100,000 watched runs in one invocation (file on asyncio and trio, memory) and the
+    # 100,000 starts that create them; S3 and DynamoDB at aws_runs (the per-run figures;
+    # 100,000 would take ~20 minutes each today: --aws-runs 100000 runs it).
+    watched_runs: int = 100_000
+    watched_reps: int = 1
 
 
 FULL = Sizes(10_000, 3, 100, 3, 10_000, 5, 2_000, 10, 1_000, 1_000, 3, 7)
-QUICK = Sizes(1_000, 1, 20, 1, 1_000, 3, 300, 5, 200, 100, 1, 3, lambda_calls=300, lambda_reps=2)
+QUICK = Sizes(
+    1_000, 1, 20, 1, 1_000, 3, 300, 5, 200, 100, 1, 3, lambda_calls=300, lambda_reps=2,
+    steps=(200, 1_000, 2_000), steps_reps=1, dbos_steps=(200, 1_000), tt_steps=200,
+    vs_fanout=(20, 100), dbos_fanout_max=100, watched_runs=2_000,
+)  # fmt: skip
+WATCHED_GOAL = 100_000  # issue 14's size for goals 1 and 2
 
 
 @dataclass
@@ -97,7 +121,21 @@ def run_scenario(name: str, argv: list[str], timeout: float) -> Outcome:
     return Outcome(name, result=result, problems=list(result.get("problems", [])))
 
 
-def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
+def fanout_sizes(sizes: Sizes) -> list[int]:
+    """The fan-out sizes compared side by side: vs_fanout and the 10,000 of fanout-asyncio."""
+    return sorted({*sizes.vs_fanout, sizes.vs_runs, sizes.fanout_runs})
+
+
+def fanout_name(n: int, sizes: Sizes) -> str:
+    """The scenario that measured asyncflow's fan-out of n runs on asyncio."""
+    if n == sizes.fanout_runs:
+        return "fanout-asyncio"
+    return "vs-asyncflow" if n == sizes.vs_runs else f"vs-asyncflow-{n}"
+
+
+def run_all(
+    sizes: Sizes, timeout: float, skip: set[str], only: list[str] | None = None
+) -> dict[str, Outcome]:
     plan: dict[str, list[str]] = {
         "fanout-asyncio": [
             "fanout.py", f"--runs={sizes.fanout_runs}", f"--reps={sizes.fanout_reps}",
@@ -140,6 +178,35 @@ def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
             ]
             for kind in ("file", "s3", "dynamodb")
         },
+        # Issue 14: durable steps, fan-out side by side, watched runs.
+        **{
+            f"steps-{n}": ["steps.py", f"--steps={n}", f"--reps={sizes.steps_reps}"]
+            for n in sizes.steps
+        },
+        **{
+            f"steps-dbos-{n}": ["vs_dbos.py", "steps", f"--steps={n}",
+                                f"--reps={sizes.steps_reps if n < 10_000 else 1}"]
+            for n in sizes.dbos_steps
+        },
+        "steps-ttflow": ["vs_ttflow.py", "steps", f"--steps={sizes.tt_steps}", "--reps=1"],
+        **{
+            f"vs-asyncflow-{n}": [
+                "fanout.py", f"--runs={n}", f"--reps={sizes.vs_reps}", "--loop=asyncio",
+            ]
+            for n in sizes.vs_fanout if n != sizes.vs_runs
+        },
+        **{
+            f"vs-dbos-{n}": ["vs_dbos.py", "fanout", f"--runs={n}", f"--reps={sizes.vs_reps}"]
+            for n in fanout_sizes(sizes) if n <= sizes.dbos_fanout_max
+        },
+        **{
+            f"watched-{kind}": [
+                "s3_fanout.py", f"--backend={kind.split('-')[0]}",
+                f"--runs={sizes.watched_runs}", f"--reps={sizes.watched_reps}",
+                f"--loop={kind.split('-')[1] if '-' in kind else 'asyncio'}",
+            ]
+            for kind in ("file-asyncio", "file-trio", "memory")
+        },
         "coldpath": ["coldpath.py", f"--reps={sizes.cold_reps}"],
         "dashboard": [
             "dashboard.py", f"--runs={sizes.fanout_runs}", f"--reps={sizes.fanout_reps}",
@@ -148,10 +215,16 @@ def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
     unknown = skip - plan.keys()
     if unknown:
         raise SystemExit(f"unknown scenario(s) to skip: {sorted(unknown)}; known: {list(plan)}")
+    if only:
+        skip = skip | {name for name in plan if not name.startswith(tuple(only))}
     if importlib.util.find_spec("ttflow") is None:
         # ttflow needs Python 3.11+; the dev group installs it only there.
         log("ttflow is not installed (it needs Python 3.11+): its comparisons are skipped")
-        skip = skip | {"vs-ttflow", "replay-ttflow"}
+        skip = skip | {"vs-ttflow", "replay-ttflow", "steps-ttflow"}
+    if importlib.util.find_spec("dbos") is None:
+        # `nox -s bench` installs it; a plain dev venv may not have it.
+        log("dbos is not installed (`pip install dbos`): its comparisons are skipped")
+        skip = skip | {name for name in plan if "dbos" in name}
     return {
         name: run_scenario(name, argv, timeout) for name, argv in plan.items() if name not in skip
     }
@@ -162,6 +235,10 @@ def run_all(sizes: Sizes, timeout: float, skip: set[str]) -> dict[str, Outcome]:
 
 def secs(s: float) -> str:
     return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def ms(s: float) -> str:
+    return f"{s * 1000:.2f} ms"
 
 
 def micros(s: float) -> str:
@@ -339,7 +416,11 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
         label = f"AWS fan-out: one `flow.run()`, {where}, asyncio"
         if r := figures(f"aws-fanout-{kind}", label, size):
             per_run = ", ".join(f"{op} {n:g}" for op, n in r["requests_per_run"].items())
-            notes = f"{reps_note(r)}; client CPU {secs(r['cpu_s'])}"
+            notes = (
+                f"{reps_note(r)}; client CPU {secs(r['cpu_s'])} ({ms(r['cpu_per_run_s'])} per "
+                f"run); setup: {r['runs']:,} start() from {r['start_concurrency']:,} tasks "
+                f"{secs(r['start_s'])}, first run() {secs(r['setup_first_run_s'])}"
+            )
             notes += f"; requests per run: {per_run}" if per_run else ""
             rows.append(Row(label, size, secs(r["median_s"]), mib(r["peak_rss_mib"]), notes=notes))
 
@@ -370,7 +451,218 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
                 notes=notes)
         )  # fmt: skip
 
+    rows += peer_rows(out, sizes, figures)
+
     head = ("Benchmark", "Size", "Result", "Peak RSS", "Target", "Met", "Notes")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+Figures = Any  # table()'s figures(name, label, size) -> result or None (adds a failed row)
+
+
+def peer_rows(out: dict[str, Outcome], sizes: Sizes, figures: Figures) -> list[Row]:
+    """Issue 14's scenarios: durable steps and fan-out next to DBOS and ttflow, watched runs."""
+    rows: list[Row] = []
+    for n in sizes.steps:
+        label = "Durable steps: one run records N side effects, asyncflow file backend"
+        if r := figures(f"steps-{n}", label, f"{n:,} steps"):
+            rows.append(
+                Row(label, f"{n:,} steps", secs(r["median_s"]), mib(r["peak_rss_mib"]),
+                    notes=f"{ms(r['per_item_s'])} per step; {reps_note(r)}")
+            )  # fmt: skip
+    for n in sizes.dbos_steps:
+        label = "Durable steps: DBOS on SQLite (async workflow, async steps)"
+        if r := figures(f"steps-dbos-{n}", label, f"{n:,} steps"):
+            rows.append(
+                Row(label, f"{n:,} steps", secs(r["median_s"]), mib(r["peak_rss_mib"]),
+                    notes=f"{ms(r['per_item_s'])} per step; {reps_note(r)}; "
+                    f"dbos {r['dbos_version']}")
+            )  # fmt: skip
+    label = "Durable steps: ttflow 0.6.3 (`local:` file)"
+    if r := figures("steps-ttflow", label, f"{sizes.tt_steps:,} steps"):
+        rows.append(
+            Row(label, f"{sizes.tt_steps:,} steps", secs(r["median_s"]), mib(r["peak_rss_mib"]),
+                notes=f"{ms(r['per_item_s'])} per step; {reps_note(r)}; only this size: "
+                "ttflow's recording is quadratic")
+        )  # fmt: skip
+
+    for n in fanout_sizes(sizes):
+        size = f"{n:,} workflows × one 50 ms step"
+        a = out.get(fanout_name(n, sizes))
+        d = out.get(f"vs-dbos-{n}")
+        if d is None:
+            if n > sizes.dbos_fanout_max:
+                rows.append(
+                    Row("Fan-out: DBOS on SQLite", size, "not run",
+                        notes=f"capped at {sizes.dbos_fanout_max:,} workflows to keep the "
+                        "session near 30 min (DBOS took ~506 s and 10,000 threads here at "
+                        "10,000); `--dbos-fanout-max` raises the cap")
+                )  # fmt: skip
+            continue
+        if r := figures(f"vs-dbos-{n}", "Fan-out: DBOS on SQLite", size):
+            note = f"{reps_note(r)}; {r['threads']} threads at the peak"
+            if a and a.ok and a.result:
+                ratio = r["median_s"] / a.result["median_s"]
+                note += f"; DBOS / asyncflow (file, asyncio) {ratio:.1f}×"
+            rows.append(
+                Row("Fan-out: DBOS on SQLite (started and awaited)", size, secs(r["median_s"]),
+                    mib(r["peak_rss_mib"]), notes=note)
+            )  # fmt: skip
+    for n in sizes.vs_fanout:
+        if n in (sizes.vs_runs, sizes.fanout_runs):
+            continue  # their rows are above
+        label = "Fan-out: asyncflow, file backend, asyncio"
+        if r := figures(f"vs-asyncflow-{n}", label, f"{n:,} paused runs × 50 ms I/O"):
+            rows.append(
+                Row(label, f"{n:,} paused runs × 50 ms I/O", secs(r["median_s"]),
+                    mib(r["peak_rss_mib"]), notes=reps_note(r))
+            )  # fmt: skip
+
+    for name, where in (
+        ("watched-file-asyncio", "file backend, asyncio"),
+        ("watched-file-trio", "file backend, trio"),
+        ("watched-memory", "memory backend, asyncio"),
+    ):
+        size = f"{sizes.watched_runs:,} paused runs × 50 ms I/O"
+        label = f"Watched runs: one `flow.run()`, {where}"
+        if r := figures(name, label, size):
+            rows.append(
+                Row(label, size, secs(r["median_s"]), mib(r["peak_rss_mib"]),
+                    notes=f"{reps_note(r)}; CPU {secs(r['cpu_s'])}; setup: {r['runs']:,} "
+                    f"start() from {r['start_concurrency']:,} tasks {secs(r['start_s'])}, first "
+                    f"run() {secs(r['setup_first_run_s'])}")
+            )  # fmt: skip
+    return rows
+
+
+def ok_result(out: dict[str, Outcome], name: str) -> dict[str, Any] | None:
+    o = out.get(name)
+    return o.result if o is not None and o.ok else None
+
+
+# Issue 14's baseline on S3: 3 requests and 9.9 ms of client CPU per advanced run; the goal is
+# 0.05 requests per run, and the CPU per run cut by the same factor (60).
+CPU_PER_RUN_GOAL_S = 9.9e-3 * 0.05 / 3
+
+
+def goals_table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
+    """One row per goal of issue 14: what was measured, its target, and whether it is met.
+
+    A goal is only "met" from figures at the size it names; a smaller run says "not measured
+    at <size>" (or "no" when a per-run figure already misses the target at any size).
+    """
+    rows: list[tuple[str, str, str, str]] = []
+    at_size = f"not measured at {WATCHED_GOAL:,}"
+
+    def verdict(ok: bool, full_size: bool) -> str:
+        if quick:
+            return "— (quick run)"
+        if not ok:
+            return "**no**"
+        return "yes" if full_size else at_size
+
+    for loop in ("asyncio", "trio"):
+        r = ok_result(out, f"watched-file-{loop}")
+        goal = f"1. {WATCHED_GOAL:,} watched runs in one `flow.run()`, file, {loop}"
+        target = "≤ 60 s, ≤ 1 GiB peak RSS"
+        if r is None:
+            rows.append((goal, "not measured (failed or skipped)", target, "—"))
+            continue
+        ok = r["median_s"] <= 60 and r["peak_rss_mib"] <= 1024
+        rows.append(
+            (goal, f"{r['runs']:,} runs: {secs(r['median_s'])}, {mib(r['peak_rss_mib'])}",
+             target, verdict(ok, r["runs"] >= WATCHED_GOAL))
+        )  # fmt: skip
+    for kind, where in (("s3", "S3"), ("dynamodb", "DynamoDB")):
+        r = ok_result(out, f"aws-fanout-{kind}")
+        goal = f"1. {WATCHED_GOAL:,} watched runs in one `flow.run()`, {where} (moto)"
+        target = f"≤ 120 s; ≤ 0.05 requests/run; CPU ≤ {ms(CPU_PER_RUN_GOAL_S)}/run"
+        if r is None:
+            rows.append((goal, "not measured (failed or skipped)", target, "—"))
+            continue
+        per_run = r["requests_per_run_total"]
+        estimate = r["median_s"] * WATCHED_GOAL / r["runs"]
+        result = (
+            f"{r['runs']:,} runs: {secs(r['median_s'])} (× {WATCHED_GOAL // r['runs']:,} ≈ "
+            f"{secs(estimate)}); {per_run:.2f} requests/run; CPU {ms(r['cpu_per_run_s'])}/run"
+        )
+        ok = per_run <= 0.05 and r["cpu_per_run_s"] <= CPU_PER_RUN_GOAL_S
+        ok = ok and (r["median_s"] if r["runs"] >= WATCHED_GOAL else estimate) <= 120
+        rows.append((goal, result, target, verdict(ok, r["runs"] >= WATCHED_GOAL)))
+    for name, where in (
+        ("watched-file-asyncio", "file"),
+        ("watched-memory", "memory"),
+        ("aws-fanout-s3", "S3 (moto)"),
+        ("aws-fanout-dynamodb", "DynamoDB (moto)"),
+    ):
+        r = ok_result(out, name)
+        goal = f"2. {WATCHED_GOAL:,} `start()`s, {where}"
+        if r is None:
+            rows.append((goal, "not measured (failed or skipped)", "≤ 30 s", "—"))
+            continue
+        estimate = r["start_s"] * WATCHED_GOAL / r["runs"]
+        result = f"{r['runs']:,} from {r['start_concurrency']:,} tasks: {secs(r['start_s'])}"
+        if r["runs"] < WATCHED_GOAL:
+            result += f" (× {WATCHED_GOAL // r['runs']:,} ≈ {secs(estimate)})"
+        rows.append((goal, result, "≤ 30 s", verdict(estimate <= 30, r["runs"] >= WATCHED_GOAL)))
+    rows.append(
+        ("3. n invocations share the due runs (`flow.run(shard=...)`)",
+         "not measured by `nox -s bench` yet", "disjoint shares; throughput grows with n", "—")
+    )  # fmt: skip
+    small, large = sizes.steps[-2], sizes.steps[-1]
+    a, b = ok_result(out, f"steps-{small}"), ok_result(out, f"steps-{large}")
+    if a and b:
+        ratio = b["median_s"] / a["median_s"]
+        rows.append(
+            (f"4. recording {large:,} side effects / {small:,}, file",
+             f"{secs(b['median_s'])} / {secs(a['median_s'])} = {ratio:.2f}×", "≤ 2.2×",
+             verdict(ratio <= 2.2, True))
+        )  # fmt: skip
+    else:
+        rows.append(
+            (f"4. recording {large:,} / {small:,} side effects", "not measured", "≤ 2.2×", "—")
+        )
+    common = [n for n in sizes.dbos_steps if n in sizes.steps]
+    n = common[-1] if common else None
+    a = ok_result(out, f"steps-{n}") if n else None
+    d = ok_result(out, f"steps-dbos-{n}") if n else None
+    if n and a and d:
+        rows.append(
+            (f"4. per-step durable cost at {n:,} steps: asyncflow file vs DBOS SQLite",
+             f"{ms(a['per_item_s'])} vs {ms(d['per_item_s'])} "
+             f"({a['per_item_s'] / d['per_item_s']:.2f}×)", "asyncflow ≤ DBOS",
+             verdict(a["per_item_s"] <= d["per_item_s"], True))
+        )  # fmt: skip
+    else:
+        rows.append(("4. per-step durable cost vs DBOS on SQLite", "not measured", "≤ DBOS", "—"))
+    keep = [
+        (f"5. replay of {sizes.replay_steps:,} steps", "replay-1x", "≤ 0.3 s", 0.3),
+        ("5. `import asyncflow`", "import", "≤ 50 ms", 0.05),
+        (f"5. {sizes.fanout_runs:,}-run fan-out, file, asyncio", "fanout-asyncio", "≤ 5 s", 5.0),
+        (f"5. {sizes.fanout_runs:,}-run fan-out, file, trio", "fanout-trio", "≤ 5 s", 5.0),
+    ]
+    for goal, name, target, limit in keep:
+        r = ok_result(out, name)
+        if r is None:
+            rows.append((goal, "not measured (failed or skipped)", target, "—"))
+        else:
+            rows.append((goal, secs(r["median_s"]), target, verdict(r["median_s"] <= limit, True)))
+    ratios = []
+    for n in fanout_sizes(sizes):
+        a = ok_result(out, fanout_name(n, sizes))
+        for peer, name in (("DBOS", f"vs-dbos-{n}"), ("ttflow", "vs-ttflow")):
+            p = ok_result(out, name)
+            if a and p and (peer == "DBOS" or n == sizes.vs_runs):
+                ratios.append(f"{peer}/asyncflow {p['median_s'] / a['median_s']:.0f}× at {n:,}")
+    peers_ran = any("dbos" in k for k in out) and any("ttflow" in k for k in out)
+    rows.append(
+        ("6. asyncflow, DBOS and ttflow side by side in one run (fan-out)",
+         "; ".join(ratios) or "no peer ran", "all three in one `nox -s bench`",
+         "yes" if peers_ran and ratios else "**no**")
+    )  # fmt: skip
+    head = ("Issue 14 goal", "Measured", "Target", "Met")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -398,8 +690,8 @@ def machine_info(load_before: float) -> str:
         f"Measured {now} on {platform.system()} {platform.release()}, {cpu}, "
         f"nproc {usable if usable is not None else os.cpu_count()}, "
         f"{platform.python_implementation()} {platform.python_version()}; "
-        f"asyncflow {ver('asyncflow')} ({commit or 'no commit yet'}), anyio {ver('anyio')}, "
-        f"trio {ver('trio')}, ttflow {ver('ttflow')}. "
+        f"asyncflow {ver('asyncflow-durable')} ({commit or 'no commit yet'}), "
+        f"anyio {ver('anyio')}, trio {ver('trio')}, ttflow {ver('ttflow')}, dbos {ver('dbos')}. "
         # Other work on the machine (a test suite, a build) inflates every figure: say so.
         f"Load average (1 min) {load_before:.2f} before the run, "
         f"{os.getloadavg()[0]:.2f} after."
@@ -412,6 +704,8 @@ def report(out: dict[str, Outcome], sizes: Sizes, quick: bool, load_before: floa
         [
             f"Benchmarks, {kind}: `python benchmarks/run.py{' --quick' if quick else ''}` "
             "(`nox -s bench`).",
+            "",
+            goals_table(out, sizes, quick),
             "",
             table(out, sizes, quick),
             "",
@@ -450,18 +744,38 @@ def main() -> None:
         metavar="SCENARIO",
         help="leave a scenario out (repeatable), e.g. --skip fanout-trio",
     )
-    p.add_argument("--timeout", type=float, default=900, help="seconds per scenario process")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="run only the scenarios whose name starts with PREFIX (repeatable), e.g. steps-",
+    )
+    # The 100,000-run scenarios take about 4 minutes each on a quiet machine (starts, a first
+    # run, the measured one, removing the folder), 14 on one shared by other work.
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per scenario process")
+    p.add_argument("--aws-runs", type=int, help="runs of the S3/DynamoDB scenarios (e.g. 100000)")
+    p.add_argument("--watched-runs", type=int, help="runs of the file/memory watched scenarios")
+    p.add_argument("--dbos-fanout-max", type=int, help="largest DBOS fan-out (e.g. 10000)")
     a = p.parse_args()
 
     sizes = QUICK if a.quick else FULL
+    changes = {
+        "aws_runs": a.aws_runs,
+        "watched_runs": a.watched_runs,
+        "dbos_fanout_max": a.dbos_fanout_max,
+    }
+    sizes = dataclasses.replace(sizes, **{k: v for k, v in changes.items() if v is not None})
     load_before = os.getloadavg()[0]
-    out = run_all(sizes, a.timeout, set(a.skip))
+    out = run_all(sizes, a.timeout, set(a.skip), a.only)
     text = report(out, sizes, a.quick, load_before)
     print(text)
 
     failures = [o for o in out.values() if not o.ok]
     if a.write_readme:
-        if failures:
+        if a.only:
+            log("warning: not every scenario ran (--only); README left unchanged")
+        elif failures:
             log("warning: some scenarios failed; README left unchanged")
         else:
             write_readme(text, a.readme)

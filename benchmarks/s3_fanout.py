@@ -1,11 +1,17 @@
-"""Fan-out on the AWS backends: one invocation advances many paused runs, on S3 (moto).
+"""Watched runs on every store: one invocation advances many paused runs (issue 14's scenario).
 
 What it measures: the wall time of ONE ``await flow.run()`` that finds N paused runs and
 advances each by one 50 ms I/O side effect until it pauses again (the scenario of fanout.py),
-on the S3 or DynamoDB backend against moto's server, or on the file backend for comparison,
-how many HTTP requests each run cost (counted with botocore's ``before-send`` event, retries
-included), and the CPU time this process spent (asyncflow, botocore, httpx: the client's
-share; the rest of the wall time is waiting for the store).
+on the S3 or DynamoDB backend against moto's server, or on the file or memory backend, on
+asyncio or trio; how many HTTP requests each run cost (counted with botocore's ``before-send``
+event, retries included), and the CPU time this process spent (asyncflow, botocore, httpx:
+the client's share; the rest of the wall time is waiting for the store). Also the time of the
+N ``flow.start()`` calls that create the runs (issue 14's goal 2), made from
+``--start-concurrency`` tasks at once (1 = one after another), and the unmeasured-so-far
+first ``flow.run()`` that brings every run to its first pause.
+
+``--profile FILE`` runs the last measured invocation under cProfile and dumps the stats
+there (``python -m pstats FILE``), to see where an invocation's time goes.
 
 Why it matters: requests are what a deployment on S3 pays for, per run and per invocation;
 and the wall time says what part of the time budget the store takes.
@@ -15,6 +21,7 @@ process's interpreter lock: the figures are the client's cost plus moto's answer
 is slower than S3's own per request but without S3's network latency.
 
     python benchmarks/s3_fanout.py --backend s3 --runs 1000 --reps 3
+    python benchmarks/s3_fanout.py --backend file --runs 100000 --reps 1 --loop trio
 """
 
 from __future__ import annotations
@@ -118,9 +125,11 @@ class Requests:
         self.counts[event_name.rsplit(".", 1)[-1]] += 1
 
 
-def make_flow(kind: str, where: str, requests: Requests, sleep_s: float) -> Any:
+def make_flow(kind: str, where: Any, requests: Requests, sleep_s: float) -> Any:
     backend: Any
-    if kind == "s3":
+    if kind == "memory":
+        backend = where  # one MemoryBackend object: the store lives in it
+    elif kind == "s3":
         backend = asyncflow.S3Backend(where, "bench", session=requests.session())
     elif kind == "dynamodb":
         backend = asyncflow.DynamoDBBackend(where, session=requests.session())
@@ -151,17 +160,44 @@ def check(results: list[Any], runs: int, problems: list[str], when: str) -> None
         problems.append(f"{when}: side effect ran {io_calls} times, expected {runs}")
 
 
-async def measure(kind: str, where: str, runs: int, reps: int, sleep_s: float) -> dict[str, Any]:
+async def start_all(flow: Any, runs: int, concurrency: int) -> None:
+    """``runs`` calls of ``flow.start``, from ``concurrency`` tasks at once."""
+    next_i = iter(range(runs))
+
+    async def worker() -> None:
+        for i in next_i:  # one shared iterator: each index is started once
+            await flow.start("fan", {"i": i})
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(concurrency, runs)):
+            tg.start_soon(worker)
+
+
+async def measure(
+    kind: str,
+    where: Any,
+    runs: int,
+    reps: int,
+    sleep_s: float,
+    start_concurrency: int = 1000,
+    profile: str | None = None,
+) -> dict[str, Any]:
     global io_calls
     problems: list[str] = []
     requests = Requests()
     flow = make_flow(kind, where, requests, sleep_s)
-    log(f"setup: starting {runs} runs on {kind}")
+    log(f"setup: starting {runs} runs on {kind} from {start_concurrency} tasks")
     async with flow:
-        for i in range(runs):
-            await flow.start("fan", {"i": i})
+        requests.counts.clear()
+        t0, c0 = time.perf_counter(), time.process_time()
+        await start_all(flow, runs, start_concurrency)
+        start_s, start_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        start_requests = sum(requests.counts.values())
+    log(f"setup: {runs} starts took {start_s:.3f} s; first flow.run()")
     io_calls = 0
+    t0 = time.perf_counter()
     check(await flow.run(), runs, problems, "setup run")
+    first_run_s = time.perf_counter() - t0
 
     times: list[float] = []
     cpu: list[float] = []
@@ -170,10 +206,19 @@ async def measure(kind: str, where: str, runs: int, reps: int, sleep_s: float) -
         requests.counts.clear()
         flow = make_flow(kind, where, requests, sleep_s)  # a fresh invocation
         io_calls = 0
+        profiler = None
+        if profile and rep == reps - 1:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         t0, c0 = time.perf_counter(), time.process_time()
         results = await flow.run()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(str(profile))
         check(results, runs, problems, f"rep {rep + 1}")
         per_run.append({op: n / runs for op, n in sorted(requests.counts.items())})
         log(f"rep {rep + 1}/{reps}: {times[-1]:.3f} s, requests {dict(requests.counts)}")
@@ -184,7 +229,15 @@ async def measure(kind: str, where: str, runs: int, reps: int, sleep_s: float) -
         "times_s": times,
         "median_s": median(times),
         "cpu_s": median(cpu),
+        "cpu_per_run_s": median(cpu) / runs,
         "requests_per_run": per_run[-1] if per_run else {},
+        "requests_per_run_total": sum(per_run[-1].values()) if per_run else 0.0,
+        "start_s": start_s,
+        "start_cpu_s": start_cpu_s,
+        "start_concurrency": start_concurrency,
+        "start_requests_per_run": start_requests / runs,
+        "setup_first_run_s": first_run_s,
+        "profiled": bool(profile),
         "peak_rss_mib": peak_rss_mib(),
         "problems": problems,
     }
@@ -192,20 +245,27 @@ async def measure(kind: str, where: str, runs: int, reps: int, sleep_s: float) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", choices=["s3", "dynamodb", "file"], default="s3")
+    p.add_argument("--backend", choices=["s3", "dynamodb", "file", "memory"], default="s3")
     p.add_argument("--runs", type=int, default=1000)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--loop", choices=["asyncio", "trio"], default="asyncio")
     p.add_argument("--sleep", type=float, default=0.05, help="seconds of I/O per side effect")
+    p.add_argument(
+        "--start-concurrency", type=int, default=1000, help="tasks calling flow.start at once"
+    )
+    p.add_argument("--profile", default=None, help="cProfile the last rep into this file")
     a = p.parse_args()
+    opts = (a.runs, a.reps, a.sleep, a.start_concurrency, a.profile)
     if a.backend == "file":
         with tempfile.TemporaryDirectory(prefix="asyncflow-bench-") as tmp:
-            result = anyio.run(measure, "file", tmp, a.runs, a.reps, a.sleep, backend=a.loop)
+            result = anyio.run(measure, "file", tmp, *opts, backend=a.loop)
+    elif a.backend == "memory":
+        result = anyio.run(measure, "memory", asyncflow.MemoryBackend(), *opts, backend=a.loop)
     else:
         with moto_server() as endpoint:
             aws_env(endpoint)
             where = create_store(a.backend)
-            result = anyio.run(measure, a.backend, where, a.runs, a.reps, a.sleep, backend=a.loop)
+            result = anyio.run(measure, a.backend, where, *opts, backend=a.loop)
     result["loop"] = a.loop
     emit(result)
 

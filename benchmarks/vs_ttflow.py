@@ -7,6 +7,10 @@ ttflow side effects are synchronous) and paused again, by one ``client.run()`` o
 ``local:`` (JSON file) backend. ttflow runs them one after another, so expect N x 50 ms plus
 its overhead; run.py puts this next to ``fanout.py`` at the same N and reports the ratio.
 
+``steps``: one run records N trivial side effects and pauses, in one ``client.run()`` on the
+``local:`` (JSON file) backend, a fresh state file per repetition: ttflow's per-step durable
+cost, the twin of ``steps.py`` (asyncflow, file) and ``vs_dbos.py steps`` (DBOS, SQLite).
+
 ``replay``: one paused run with N recorded side effects, resumed by ``client.run()`` on the
 ``onmemory`` backend; ttflow looks each step up by scanning the run's whole state, which is
 why it is measured at a smaller N than asyncflow.
@@ -22,6 +26,7 @@ ttflow ``print()``s a line per workflow it runs; that output goes to /dev/null.
 
     python benchmarks/vs_ttflow.py fanout --runs 100 --reps 3
     python benchmarks/vs_ttflow.py replay --steps 2000 --reps 1
+    python benchmarks/vs_ttflow.py steps --steps 1000 --reps 1
 """
 
 from __future__ import annotations
@@ -158,6 +163,45 @@ def replay(steps: int, reps: int) -> dict[str, Any]:
     }
 
 
+def steps(n: int, reps: int) -> dict[str, Any]:
+    global calls
+    problems: list[str] = []
+    times: list[float] = []
+    for rep in range(reps):
+        with tempfile.TemporaryDirectory(prefix="ttflow-bench-") as tmp:
+            client = ttflow.setup(f"local:{tmp}/state.json")
+
+            @client.sideeffect()
+            def step(c: ttflow.RunContext, i: int) -> int:
+                global calls
+                calls += 1
+                return i
+
+            @client.workflow()
+            def steps(c: ttflow.RunContext, args: dict[str, Any]) -> None:
+                for i in range(args["n"]):
+                    step(c, i)
+                c.pause_once()
+
+            calls = 0
+            t0 = time.perf_counter()
+            with quiet_stdout():
+                results = client.run("steps", {"n": n})
+            times.append(time.perf_counter() - t0)
+        if [r.status for r in results] != ["paused"] or calls != n:
+            problems.append(f"rep {rep + 1}: statuses {[r.status for r in results]}, {calls}")
+        log(f"rep {rep + 1}/{reps}: {times[-1]:.3f} s")
+    return {
+        "steps": n,
+        "reps": reps,
+        "times_s": times,
+        "median_s": median(times),
+        "per_item_s": median(times) / n,
+        "peak_rss_mib": peak_rss_mib(),
+        "problems": problems,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -168,8 +212,14 @@ def main() -> None:
     r = sub.add_parser("replay")
     r.add_argument("--steps", type=int, default=2000)
     r.add_argument("--reps", type=int, default=1)
+    s = sub.add_parser("steps")
+    s.add_argument("--steps", type=int, default=1000)
+    s.add_argument("--reps", type=int, default=1)
     a = p.parse_args()
-    result = fanout(a.runs, a.reps, a.sleep) if a.mode == "fanout" else replay(a.steps, a.reps)
+    if a.mode == "fanout":
+        result = fanout(a.runs, a.reps, a.sleep)
+    else:
+        result = (replay if a.mode == "replay" else steps)(a.steps, a.reps)
     result["ttflow_version"] = version("ttflow")
     emit(result)
 
