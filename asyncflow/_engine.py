@@ -16,6 +16,7 @@ import anyio
 
 if TYPE_CHECKING:
     from ._cron import Cron
+    from ._shard import Shard
     from ._triggers import TriggerKind
 
 if sys.version_info < (3, 11):
@@ -322,12 +323,13 @@ async def invoke(
     new: list[RunRecord],
     max_concurrency: int,
     stop_at: float | None = None,
+    shard: Shard | None = None,
 ) -> list[RunResult]:
     """:func:`_invoke`, told to the ``asyncflow`` logger (one line), OpenTelemetry (a span)
     and the caller's observer."""
     started = time.monotonic()
     with telemetry.tally() as counts, telemetry.span("asyncflow.invocation", {}) as span:
-        results = await _invoke(backend, clock, workflows, new, max_concurrency, stop_at)
+        results = await _invoke(backend, clock, workflows, new, max_concurrency, stop_at, shard)
         telemetry.set_attributes(span, {"runs": len(results), "held_elsewhere": counts.held})
     # An invocation that found nothing to do is DEBUG: a server resuming every few seconds
     # would otherwise fill its console with them.
@@ -352,13 +354,16 @@ async def _invoke(
     new: list[RunRecord],
     max_concurrency: int,
     stop_at: float | None = None,
+    shard: Shard | None = None,
 ) -> list[RunResult]:
     """Advance ``new`` runs and every run due before this call, at most ``max_concurrency``
     at once; report them new first, then resumed oldest first, then the runs that events
     emitted meanwhile started or woke. No run starts once ``clock()`` reaches ``stop_at``:
-    those stay due (new ones are stored) for the next invocation."""
+    those stay due (new ones are stored) for the next invocation. ``shard``: advance only the
+    due runs of that shard; schedules are ticked by shard 0 alone (asyncflow/_shard.py)."""
     invocation = Invocation(backend, clock, workflows)
-    new = [*new, *await _scheduled(invocation)]
+    if shard is None or shard.first:
+        new = [*new, *await _scheduled(invocation)]
     # Runs the wait index calls not due (asleep, waiting for an event) are skipped unread.
     # Listed before the runs: a run that an emitter wakes after this listing is left to the
     # emitter's invocation, which executes it (listed the other way round, the run would be
@@ -379,9 +384,12 @@ async def _invoke(
             listed = await backend.list(ACTIVE)
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
+    if shard is not None:  # this invocation's share of the runs, and of their index entries
+        listed, index.by_run = shard.keep(listed), shard.keep(index.by_run)
     await index.drop_stale(backend, listed)
     now = clock()
-    await invocation.log.prune(backend)
+    if shard is None or shard.first:
+        await invocation.log.prune(backend)
     async with AsyncExitStack() as claims:
         # Claim every due run first, in one sweep, and hold the claims until the invocation
         # ends: a run another invocation holds is skipped, and nothing that is read below can

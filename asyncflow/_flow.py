@@ -333,6 +333,7 @@ class Flow:
         *,
         key: str | None = None,
         time_limit: float | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> list[RunResult]:
         """One invocation: start new runs for ``trigger`` (if given) and resume every run that
         was due before this call, concurrently. Runs that events emitted meanwhile start or
@@ -346,6 +347,12 @@ class Flow:
             time_limit: seconds (by the flow's clock) after which no further run is started;
                 runs already started go on to their next pause or end. Runs not started stay
                 due (new ones are stored) for the next invocation. ``None``: no limit.
+            shard: ``(k, n)``: resume only the due runs of shard ``k`` of ``n`` (a run's shard
+                is a stable hash of its id modulo ``n``), so that n invocations started together
+                share the due runs without contending for them. Shard 0 also ticks the
+                schedules (``every`` and ``cron`` workflows); the runs this call starts, and
+                those events emitted meanwhile start or wake, are advanced here whatever their
+                shard. ``None``: every due run.
 
         Returns:
             A result for every run this invocation advanced: new runs first, then resumed runs
@@ -355,9 +362,13 @@ class Flow:
         Raises:
             UnknownTriggerError: no workflow is bound to ``trigger`` (nothing was changed).
             SerializationError: ``args`` cannot be stored as JSON (nothing was changed).
+            UsageError: ``shard`` is not a pair of integers ``0 <= k < n``.
             EventCycleError: events kept starting runs that emit events, round after round.
             BackendError: the backend failed or holds a damaged record (named).
         """
+        from ._shard import as_shard
+
+        share = as_shard(shard)
         new: list[RunRecord] = []
         if trigger is not None:
             new = create_runs(self.clock, self._bound(trigger), trigger, args)
@@ -370,7 +381,7 @@ class Flow:
 
                 new = [r for r in new if await claim_key(backend, r, key)]
             return await invoke(
-                backend, self.clock, self._workflows, new, self.max_concurrency, stop_at
+                backend, self.clock, self._workflows, new, self.max_concurrency, stop_at, share
             )
 
     async def start(self, trigger: str, args: Any = None, *, key: str | None = None) -> list[str]:
