@@ -432,19 +432,25 @@ async def _work(
     shard: Shard | None = None,
 ) -> None:
     """Invoke until no run is due: again at once while runs are due at the next invocation,
-    else asleep until the earliest timer; done when only events (or nothing) can wake a run.
-    (With a shard: the timers of every shard count, so a shard may wake to find nothing.)"""
+    else asleep until the earliest timer (of its shard's runs, with a shard); done when only
+    events (or nothing) can wake a run."""
     while True:
         results = await flow.run(trigger, payload, key=key, shard=shard)
         trigger = payload = key = None  # started once: the next invocations resume
         progress.summary.add(results)
         if any(map(_due_again, results)):
             continue
-        wake = await flow.next_wakeup()
-        if wake is None:
+        if shard is None:
+            wake = await flow.next_wakeup()
+            wake_at = None if wake is None else wake.timestamp()
+        else:
+            from ._shard import next_wakeup
+
+            wake_at = await next_wakeup(flow.backend, shard)
+        if wake_at is None:
             return
-        delay = wake.timestamp() - flow.clock()
-        progress.asleep(wake.timestamp())
+        delay = wake_at - flow.clock()
+        progress.asleep(wake_at)
         # Not less than a moment when nothing advanced: a timer due now whose run another
         # invocation holds would otherwise be polled in a busy loop.
         await anyio.sleep(max(delay, 0.0 if results else 0.05))

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from ._exceptions import UsageError
 
-__all__ = ["Shard", "as_shard", "parse_shard", "shard_of"]
+if TYPE_CHECKING:
+    from ._backend import Backend
+
+__all__ = ["Shard", "as_shard", "next_wakeup", "parse_shard", "shard_of"]
 
 V = TypeVar("V")
 
@@ -97,3 +100,14 @@ def parse_shard(text: str) -> Shard:
     shard = as_shard((int(k), int(n)), "--shard")
     assert shard is not None
     return shard
+
+
+async def next_wakeup(backend: Backend, shard: Shard) -> float | None:
+    """When the earliest durable timer of a run of ``shard`` is due (epoch seconds); ``None``
+    if none of its runs sleeps. (``run --shard K/N --until-done`` sleeps until then: the
+    other shards' timers are theirs to wait for.)"""
+    from ._waits import WAITS, WaitIndex
+
+    index = WaitIndex(await backend.list(WAITS))
+    index.by_run = shard.keep(index.by_run)
+    return index.next_wakeup()

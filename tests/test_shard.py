@@ -220,6 +220,32 @@ async def test_a_shard_keeps_the_index_entries_of_the_others_sleeping_runs(
     assert sorted(advanced) == sorted(ids)
 
 
+@pytest.mark.anyio
+async def test_a_shard_waits_for_its_own_runs_timers(
+    make_flow: MakeFlow, clock: MockClock
+) -> None:
+    from asyncflow._shard import next_wakeup
+
+    flow = make_flow()
+
+    @flow.workflow()
+    async def nap(c: Context, seconds: float) -> None:
+        await c.sleep(seconds)
+
+    async with flow:
+        ids = [rid for s in range(1, 13) for rid in await flow.start("nap", s * 60)]
+        await flow.run()
+        wakes = {}
+        for k in range(3):
+            mine = [i for i, rid in enumerate(ids) if shard_of(rid, 3) == k]
+            wakes[k] = clock() + (mine[0] + 1) * 60 if mine else None
+            got = await next_wakeup(flow.backend, Shard(k, 3))
+            assert got == pytest.approx(wakes[k], abs=0.002), k
+        everyone = await flow.next_wakeup()
+    assert everyone is not None
+    assert everyone.timestamp() == pytest.approx(min(w for w in wakes.values() if w), abs=0.002)
+
+
 # -- the command line --------------------------------------------------------------------------
 
 
