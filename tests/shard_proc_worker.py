@@ -11,9 +11,9 @@ AWS_ENDPOINT_URL). Each real execution of the side effect ``step`` appends ``ste
 JOURNALS/<run_id>.log unless SHARD_JOURNAL=0; it sleeps SHARD_SLEEP_MS milliseconds (default 0).
 
 ``shard`` prints ``{"advanced": [run ids], "held": H, "conflicts": C, "started": t0,
-"ended": t1}``: H counts the due runs this invocation found held by another (a lost claim, as
-the engine reports it to its observer), C the runs it lost to another invocation's write (the
-engine's "changed by another invocation" warning).
+"ended": t1, "cpu": seconds}``: H counts the due runs this invocation found held by another
+(a lost claim, as the engine reports it to its observer), C the runs it lost to another
+invocation's write (the engine's "changed by another invocation" warning).
 """
 
 from __future__ import annotations
@@ -95,9 +95,9 @@ async def shard(k: int, n: int) -> None:
     OBSERVER.set(counting)
     async with flow:  # opened before the go: the figures time the invocation alone
         wait_for_go(k)
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         results = await flow.run(shard=None if n == 0 else (k, n))
-        ended = time.time()
+        ended, cpu = time.time(), time.process_time() - cpu
     print(
         json.dumps(
             {
@@ -107,6 +107,7 @@ async def shard(k: int, n: int) -> None:
                 "conflicts": conflicts.count,
                 "started": started,
                 "ended": ended,
+                "cpu": cpu,
             }
         )
     )

@@ -1,13 +1,15 @@
 """Throughput of n shard processes on S3 (moto's server): the README's figures for
 "Past one machine: shards". Not a test (nothing is asserted on time); run as
 
-    python tests/shard_throughput.py [RUNS] [N ...]     # default: 1000 runs, n = 1 2 4
+    python tests/shard_throughput.py [--store s3|dynamodb|file] [RUNS] [N ...]
+        # default: S3, 1000 runs, n = 1 2 4
 
-For each n: a new bucket, RUNS runs of tests/shard_proc_worker.py's `tick` started and
-advanced once (to their pause), then n processes started together, shard k of n each, advance
-them all by one 50 ms side effect to their next pause. The time is from the first process's
-start of its invocation to the last one's end (the processes' start-up is not counted).
-moto's server runs in a process of its own (`moto_server`, threaded).
+For each n: a new bucket (table, folder), RUNS runs of tests/shard_proc_worker.py's `tick`
+started and advanced once (to their pause), then n processes started together, shard k of n
+each, advance them all by one 50 ms side effect to their next pause. The time is from the
+first process's start of its invocation to the last one's end (start-up is not counted).
+moto's server runs in a process of its own (`moto_server`, threaded); the CPU time it and the
+shard processes used in the timed round is printed beside it.
 """
 
 from __future__ import annotations
@@ -32,9 +34,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process ``pid`` has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    ns = [int(a) for a in sys.argv[2:]] or [1, 2, 4]
+    args = sys.argv[1:]
+    store = "s3"
+    if args[:1] == ["--store"]:
+        store, args = args[1], args[2:]
+    runs = int(args[0]) if args else 1000
+    ns = [int(a) for a in args[1:]] or [1, 2, 4]
     port = free_port()
     moto = Path(sys.executable).parent / "moto_server"
     server = subprocess.Popen(
@@ -64,27 +76,37 @@ def main() -> None:
                     raise
                 time.sleep(0.1)
         os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        print(f"{runs} paused runs, each advanced by one 50 ms side effect, on S3 (moto)")
-        print(f"{'n':>3} {'seconds':>8} {'runs/s':>8}  per shard (runs, seconds)")
+        print(f"{runs} paused runs, each advanced by one 50 ms side effect, on {store}")
+        print(f"{'n':>3} {'seconds':>8} {'runs/s':>7} {'client CPU s':>13} {'moto CPU s':>11}")
         for n in ns:
-            bucket = f"shards-{uuid.uuid4().hex[:12]}"
-            s3.create_bucket(Bucket=bucket)
             with tempfile.TemporaryDirectory() as tmp:
-                shards = Shards(Path(tmp), f"s3://{bucket}/runs", env)
+                name = f"shards-{uuid.uuid4().hex[:12]}"
+                if store == "s3":
+                    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+                    url = f"s3://{name}/runs"
+                elif store == "dynamodb":
+                    from conftest import Aws
+
+                    url = f"dynamodb://{Aws(endpoint).new_table()}"
+                else:
+                    url = f"file:{tmp}/store"
+                shards = Shards(Path(tmp), url, env)
                 shards.journals.mkdir()
                 shards.call("start", str(runs))
                 shards.round(1)  # every run to its first pause (not timed)
+                moto_cpu = cpu_seconds(server.pid)
                 outputs = shards.round(n)
+                moto_cpu = cpu_seconds(server.pid) - moto_cpu
             advanced = Counter(rid for out in outputs for rid in out["advanced"])
             assert len(advanced) == runs
             assert set(advanced.values()) == {1}
             assert all((o["held"], o["conflicts"]) == (0, 0) for o in outputs)
             seconds = max(o["ended"] for o in outputs) - min(o["started"] for o in outputs)
-            each = ", ".join(
-                f"({len(o['advanced'])}, {o['ended'] - o['started']:.1f})" for o in outputs
+            cpu = sum(o["cpu"] for o in outputs)
+            print(
+                f"{n:>3} {seconds:>8.1f} {runs / seconds:>7.0f} {cpu:>13.1f} {moto_cpu:>11.1f}",
+                flush=True,
             )
-            print(f"{n:>3} {seconds:>8.1f} {runs / seconds:>8.0f}  {each}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
