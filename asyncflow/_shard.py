@@ -17,7 +17,10 @@ What is not a due run is shared out so that no work is done twice or fought over
   due by this invocation, and their claim keeps them once if another invocation reaches them
   too. From their next pause on they belong to their own shard;
 - a run waiting for an event finds the logged event when its own shard reads it: the log is
-  consulted per run, and each shard consults it for its own runs only.
+  consulted per run, and each shard consults it for its own runs only;
+- ``emit`` takes no shard: delivering an event is per waiting run, in whatever shard. The
+  invocation that follows a delivery is unsharded (it contends with running shards for the
+  runs it finds due, which claims keep correct).
 
 Changing n between rounds is safe: a run belongs to one shard of whatever n a round uses, and
 claims still keep it once if two rounds with different n overlap.
