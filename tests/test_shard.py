@@ -370,3 +370,30 @@ def test_lambda_refuses_bad_shards_and_an_emit_with_a_shard(
     # more resumes end the run.
     assert [r["status"] for r in lam({}, None) + lam({}, None)] == ["paused", "paused"]
     assert [(r["run_id"], r["status"]) for r in lam({}, None)] == [(rid, "succeeded")]
+
+
+def test_lambda_an_sqs_batch_delivers_its_events_then_resumes_only_its_shard() -> None:
+    flow = asyncflow.setup(asyncflow.MemoryBackend())
+
+    @flow.workflow()
+    async def waiter(c: Context) -> Any:
+        return await c.wait_event("go")
+
+    async def start() -> list[str]:
+        return [rid for _ in range(12) for rid in await flow.start("waiter")]
+
+    ids = anyio.run(start)
+    handler = asyncflow.aws_lambda.handler(flow)
+    try:
+        assert len(handler({}, None)) == 12  # all waiting
+        batch = sqs({"event": "go", "args": "now"}, {"shard": [1, 3]})
+        assert handler(batch, None) == {"batchItemFailures": []}
+        # Delivered to the waiters of every shard; shard 1's advanced by that invocation,
+        # the others' left due for their own shards.
+        rest = {r["run_id"]: r["result"] for k in (0, 2) for r in handler({"shard": [k, 3]}, None)}
+        assert handler({}, None) == []  # shard 1's were advanced by the batch's invocation
+    finally:
+        handler.close()
+    others = {rid for rid in ids if shard_of(rid, 3) != 1}
+    assert 0 < len(others) < len(ids)
+    assert rest == dict.fromkeys(others, "now")
