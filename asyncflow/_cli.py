@@ -42,6 +42,7 @@ if sys.version_info < (3, 11):
 
 if TYPE_CHECKING:
     from ._flow import Flow
+    from ._shard import Shard
 
 __all__ = ["format_summary", "main", "store_name", "waiting_for"]
 
@@ -259,6 +260,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep invoking, sleeping until the next timer, until no run is due (or Ctrl-C)",
     )
+    run.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="resume only shard K of N of the due runs (0 <= K < N), so that N invocations"
+        " started together share them; shard 0 also ticks the schedules",
+    )
     start = sub.add_parser(
         "start",
         parents=[common],
@@ -391,34 +398,47 @@ async def _run(flow: Flow, args: argparse.Namespace, session: _Session) -> int:
     if args.key is not None and args.trigger is None:
         raise UsageError("--key given without a TRIGGER")
     payload = _payload(args.args)
+    shard = None
+    if args.shard is not None:
+        from ._shard import parse_shard
+
+        shard = parse_shard(args.shard)
     if args.trigger is not None:
         used = await _key_notes(flow, args.trigger, args.key, session.lang)
         session.summary.notes += used.values()
     if not args.until_done:
-        return await _invoke(session, args, flow.run(args.trigger, payload, key=args.key))
+        call = flow.run(args.trigger, payload, key=args.key, shard=shard)
+        return await _invoke(session, args, call)
     progress = session.observe(args)
     async with flow:
-        await _work(flow, args.trigger, payload, args.key, progress)
+        await _work(flow, args.trigger, payload, args.key, progress, shard)
     session.print_summary(args)
     return _status(session)
 
 
 async def _work(
-    flow: Flow, trigger: str | None, payload: Any, key: str | None, progress: Progress
+    flow: Flow,
+    trigger: str | None,
+    payload: Any,
+    key: str | None,
+    progress: Progress,
+    shard: Shard | None = None,
 ) -> None:
     """Invoke until no run is due: again at once while runs are due at the next invocation,
-    else asleep until the earliest timer; done when only events (or nothing) can wake a run."""
+    else asleep until the earliest timer (of its shard's runs, with a shard); done when only
+    events (or nothing) can wake a run."""
     while True:
-        results = await flow.run(trigger, payload, key=key)
+        results = await flow.run(trigger, payload, key=key, shard=shard)
         trigger = payload = key = None  # started once: the next invocations resume
         progress.summary.add(results)
         if any(map(_due_again, results)):
             continue
-        wake = await flow.next_wakeup()
-        if wake is None:
+        wake = await flow.next_wakeup(shard=shard)
+        wake_at = None if wake is None else wake.timestamp()
+        if wake_at is None:
             return
-        delay = wake.timestamp() - flow.clock()
-        progress.asleep(wake.timestamp())
+        delay = wake_at - flow.clock()
+        progress.asleep(wake_at)
         # Not less than a moment when nothing advanced: a timer due now whose run another
         # invocation holds would otherwise be polled in a busy loop.
         await anyio.sleep(max(delay, 0.0 if results else 0.05))

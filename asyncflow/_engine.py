@@ -37,6 +37,7 @@ from ._record import (
     storable_text,
 )
 from ._results import RunResult, damaged_result, run_result
+from ._shard import Shard
 from ._store import Store
 from ._waits import EventLog, WaitIndex, event_hash, pending_waits
 from ._workflow import Workflow
@@ -262,12 +263,13 @@ async def invoke(
     new: list[RunRecord],
     max_concurrency: int,
     stop_at: float | None = None,
+    shard: Shard | None = None,
 ) -> list[RunResult]:
     """:func:`_invoke`, told to the ``asyncflow`` logger (one line), OpenTelemetry (a span)
     and the caller's observer."""
     started = time.monotonic()
     with telemetry.tally() as counts, telemetry.span("asyncflow.invocation", {}) as span:
-        results = await _invoke(store, workflows, new, max_concurrency, stop_at)
+        results = await _invoke(store, workflows, new, max_concurrency, stop_at, shard)
         telemetry.set_attributes(span, {"runs": len(results), "held_elsewhere": counts.held})
     # An invocation that found nothing to do is DEBUG: a server resuming every few seconds
     # would otherwise fill its console with them.
@@ -291,15 +293,18 @@ async def _invoke(
     new: list[RunRecord],
     max_concurrency: int,
     stop_at: float | None = None,
+    shard: Shard | None = None,
 ) -> list[RunResult]:
     """Advance ``new`` runs and every run due before this call, at most ``max_concurrency``
     at once; report them new first, then resumed oldest first, then the runs that events
     emitted meanwhile started or woke. No run starts once ``clock()`` reaches ``stop_at``:
-    those stay due (new ones are stored) for the next invocation."""
+    those stay due (new ones are stored) for the next invocation. ``shard``: advance only the
+    due runs of that shard; schedules are ticked by shard 0 alone (asyncflow/_shard.py)."""
     invocation = Invocation(store, workflows)
-    new = [*new, *await _scheduled(invocation)]
+    if shard is None or shard.first:
+        new = [*new, *await _scheduled(invocation)]
     try:
-        due = await store.list_due()
+        due = await store.list_due(shard)
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
     invocation.log = due.log

@@ -306,6 +306,7 @@ class Flow:
         *,
         key: str | None = None,
         time_limit: float | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> list[RunResult]:
         """One invocation: start new runs for ``trigger`` (if given) and resume every run that
         was due before this call, concurrently. Runs that events emitted meanwhile start or
@@ -319,6 +320,12 @@ class Flow:
             time_limit: seconds (by the flow's clock) after which no further run is started;
                 runs already started go on to their next pause or end. Runs not started stay
                 due (new ones are stored) for the next invocation. ``None``: no limit.
+            shard: ``(k, n)``: resume only the due runs of shard ``k`` of ``n`` (a run's shard
+                is a stable hash of its id modulo ``n``), so that n invocations started together
+                share the due runs without contending for them. Shard 0 also ticks the
+                schedules (``every`` and ``cron`` workflows); the runs this call starts, and
+                those events emitted meanwhile start or wake, are advanced here whatever their
+                shard. ``None``: every due run.
 
         Returns:
             A result for every run this invocation advanced: new runs first, then resumed runs
@@ -328,9 +335,13 @@ class Flow:
         Raises:
             UnknownTriggerError: no workflow is bound to ``trigger`` (nothing was changed).
             SerializationError: ``args`` cannot be stored as JSON (nothing was changed).
+            UsageError: ``shard`` is not a pair of integers ``0 <= k < n``.
             EventCycleError: events kept starting runs that emit events, round after round.
             BackendError: the backend failed or holds a damaged record (named).
         """
+        from ._shard import as_shard
+
+        share = as_shard(shard)
         new: list[RunRecord] = []
         if trigger is not None:
             new = create_runs(self.clock, self._bound(trigger), trigger, args)
@@ -342,7 +353,7 @@ class Flow:
                 from ._manage import claim_key
 
                 new = [r for r in new if await claim_key(store, r, key)]
-            return await invoke(store, self._workflows, new, self.max_concurrency, stop_at)
+            return await invoke(store, self._workflows, new, self.max_concurrency, stop_at, share)
 
     async def start(self, trigger: str, args: Any = None, *, key: str | None = None) -> list[str]:
         """Record one new run per workflow bound to ``trigger`` without executing it.
@@ -449,17 +460,21 @@ class Flow:
             await reopen(store, run_id, self._workflows)
             return await invoke(store, self._workflows, [], self.max_concurrency)
 
-    async def next_wakeup(self) -> datetime | None:
+    async def next_wakeup(self, *, shard: tuple[int, int] | None = None) -> datetime | None:
         """When the earliest durable timer (``c.sleep``, a ``wait_event`` timeout, a retry
-        delay) is due, in UTC; ``None`` if no run sleeps.
+        delay) is due, in UTC; ``None`` if no run sleeps. ``shard=(k, n)``: of that shard's
+        runs only (what ``run(shard=(k, n))`` would advance).
 
         A scheduler can call the next invocation then. Runs paused otherwise (``pause_once``)
         are due at every invocation; runs waiting for an event, when it is emitted.
         """
         from datetime import datetime, timezone
 
+        from ._shard import as_shard
+
+        share = as_shard(shard)
         async with self._stored() as store:
-            wake = (await store.wait_index()).next_wakeup()
+            wake = await store.next_wakeup(share)
         return None if wake is None else datetime.fromtimestamp(wake, timezone.utc)
 
     # -- inspection ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import anyio
 from ._backend import Backend, DamagedEntry, Entry, Key
 from ._exceptions import BackendError, ConflictError, DamagedRecordError
 from ._record import RunRecord, decode_state, dumps, encode_state
+from ._shard import Shard
 from ._waits import EventLog, WaitIndex, event_hash, index_name, sha256_hex
 
 if TYPE_CHECKING:
@@ -247,12 +248,21 @@ class Store:
 
     # -- due runs and claims -------------------------------------------------------------------
 
-    async def list_due(self) -> Due:
+    async def next_wakeup(self, shard: Shard | None = None) -> float | None:
+        """When the earliest durable timer of a run (of ``shard``'s runs) is due, in epoch
+        seconds; ``None`` if none sleeps."""
+        index = await self.wait_index()
+        if shard is not None:
+            index.by_run = shard.keep(index.by_run)
+        return index.next_wakeup()
+
+    async def list_due(self, shard: Shard | None = None) -> Due:
         """List the runs due now, oldest first, with the index and event log they were judged
         by; delete the index entries of runs that are gone and the events past retention.
 
-        The one place an invocation learns which runs to take: a filter on the runs one
-        invocation takes (a share of them) belongs here.
+        The one place an invocation learns which runs to take. ``shard``: only the runs of
+        that shard (and their index entries: another shard's entries are never taken for
+        stale); the expired events are deleted by shard 0 alone.
 
         Raises:
             BaseExceptionGroup: a listing failed (the caller takes the error out).
@@ -278,12 +288,15 @@ class Store:
         async with anyio.create_task_group() as tg:
             tg.start_soon(list_events)
             listed = await self.backend.list(ACTIVE)
+        if shard is not None:  # this invocation's share of the runs, and of their entries
+            listed, index.by_run = shard.keep(listed), shard.keep(index.by_run)
         # Entries of runs not listed: a crash left them behind their run's end, and they would
         # mislead next_wakeup.
         await self.unindex(index.stale(listed))
         now = self.clock()
-        for name in log.expired():
-            await self.backend.delete((EVENTS, name))
+        if shard is None or shard.first:
+            for name in log.expired():
+                await self.backend.delete((EVENTS, name))
         run_ids = [
             run_id
             for run_id in sorted(listed)  # ids sort by creation time

@@ -12,6 +12,12 @@ The handler tells the events Lambda passes apart by their shape:
   ``batchItemFailures`` so that only they are retried;
 - a direct invocation with a ``{"trigger": ..., "args": ...}`` object (``{}`` resumes).
 
+A resume or trigger request that is not HTTP (an EventBridge detail, an SQS message body, a
+direct invocation) may name a shard, ``{"shard": [k, n]}``: the invocation then resumes only
+shard ``k`` of ``n`` of the due runs (:meth:`asyncflow.Flow.run`'s ``shard``). A schedule that
+sends n such SQS messages, one per shard, has n invocations share the due runs without
+contending for them (``deploy/template.yaml``, parameter ``Shards``).
+
 Events of other sources (S3 notifications, DynamoDB and Kinesis streams, SNS, CloudWatch
 Logs, ...) raise a :class:`~asyncflow.UsageError` naming the source.
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
@@ -45,6 +52,8 @@ from ._http import (
     parse_order,
     results_list,
 )
+from ._results import RunResult
+from ._shard import Shard, as_shard
 from ._validate import seconds
 
 __all__ = ["LambdaContext", "LambdaHandler", "handler"]
@@ -138,8 +147,9 @@ class LambdaHandler:
             if "detail-type" in event and "source" in event:
                 # EventBridge: a schedule's detail is empty (resume); another rule's event may
                 # carry a trigger request as its detail.
-                order = _order(event.get("detail") or {}, "EventBridge detail")
-                return results_list(portal.call(order.perform, self.flow, time_limit))
+                detail, shard = _sharded(event.get("detail") or {}, "EventBridge detail")
+                order = _order(detail, "EventBridge detail")
+                return results_list(portal.call(self._perform, order, shard, time_limit))
             records = event.get("Records")
             if isinstance(records, list) and records and _is_sqs(records[0]):
                 return portal.call(self._sqs, records, time_limit)
@@ -150,8 +160,9 @@ class LambdaHandler:
                     " (function URL, API Gateway, ALB), EventBridge events, SQS messages and"
                     ' direct invocations {"trigger": ..., "args": ...}'
                 )
+        event, shard = _sharded(event, "Lambda event")
         order = _order(event, "Lambda event")
-        return results_list(portal.call(order.perform, self.flow, time_limit))
+        return results_list(portal.call(self._perform, order, shard, time_limit))
 
     def close(self) -> None:
         """Leave the flow (closing its backend) and stop the event loop thread."""
@@ -161,6 +172,15 @@ class LambdaHandler:
         if portal is not None and thread is not None:
             portal.call(portal.stop)
             thread.join()
+
+    async def _perform(
+        self, order: Order, shard: Shard | None, time_limit: float | None
+    ) -> list[RunResult]:
+        if shard is None:
+            return await order.perform(self.flow, time_limit)
+        return await self.flow.run(
+            order.trigger, order.args, key=order.key, time_limit=time_limit, shard=shard
+        )
 
     def _time_limit(self, context: LambdaContext | None) -> float | None:
         if context is None:
@@ -236,14 +256,20 @@ class LambdaHandler:
         # Each message becomes stored runs first; one invocation then advances them all with
         # the due ones. A message counts as done once its runs are stored: a failure while
         # advancing is left to the next invocation, never retried as a duplicate message.
+        # Messages naming a shard ({"shard": [k, n]}, what a fan-out sends) make the invocation
+        # resume those shards' due runs only; without one it resumes every due run.
         failures: list[dict[str, str]] = []
+        shards: list[Shard] = []
         for record in records:
             message_id = record.get("messageId") if isinstance(record, dict) else None
             try:
                 body = record["body"] if isinstance(record, dict) else None
                 if not isinstance(body, str):
                     raise BadRequest(400, "an SQS record without a body")
-                order = parse_order(decode_json(body.encode()))
+                request, shard = _sharded(decode_json(body.encode()), "SQS message")
+                order = parse_order(request)
+                if shard is not None and shard not in shards:
+                    shards.append(shard)
                 # SQS delivers a message at least once: its id makes a redelivery start (and,
                 # for an event, wake) nothing twice, unless the message names a key of its own.
                 key = order.key or (f"sqs:{message_id}" if message_id else None)
@@ -260,7 +286,13 @@ class LambdaHandler:
                 log_error(exc)
                 failures.append({"itemIdentifier": str(message_id)})
         try:
-            await self.flow.run(time_limit=time_limit)
+            if not shards:
+                await self.flow.run(time_limit=time_limit)
+            # (One shard per batch where the queue's batch size is 1, as the template sets it.)
+            stop_at = None if time_limit is None else time.monotonic() + time_limit
+            for shard in shards:
+                left = None if stop_at is None else max(stop_at - time.monotonic(), 0.0)
+                await self.flow.run(time_limit=left, shard=shard)
         except Exception as exc:
             log_error(exc)
         return {"batchItemFailures": failures}
@@ -288,6 +320,24 @@ def _serve_portal(
         failed.append(exc)
     finally:
         started.set()
+
+
+def _sharded(value: Any, what: str) -> tuple[Any, Shard | None]:
+    """A request without its ``"shard"`` field, and that shard (``None`` if not named).
+
+    Raises:
+        UsageError: the shard is not ``[k, n]`` with ``0 <= k < n``, or goes with an event.
+    """
+    if not isinstance(value, dict) or "shard" not in value:
+        return value, None
+    rest = {k: v for k, v in value.items() if k != "shard"}
+    if "event" in rest:
+        # Delivering an event is not per run: it reaches its waiting runs in every shard.
+        raise UsageError(
+            f'{what}: "shard" goes with a resume or a trigger, not with an event (an event'
+            " reaches the runs waiting for it in every shard)"
+        )
+    return rest, as_shard(value["shard"], f'the "shard" of the {what}')
 
 
 def _order(value: Any, what: str) -> Order:

@@ -9,9 +9,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from conftest import Aws
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 TEMPLATE = DEPLOY / "template.yaml"
@@ -139,6 +142,8 @@ def expand(**parameters: str) -> tuple[dict[str, Any], dict[str, Any]]:
         if isinstance(node, dict) and "Fn::Equals" in node:
             a, b = node["Fn::Equals"]
             return value(a) == value(b)
+        if isinstance(node, dict) and "Fn::Not" in node:
+            return not value(node["Fn::Not"][0])
         if isinstance(node, dict) and "Condition" in node:
             return holds(node["Condition"])
         assert isinstance(node, str | int), node
@@ -176,10 +181,13 @@ NO_VALUE = {"Ref": "AWS::NoValue"}
 PUBLIC = {"UrlAuthType": "NONE", "Token": "s3cr3t"}
 
 
+@pytest.mark.parametrize("shards", ["1", "8"])
 @pytest.mark.parametrize("store", ["S3", "DynamoDB"])
 @pytest.mark.parametrize("auth", ["AWS_IAM", "NONE"])
-def test_the_expanded_template_refers_only_to_what_exists(store: str, auth: str) -> None:
-    out, resources = expand(Store=store, UrlAuthType=auth, Token="s3cr3t")
+def test_the_expanded_template_refers_only_to_what_exists(
+    store: str, auth: str, shards: str
+) -> None:
+    out, resources = expand(Store=store, UrlAuthType=auth, Token="s3cr3t", Shards=shards)
     known = set(resources) | set(out["Parameters"]) | {"AWS::Partition", "AWS::Region"}
     known |= {"AWS::AccountId", "AWS::NoValue", "AWS::StackName", "AWS::URLSuffix"}
     assert refs(resources) <= known, refs(resources) - known
@@ -266,3 +274,134 @@ def test_the_dynamodb_store_is_a_table_with_the_backends_keys() -> None:
     wanted = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"}
     assert wanted | {"dynamodb:DeleteItem", "dynamodb:BatchGetItem"} <= actions
     assert "RunsTable" in names
+
+
+# -- shards: a schedule fanning out one SQS message per shard --------------------------------
+
+
+SHARDED = {"ShardQueue", "ShardQueueMapping", "FanOutFunction", "FanOutFunctionTick"}
+
+
+def test_with_one_shard_the_schedule_invokes_the_function() -> None:
+    _, resources = expand()  # Shards=1 is the default
+    assert not SHARDED & set(resources)
+    assert resources["FlowFunctionResume"]["Properties"]["State"] == "ENABLED"
+    [(_, actions, *_)] = actions_on(resources)  # the store's policy alone
+    assert not any(a.startswith("sqs:") for a in actions)
+
+
+@pytest.mark.parametrize("store", ["S3", "DynamoDB"])
+def test_shards_fan_out_one_message_per_shard_one_invocation_each(store: str) -> None:
+    _, resources = expand(Store=store, Shards="8", ResumeEveryMinutes="10")
+    assert set(resources) >= SHARDED
+    # The function's own schedule is off (an unsharded resume would contend with the shards);
+    # the fan-out's ticks at its rate.
+    resume = resources["FlowFunctionResume"]["Properties"]
+    tick = resources["FanOutFunctionTick"]["Properties"]
+    assert resume["State"] == "DISABLED"
+    assert tick.get("State", "ENABLED") == "ENABLED"
+    assert tick["ScheduleExpression"] == resume["ScheduleExpression"]
+    assert refs(tick["Targets"]) == {"FanOutFunction"}
+    fan_out = resources["FanOutFunction"]["Properties"]
+    assert fan_out["Environment"]["Variables"] == {
+        "QUEUE_URL": {"Ref": "ShardQueue"},
+        "SHARDS": {"Ref": "Shards"},
+    }
+    [send] = resources["FanOutFunctionRole"]["Properties"]["Policies"]
+    [statement] = send["PolicyDocument"]["Statement"]
+    assert statement["Action"] == ["sqs:SendMessage*"]
+    assert refs(statement["Resource"]) >= {"ShardQueue"}
+    # The queue feeds the function one message (one shard) per invocation, at most one
+    # invocation per shard at a time, reporting failed messages only.
+    mapping = resources["ShardQueueMapping"]["Properties"]
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["ShardQueue", "Arn"]}
+    assert mapping["FunctionName"] == {"Ref": "FlowFunction"}
+    assert mapping["BatchSize"] == 1
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "Shards"}}
+    queue = resources["ShardQueue"]["Properties"]
+    assert queue["VisibilityTimeout"] == {"Ref": "TimeoutSeconds"}  # Lambda requires >=
+    policies = resources["FlowFunctionRole"]["Properties"]["Policies"]
+    poll = [
+        st
+        for p in policies
+        for st in p["PolicyDocument"]["Statement"]
+        if "sqs:ReceiveMessage" in st["Action"]
+    ]
+    assert len(poll) == 1
+    assert {"sqs:DeleteMessage", "sqs:GetQueueAttributes"} <= set(poll[0]["Action"])
+    assert refs(poll[0]["Resource"]) >= {"ShardQueue"}
+
+
+def fan_out_code() -> str:
+    from cfnlint.decode import decode
+
+    template, _ = decode(str(TEMPLATE))
+    code = template["Resources"]["FanOutFunction"]["Properties"]["InlineCode"]
+    assert isinstance(code, str)
+    return code
+
+
+def test_the_fan_out_sends_each_shard_once_and_each_message_resumes_its_share(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The template's own fan-out code against moto's SQS; the messages it sent, as Lambda
+    hands them over, to the handler: every due run advanced by exactly one of them."""
+    import boto3
+
+    import asyncflow
+    import asyncflow.aws_lambda
+
+    sqs = boto3.client("sqs", endpoint_url=aws.endpoint)
+    queue_url = sqs.create_queue(QueueName=f"shards-{os.getpid()}-{id(sqs)}")["QueueUrl"]
+    n = 12  # more than one SendMessageBatch
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
+    monkeypatch.setenv("QUEUE_URL", queue_url)
+    monkeypatch.setenv("SHARDS", str(n))
+    module: dict[str, Any] = {"__name__": "index"}
+    exec(compile(fan_out_code(), "index.py", "exec"), module)
+    assert module["handler"]({"detail-type": "Scheduled Event"}, None) == {"shards": n}
+
+    messages: list[dict[str, Any]] = []
+    for _ in range(50):  # bounded: each receive returns what is there, at most 10
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
+        messages += got.get("Messages", [])
+        if len(messages) >= n and not got.get("Messages"):
+            break
+    bodies = sorted((json.loads(m["Body"]) for m in messages), key=lambda b: b["shard"])
+    assert bodies == [{"shard": [k, n]} for k in range(n)]
+
+    flow = asyncflow.setup(asyncflow.MemoryBackend())
+
+    @flow.workflow()
+    async def tick(c: asyncflow.Context) -> str:
+        await c.pause_once()
+        return "done"
+
+    async def start() -> list[str]:
+        return [rid for _ in range(40) for rid in await flow.start("tick")]
+
+    import anyio
+
+    ids = anyio.run(start)
+    handler = asyncflow.aws_lambda.handler(flow)
+    try:
+        for m in messages:  # one per invocation (BatchSize 1), as Lambda's SQS poller sends
+            record = {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": {},
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:shards",
+                "awsRegion": "us-east-1",
+            }
+            assert handler({"Records": [record]}, None) == {"batchItemFailures": []}
+        # Each run was resumed once (to its pause): one more resume ends every one of them.
+        results = handler({}, None)
+    finally:
+        handler.close()
+    assert sorted(r["run_id"] for r in results) == sorted(ids)
+    assert {r["status"] for r in results} == {"succeeded"}
