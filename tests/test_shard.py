@@ -42,6 +42,7 @@ def rounds_flow(make_flow: MakeFlow, **kwargs: Any) -> asyncflow.Flow:
 # -- the hash ----------------------------------------------------------------------------------
 
 
+@pytest.mark.procs
 def test_a_runs_shard_is_the_same_in_every_process_and_python() -> None:
     ids = ["0190a1b2c3d4e5f6a7b8", "x", "ラン", "0" * 20]
     # Pinned (CRC-32): a changed hash would move runs between shards under a deployment.
@@ -252,7 +253,7 @@ async def test_a_shard_waits_for_its_own_runs_timers(
 def cli(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ASYNCFLOW_BACKEND": f"file:{tmp_path / 'store'}"}
     return subprocess.run(
-        [sys.executable, str(TESTS / "proc_cli_flow.py"), *argv],
+        [sys.executable, str(TESTS / "helpers" / "proc_cli_flow.py"), *argv],
         env=env,
         capture_output=True,
         text=True,
@@ -261,6 +262,7 @@ def cli(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.procs
 def test_run_shard_resumes_one_share_of_the_due_runs(tmp_path: Path) -> None:
     ids = []
     for _ in range(6):
@@ -282,6 +284,7 @@ def test_run_shard_resumes_one_share_of_the_due_runs(tmp_path: Path) -> None:
     assert sorted(r["run_id"] for r in json.loads(proc.stdout)) == ones
 
 
+@pytest.mark.procs
 @pytest.mark.parametrize("bad", ["2/2", "1", "x/3"])
 def test_run_with_a_bad_shard_is_one_error_line(tmp_path: Path, bad: str) -> None:
     proc = cli(tmp_path, "run", "--shard", bad)

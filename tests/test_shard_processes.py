@@ -21,6 +21,8 @@ from test_processes import wait_for
 
 from asyncflow._shard import shard_of
 
+pytestmark = pytest.mark.procs
+
 WORKER = Path(__file__).resolve().parent / "helpers" / "shard_proc_worker.py"
 
 
@@ -86,7 +88,13 @@ class Shards:
         return path.read_text().splitlines() if path.exists() else []
 
 
-@pytest.fixture(params=["file", "s3", "dynamodb"])
+@pytest.fixture(
+    params=[
+        "file",
+        pytest.param("s3", marks=pytest.mark.aws),
+        pytest.param("dynamodb", marks=pytest.mark.aws),
+    ]
+)
 def shards(request: pytest.FixtureRequest, tmp_path: Path) -> Shards:
     if request.param == "file":
         return Shards(tmp_path, f"file:{tmp_path / 'store'}", {})
