@@ -1,9 +1,9 @@
 """n real processes, one per shard, started together on one store (a folder, or S3 and
 DynamoDB on moto's server): every due run advanced by exactly one of them, no claim lost.
 
-The flow is tests/helpers/shard_proc_worker.py; each real execution of its side effect appends a line
-to a per-run journal file, which is how these tests count what really ran. The processes start
-together on a file (no sleeping as synchronisation).
+The flow is tests/helpers/shard_proc_worker.py; each real execution of its side effect appends
+a line to a per-run journal file, which is how these tests count what really ran. The
+processes start together on a file (no sleeping as synchronisation).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """A flow script for tests/test_shard_processes.py (and the throughput figures of the README's
 "Past one machine: shards"), run as its own process, one per shard.
 
-    python tests/helpers/shard_proc_worker.py URL JOURNALS start N     # start N `tick` runs
-    python tests/helpers/shard_proc_worker.py URL JOURNALS shard K N   # write JOURNALS/ready-K, wait
-        # for JOURNALS/go, one invocation of shard K of N (N = 0: unsharded); print what it did
-    python tests/helpers/shard_proc_worker.py URL JOURNALS inspect     # print every run
+    python tests/helpers/shard_proc_worker.py URL JOURNALS start N    # start N `tick` runs
+    python tests/helpers/shard_proc_worker.py URL JOURNALS shard K N
+        # write JOURNALS/ready-K, wait for JOURNALS/go, one invocation of shard K of N
+        # (N = 0: unsharded); print what it did
+    python tests/helpers/shard_proc_worker.py URL JOURNALS inspect    # print every run
 
 URL is ``file:<folder>``, ``s3://bucket/prefix`` or ``dynamodb://table`` (the endpoint from
 AWS_ENDPOINT_URL). Each real execution of the side effect ``step`` appends ``step<n>`` to
