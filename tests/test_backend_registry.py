@@ -126,6 +126,7 @@ _WITHOUT_AWS = textwrap.dedent(
 )
 
 
+@pytest.mark.procs
 def test_without_the_aws_extra_the_aws_backends_name_it() -> None:
     done = subprocess.run(
         [sys.executable, "-c", _WITHOUT_AWS], capture_output=True, text=True, timeout=60
@@ -140,6 +141,7 @@ def test_without_the_aws_extra_the_aws_backends_name_it() -> None:
     assert "dynamodb://<table>" in lines[1]
 
 
+@pytest.mark.procs
 def test_without_the_aws_extra_the_cli_says_which_extra(tmp_path: Path) -> None:
     script = tmp_path / "script.py"
     script.write_text(
