@@ -112,11 +112,19 @@ async def test_n_shards_advance_every_due_run_exactly_once(make_flow: MakeFlow, 
     assert {(r.status, r.result) for r in runs} == {("succeeded", 3)}
 
 
+def covers(ids: list[str], n: int) -> bool:
+    """Whether every shard of ``n`` has a run of ``ids`` (run ids are random: a test that
+    needs each shard to have work starts runs until it does, rather than hope)."""
+    return len({shard_of(rid, n) for rid in ids}) == n
+
+
 @pytest.mark.anyio
 async def test_each_shard_leaves_the_others_runs_alone(make_flow: MakeFlow) -> None:
     flow = rounds_flow(make_flow)
     async with flow:
-        ids = [rid for _ in range(12) for rid in await flow.start("tick")]
+        ids: list[str] = []
+        while not covers(ids, 3):
+            ids += [rid for _ in range(12) for rid in await flow.start("tick")]
         mine = [rid for rid in ids if shard_of(rid, 3) == 1]
         assert 0 < len(mine) < len(ids)
         results = await flow.run(shard=(1, 3))
@@ -182,9 +190,11 @@ async def test_runs_a_sharded_invocation_starts_or_wakes_are_advanced_by_it(
         return "sent"
 
     async with flow:
-        waiters = [rid for _ in range(8) for rid in await flow.start("waiter")]
-        assert len(await flow.run()) == 8  # all waiting
         n = 4
+        waiters: list[str] = []
+        while not covers(waiters, n):
+            waiters += [rid for _ in range(8) for rid in await flow.start("waiter")]
+        assert len(await flow.run()) == len(waiters)  # all waiting
         elsewhere = [rid for rid in waiters if shard_of(rid, n) != 0]
         assert elsewhere
         # Shard 0 starts `starter` (whatever its id's shard), whose event wakes the waiters of
@@ -266,8 +276,8 @@ def cli(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.procs
 def test_run_shard_resumes_one_share_of_the_due_runs(tmp_path: Path) -> None:
-    ids = []
-    for _ in range(6):
+    ids: list[str] = []
+    while len(ids) < 6 or not covers(ids, 2):
         proc = cli(tmp_path, "start", "wait", "--json")
         assert proc.returncode == 0, proc.stderr
         ids += json.loads(proc.stdout)["run_ids"]
@@ -307,11 +317,17 @@ def lam() -> Iterator[asyncflow.aws_lambda.LambdaHandler]:
     handler.close()
 
 
-def started(handler: asyncflow.aws_lambda.LambdaHandler, count: int) -> list[str]:
-    """Start ``count`` runs without advancing any (before the handler's first call)."""
+def started(
+    handler: asyncflow.aws_lambda.LambdaHandler, count: int, *, shards: int = 1
+) -> list[str]:
+    """Start ``count`` runs without advancing any (before the handler's first call), and
+    ``count`` more until every one of ``shards`` shards has one."""
 
     async def start() -> list[str]:
-        return [rid for _ in range(count) for rid in await handler.flow.start("tick")]
+        ids: list[str] = []
+        while not ids or not covers(ids, shards):
+            ids += [rid for _ in range(count) for rid in await handler.flow.start("tick")]
+        return ids
 
     return anyio.run(start)
 
@@ -344,7 +360,7 @@ def test_lambda_shard_messages_from_sqs_eventbridge_and_direct_calls(
 def test_lambda_sqs_shard_messages_advance_only_their_shards(
     lam: asyncflow.aws_lambda.LambdaHandler,
 ) -> None:
-    ids = started(lam, 12)
+    ids = started(lam, 12, shards=3)
     assert lam(sqs({"shard": [1, 3]}), None) == {"batchItemFailures": []}
     lam({}, None)
     lam({}, None)
@@ -385,12 +401,15 @@ def test_lambda_an_sqs_batch_delivers_its_events_then_resumes_only_its_shard() -
         return await c.wait_event("go")
 
     async def start() -> list[str]:
-        return [rid for _ in range(12) for rid in await flow.start("waiter")]
+        ids: list[str] = []
+        while not covers(ids, 3):
+            ids += [rid for _ in range(12) for rid in await flow.start("waiter")]
+        return ids
 
     ids = anyio.run(start)
     handler = asyncflow.aws_lambda.handler(flow)
     try:
-        assert len(handler({}, None)) == 12  # all waiting
+        assert len(handler({}, None)) == len(ids)  # all waiting
         batch = sqs({"event": "go", "args": "now"}, {"shard": [1, 3]})
         assert handler(batch, None) == {"batchItemFailures": []}
         # Delivered to the waiters of every shard; shard 1's advanced by that invocation,
