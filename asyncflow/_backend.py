@@ -55,6 +55,10 @@ class Backend(abc.ABC):
     #: request. ``False`` (the default): claims are locks apart from the data, which no write
     #: ends. A backend that wraps another says what the wrapped one says.
     leased_claims: bool = False
+    #: Whether :meth:`append` adds to a stored object without writing it whole (the file
+    #: backend). ``False`` (the default): asyncflow never calls :meth:`append`, and writes each
+    #: checkpoint whole. A backend that wraps another says what the wrapped one says.
+    appends: bool = False
 
     @classmethod
     def from_url(cls, url: str) -> Backend:
@@ -120,6 +124,22 @@ class Backend(abc.ABC):
         Raises:
             ConflictError: a condition did not hold; nothing was written.
         """
+
+    async def append(self, key: Key, data: bytes, *, if_version: str) -> str:
+        """Add ``data`` at the end of the object stored at ``key`` if its current version is
+        ``if_version``, durably, and return the new version (which differs from every version
+        the object had).
+
+        Only called where :attr:`appends` is true. A reader sees the object as it was before
+        or with ``data`` added, possibly with only part of ``data`` while the append is under
+        way or if it was cut short by a crash: asyncflow appends lines, and leaves out a last
+        line that has no end. A failed append should leave the object as it was.
+
+        Raises:
+            ConflictError: the stored version is not ``if_version`` (or nothing is stored);
+                nothing was written.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not append")
 
     @abc.abstractmethod
     async def delete(self, key: Key, *, if_version: str | None = None) -> None:

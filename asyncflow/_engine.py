@@ -80,6 +80,7 @@ class Execution:
     """One run being advanced: its record, the version stored, and its checkpoints."""
 
     __slots__ = (
+        "appended",
         "clock",
         "dirty",
         "indexed",
@@ -87,7 +88,9 @@ class Execution:
         "lock",
         "record",
         "store",
+        "stored",
         "version",
+        "whole",
     )
 
     def __init__(
@@ -106,18 +109,57 @@ class Execution:
         self.invocation = invocation or Invocation(store, {})
         self.indexed = list(indexed)  # the run's entries in the wait index, as last seen
         self.lock: anyio.Lock | None = None  # made when first needed
+        # What checkpoints may append to (see _checkpoint): the record's fields but its steps
+        # as this execution last wrote it whole (None: not yet, or not to append to), the
+        # number of steps stored, and whether lines were appended since.
+        self.whole: str | None = None
+        self.stored = 0
+        self.appended = False
 
     async def save(self, *, last: bool = False) -> bytes:
-        """Store the record (compare-and-swap on the version read); return what was written.
+        """Store the record whole (compare-and-swap on the version read); return what was
+        written.
 
         ``last``: the invocation's final write of this run, which also ends its claim.
         """
-        self.record.updated_at = self.clock()
-        data = self.record.encode()
+        record = self.record
+        record.updated_at = self.clock()
+        data = record.encode()
+        whole = record.head_json() if not last and self.store.appends else None
         # Before the write: branches of the run may record steps while it is under way.
         self.dirty = False
+        stored, record.changed = len(record.steps), None
+        self.whole = None
         await self.store.save_run(self, data, last=last)  # (sets the version and index entries)
+        self.whole, self.stored, self.appended = whole, stored, False
         return data
+
+    async def _checkpoint(self) -> None:
+        """Store what changed since the last write: appended to the record where the backend
+        appends, the record was written whole in this invocation (so a line a crash cut short
+        is gone), and none of its fields but the steps changed since; else the whole record.
+
+        Appending keeps a long run's checkpoints linear (a whole write grows with the
+        journal); the run's last write of the invocation writes it whole, one line again.
+        """
+        record = self.record
+        whole = self.whole
+        if whole is None or self.version is None or record.head_json() != whole:
+            await self.save()
+            return
+        lines = record.append_lines(self.stored, record.changed or ())
+        if lines is None:
+            await self.save()
+            return
+        self.dirty = False
+        stored, record.changed = len(record.steps), None
+        if not lines:
+            return
+        if not self.appended:
+            lines = b"\n" + lines  # the first line, written whole, does not end with one
+        self.whole = None  # should the append fail, the next write is whole
+        await self.store.append_run(self, lines)  # (sets the version and index entries)
+        self.whole, self.stored, self.appended = whole, stored, True
 
     async def checkpoint_if_dirty(self) -> None:
         """Store the record if steps were recorded since it was last stored.
@@ -133,7 +175,7 @@ class Execution:
         with anyio.CancelScope(shield=True):
             async with self.lock:
                 if self.dirty:
-                    await self.save()
+                    await self._checkpoint()
 
     async def read_state(self, name: str, default: Any) -> str:
         """Return the JSON text of state ``name``, or of ``default`` if it is not set."""

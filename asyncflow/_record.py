@@ -8,6 +8,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._exceptions import DamagedRecordError, SerializationError
@@ -26,6 +27,7 @@ __all__ = [
     "step_text",
     "storable_name",
     "storable_text",
+    "stored_json",
 ]
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
@@ -159,13 +161,20 @@ class RunRecord:
     Each step is kept twice: as a dict (to replay) and as JSON text (to write). The text is
     made once, when the step is recorded or loaded, so a checkpoint joins strings instead of
     encoding the whole journal again, and a workflow that mutates a value it was handed cannot
-    change what is stored. Loaded steps are encoded in one call, as one text (``loaded_json``);
-    steps recorded since have a text each (``step_json``), since the last of them may still
-    change (a side effect that finishes).
+    change what is stored. Loaded steps keep the text they were stored in, as one text
+    (``loaded_json``); steps recorded since have a text each (``step_json``), since the last
+    of them may still change (a side effect that finishes).
+
+    Stored, a record is one line of JSON, which appended lines may follow (see
+    :meth:`append_lines`): each ``[index, step]``, a step recorded (``index`` is the number of
+    steps before it) or replaced (a smaller ``index``). A backend that appends lets a run
+    checkpoint a long journal by writing only what changed; the run's last write of an
+    invocation writes the record whole again, as one line.
     """
 
     __slots__ = (
         "args",
+        "changed",
         "created_at",
         "error",
         "loaded",
@@ -212,6 +221,9 @@ class RunRecord:
         self.loaded = 0  # how many of the steps loaded_json holds
         self.loaded_json = ""
         self.step_json: list[str] = []  # the text of steps[loaded:]
+        # The indices of the steps replaced since the engine last stored the record (``None``:
+        # none; the engine resets it): what an appended line must replace.
+        self.changed: set[int] | None = None
 
     # -- journal -----------------------------------------------------------------------------
 
@@ -231,6 +243,10 @@ class RunRecord:
             self.loaded, self.loaded_json = 0, ""
         self.steps[index] = step
         self.step_json[index - self.loaded] = text
+        if self.changed is None:
+            self.changed = {index}
+        else:
+            self.changed.add(index)
 
     @property
     def logs(self) -> list[str]:
@@ -238,8 +254,8 @@ class RunRecord:
 
     # -- encoding ------------------------------------------------------------------------------
 
-    def encode(self) -> bytes:
-        head = {
+    def _head(self, updated_at: float | None) -> dict[str, Any]:
+        return {
             "asyncflow": "run",
             "format": _FORMAT,
             "run_id": self.run_id,
@@ -247,7 +263,7 @@ class RunRecord:
             "trigger": self.trigger,
             "status": self.status,
             "created_at": self.created_at,
-            "updated_at": self.updated_at,
+            "updated_at": updated_at,
             "args": self.args,
             "result": self.result,
             "error": self.error,
@@ -255,10 +271,28 @@ class RunRecord:
             "wake_at": self.wake_at,
             "wait_event": self.wait_event,
         }
+
+    def encode(self) -> bytes:
         # args and result were checked when they were set; the steps are already text.
-        text = _encoder.encode(head)
+        text = _encoder.encode(self._head(self.updated_at))
         steps = ",".join([self.loaded_json, *self.step_json] if self.loaded else self.step_json)
         return f'{text[:-1]},"steps":[{steps}]}}'.encode()
+
+    def head_json(self) -> str:
+        """The JSON of every field but the steps and ``updated_at``: what appended lines
+        cannot change (a checkpoint that changes it writes the record whole)."""
+        return _encoder.encode(self._head(None))
+
+    def append_lines(self, stored: int, replaced: Iterable[int]) -> bytes | None:
+        """The lines that bring a stored copy of this record up to date: the steps
+        ``replaced`` since (those below ``stored``), then every step from ``stored`` (the
+        number of steps the copy holds) on. Each line is ``[index, step]`` and ends in a
+        newline. ``None`` when a step's own text is not at hand (loaded, never replaced)."""
+        loaded, texts = self.loaded, self.step_json
+        indices = [*sorted(i for i in replaced if i < stored), *range(stored, len(self.steps))]
+        if indices and min(indices) < loaded:
+            return None
+        return "".join([f"[{i},{texts[i - loaded]}]\n" for i in indices]).encode()
 
     @classmethod
     def decode(cls, data: bytes, location: str, name: str | None = None) -> RunRecord:
@@ -267,7 +301,13 @@ class RunRecord:
         ``name``: the name it is stored under, which must be its run id (a record copied to
         another name would otherwise run twice).
         """
-        raw = _load(data, location)
+        text = _text(data, location)
+        first, lines = _split_lines(text)
+        scanned = _scan_record(first)
+        if scanned is None:
+            raw, steps_text = _load_text(first, location), None
+        else:
+            raw, steps_text = scanned
         if not isinstance(raw, dict) or raw.get("asyncflow") != "run":
             raise _foreign(location, "it is not an asyncflow run record")
         if raw.get("format") != _FORMAT:
@@ -297,12 +337,17 @@ class RunRecord:
             record.wake_at = None if wake_at is None else float(wake_at)
             record.wait_event = _optional(raw, "wait_event")
             steps = _typed(raw, "steps", list)
+            if lines:
+                _apply_lines(steps, lines, location)
+                steps_text = None
             if not all(isinstance(s, dict) and isinstance(s.get("kind"), str) for s in steps):
                 raise ValueError("a step is not an object with a kind")
             record.steps = steps
             if steps:
                 record.loaded = len(steps)
-                record.loaded_json = _encoder.encode(steps)[1:-1]
+                if steps_text is None:
+                    steps_text = _encoder.encode(steps)
+                record.loaded_json = steps_text[1:-1]
         except (KeyError, TypeError, ValueError, RecursionError) as exc:
             raise _foreign(location, f"it is damaged: {exc}") from None
         if name is not None and record.run_id != name:
@@ -313,27 +358,133 @@ class RunRecord:
         return record
 
 
-def _load(data: bytes, location: str) -> Any:
-    try:
-        # Strict UTF-8 first: json.loads would let encoded lone surrogates through.
-        text = data.decode()
-        raw = json.loads(text, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _foreign(location, f"it is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise _foreign(location, "it nests too deeply to be read") from None
-    # An escaped lone surrogate loads, then could never be written again: check (only the
-    # rare texts that escape a surrogate at all).
-    if _ESCAPED_SURROGATE.search(text) and _SURROGATE.search(_encoder.encode(raw)):
-        raise _foreign(location, "it holds a lone surrogate, which is not text UTF-8 can encode")
-    return raw
-
-
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number asyncflow writes")
+
+
+def stored_json(data: bytes) -> Any:
+    """The JSON value of a stored run record, its appended lines applied (what
+    :meth:`RunRecord.decode` reads), for views that read its fields themselves.
+
+    Raises:
+        ValueError: it is not a record's JSON (or its appended lines are damaged).
+    """
+    try:
+        first, lines = _split_lines(_text(data, "the record"))
+        raw = _load_text(first, "the record")
+        if lines:
+            steps = raw["steps"] if isinstance(raw, dict) else None
+            if not isinstance(steps, list):
+                raise ValueError("appended lines follow a record without steps")
+            _apply_lines(steps, lines, "the record")
+    except DamagedRecordError as exc:
+        raise ValueError(str(exc)) from None
+    return raw
+
+
+def _text(data: bytes, location: str) -> str:
+    try:
+        # Strict UTF-8: json.loads would let encoded lone surrogates through.
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise _foreign(location, f"it is not valid JSON ({exc})") from None
+
+
+def _split_lines(text: str) -> tuple[str, list[str]]:
+    """A stored record's first line (the record as last written whole) and its complete
+    appended lines. A last line without its newline is an append a crash cut short: that
+    checkpoint never returned, so it is left out."""
+    if "\n" not in text:
+        return text, []
+    first, *lines = text.split("\n")
+    lines.pop()  # "" after the last newline, or the torn tail of an append
+    return first, lines
+
+
+def _apply_lines(steps: list[Any], lines: list[str], location: str) -> None:
+    """Apply appended lines (``[index, step]``) to ``steps``, in order."""
+    for n, line in enumerate(lines, 2):
+        entry = _load_text(line, location, f"line {n}")
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and type(entry[0]) is int
+            and 0 <= entry[0] <= len(steps)
+            and isinstance(entry[1], dict)
+        ):
+            raise _foreign(location, f"line {n} is not a step asyncflow appended")
+        index, step = entry
+        if index == len(steps):
+            steps.append(step)
+        else:
+            steps[index] = step
+
+
+# A record in asyncflow's own form, as RunRecord.encode writes it.
+_OWN_FORM = '{"asyncflow":"run",'
+# The parser json.loads uses, which also reads one value at an index and says where it ends.
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(
+    parse_constant=_no_constant
+).scan_once  # type: ignore[attr-defined]  # (set by JSONDecoder's __init__)
+
+
+def _scan_record(text: str) -> tuple[dict[str, Any], str] | None:
+    """Parse a record written in asyncflow's own form field by field, to keep the exact text
+    of its steps (encoding them again costs more than the parse); ``None`` when it is in any
+    other form (then parsed whole, and its steps encoded again)."""
+    # (Escapes of "\u" form are rare: control characters, lone surrogates, which the whole
+    # parse checks. Leaving them to it also keeps any other spelling of a key out.)
+    if not text.startswith(_OWN_FORM) or "\\u" in text:
+        return None
+    raw: dict[str, Any] = {}
+    pos, end, last = 1, 0, len(text) - 1
+    try:
+        while True:
+            if text[pos] != '"':
+                return None
+            key, pos = _scan(text, pos)
+            if text[pos] != ":" or key in raw:
+                return None
+            raw[key], end = _scan(text, pos + 1)
+            if key == "steps":
+                break
+            if text[end] != ",":
+                return None
+            pos = end + 1
+    except (StopIteration, ValueError, IndexError, RecursionError):
+        return None
+    steps = text[pos + 1 : end]
+    # "steps" must be the last field, and its text exactly the array. The journal tells
+    # steps of branches by their text ('"branch":', see Journal): another spelling of that key
+    # (a space before the colon) is encoded again, canonically.
+    if end != last or text[last] != "}" or not steps.startswith("["):
+        return None
+    if '"branch"' in steps and '"branch":' not in steps:
+        return None
+    return raw, steps
+
+
+def _load(data: bytes, location: str) -> Any:
+    return _load_text(_text(data, location), location)
+
+
+def _load_text(text: str, location: str, what: str = "it") -> Any:
+    try:
+        raw = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise _foreign(location, f"{what} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _foreign(location, f"{what} nests too deeply to be read") from None
+    # An escaped lone surrogate loads, then could never be written again: check (only the
+    # rare texts that escape a surrogate at all).
+    if _ESCAPED_SURROGATE.search(text) and _SURROGATE.search(_encoder.encode(raw)):
+        raise _foreign(
+            location, f"{what} holds a lone surrogate, which is not text UTF-8 can encode"
+        )
+    return raw
 
 
 def encode_state(name: str, value_json: str) -> bytes:

@@ -128,6 +128,22 @@ class Store:
         if run.indexed or run.record.status == "paused":
             run.indexed = await self.sync_index(run.record, run.indexed)
 
+    @property
+    def appends(self) -> bool:
+        """Whether a checkpoint may append a run's new steps to its record (:meth:`append_run`)
+        instead of writing it whole: the backend appends."""
+        return self.backend.appends
+
+    async def append_run(self, run: Saved, lines: bytes) -> None:
+        """Append ``lines`` (:meth:`RunRecord.append_lines`) to the run's record at the version
+        stored (compare-and-swap), then bring the wait index in step, as :meth:`save_run`
+        does; the new version and index entries are set on ``run``."""
+        assert run.version is not None  # (a record is written whole before any append)
+        key = (ACTIVE, run.record.run_id)
+        run.version = await self.backend.append(key, lines, if_version=run.version)
+        if run.indexed or run.record.status == "paused":
+            run.indexed = await self.sync_index(run.record, run.indexed)
+
     async def update_run(self, run_id: str, data: bytes, version: str) -> str:
         """Write an active run's record over ``version`` (compare-and-swap; ConflictError if it
         changed); the wait index is the caller's (:meth:`unindex`). Returns the new version."""

@@ -11,6 +11,7 @@ import pytest
 
 import asyncflow
 from asyncflow import Context
+from asyncflow._record import stored_json
 from asyncflow.testing import BACKEND_CHECKS, check_backend
 
 pytestmark = pytest.mark.anyio
@@ -190,7 +191,9 @@ async def test_sideeffect_outcome_is_stored_before_the_next_one_starts(tmp_path:
 
     @flow.sideeffect()
     async def step(c: Context, n: int) -> int:
-        record = json.loads((tmp_path / "active" / f"{c.run_id}.json").read_bytes()) if n else {}
+        # (Read as asyncflow reads it: steps checkpointed mid-run may be appended lines.)
+        path = tmp_path / "active" / f"{c.run_id}.json"
+        record = stored_json(path.read_bytes()) if n else {}
         seen_on_disk.append([s.get("value") for s in record.get("steps", [])])
         return n * 10
 

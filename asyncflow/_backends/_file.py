@@ -265,6 +265,13 @@ class FileBackend(Backend):
 
         return await self._threads.run(work)
 
+    appends = True
+
+    async def append(self, key: Key, data: bytes, *, if_version: str) -> str:
+        path = self._where(key)[0]
+        locks = self._locks()
+        return await self._threads.run(lambda: _append(path, data, locks, key, if_version))
+
     async def delete(self, key: Key, *, if_version: str | None = None) -> None:
         path, _, legacy = self._where(key)
         locks = self._locks() if if_version is not None else None
@@ -610,3 +617,49 @@ def _write(
                 raise BackendError(f"no space left to write {path}", location=path) from exc
             raise _error("cannot write", path, exc) from exc
         raise
+
+
+def _append(path: str, data: bytes, locks: _Locks, key: Key, if_version: str) -> str:
+    """Append ``data`` to the file at ``path`` if it is at ``if_version``; its new version.
+
+    Under the stripe lock of ``key`` (as conditional writes check and rename under it): the
+    version checked is that of the file opened, and no writer replaces it until the data is
+    in. The version then differs from every earlier one: the size grew. Synced after the lock
+    is let go, as a write is synced before it takes it.
+    """
+    try:
+        with locks.stripe(key):
+            try:
+                # O_NONBLOCK: a FIFO in place of the file must not block the open.
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK)
+            except FileNotFoundError:
+                _expect(path, None, if_version, False)
+                raise  # (_expect raised: no file is never the version expected)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise _unusable(path, "it is not a regular file")
+                _expect(path, _version(st), if_version, False)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except BaseException:
+                    # No part of it may stay: a later append would follow a torn line.
+                    os.ftruncate(fd, st.st_size)
+                    raise
+                version = _version(os.fstat(fd))
+            except BaseException:
+                os.close(fd)
+                raise
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return version
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise BackendError(f"no space left to write {path}", location=path) from exc
+        if exc.errno in _UNUSABLE:
+            raise _unusable(path, exc.strerror or str(exc)) from exc
+        raise _error("cannot append to", path, exc) from exc

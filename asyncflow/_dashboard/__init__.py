@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 from .._exceptions import AsyncflowError
+from .._record import stored_json
 from .._store import Store
 from .._wire import SESSION_COOKIE, BadRequest, Request, Response, check_method, same_origin
 
@@ -328,7 +329,7 @@ def _public(run: dict[str, Any]) -> dict[str, Any]:
 def _summary(data: bytes, name: str, location: str) -> dict[str, Any]:
     """What the runs page and the event views need of a stored record."""
     try:
-        raw = json.loads(data)
+        raw = stored_json(data)  # (with the steps a run being recorded appended)
         if not isinstance(raw, dict) or raw.get("asyncflow") != "run":
             raise ValueError("it is not an asyncflow run record")
         steps = raw.get("steps") or []
