@@ -267,6 +267,68 @@ async def check_write_and_release(b: Backend) -> None:
         _require(again is not None, "a released key must be claimable again")
 
 
+@_check
+async def check_append(b: Backend) -> None:
+    """A backend that appends (``appends``) adds to an object at its version, and only then."""
+    if not b.appends:
+        return  # (asyncflow never calls append on it)
+    for name in ("k", "s" * 300, "名" * 85):  # long names too: stored under another name
+        key = ("ns", name)
+        v1 = await b.write(key, b"head")
+        v2 = await b.append(key, b"\n[0]\n", if_version=v1)
+        _require(v2 != v1, "an append must make a new version")
+        entry = _present(await b.read(key), "an appended key must be readable")
+        _require(entry == Entry(b"head\n[0]\n", v2), "read must return what was appended")
+        _require((await b.list("ns"))[name] == v2, "list must give the version append made")
+        await _conflicts(b.append(key, b"x", if_version=v1), "an append with a stale version")
+        await _conflicts(
+            b.write(key, b"x", if_version=v1), "a write at the version before an append"
+        )
+        v3 = await b.append(key, b"[1]\n", if_version=v2)
+        _require(v3 not in (v1, v2), "every append must make a new version")
+        entry = _present(await b.read(key), "an appended key must be readable")
+        _require(entry == Entry(b"head\n[0]\n[1]\n", v3), "a failed append changed data")
+        v4 = await b.write(key, b"whole", if_version=v3)
+        await _conflicts(b.append(key, b"x", if_version=v3), "an append over a newer write")
+        _require(await b.read(key) == Entry(b"whole", v4), "a failed append changed data")
+    await _conflicts(b.append(("ns", "gone"), b"x", if_version="1"), "an append to nothing")
+    _require(await b.read(("ns", "gone")) is None, "a failed append created a key")
+
+
+@_check
+async def check_append_race(b: Backend) -> None:
+    """Appends and compare-and-swap writes racing on one object lose nothing."""
+    if not b.appends:
+        return
+    key = ("ns", "log")
+    await b.write(key, b"")
+    done = 0
+
+    async def add(appending: bool) -> None:
+        nonlocal done
+        for _ in range(5):
+            while True:
+                entry = _present(await b.read(key), "the object vanished")
+                try:
+                    if appending:
+                        await b.append(key, b"a", if_version=entry.version)
+                    else:
+                        await b.write(key, entry.data + b"w", if_version=entry.version)
+                    done += 1
+                    break
+                except ConflictError:
+                    pass
+
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(add, i % 2 == 0)
+    entry = _present(await b.read(key), "the object vanished")
+    _require(
+        len(entry.data) == done == 50 and entry.data.count(b"a") == 25,
+        f"lost updates: 50 appends and writes made {entry.data!r}",
+    )
+
+
 async def check_backend(make_backend: Callable[[], Awaitable[Backend]]) -> None:
     """Run every conformance check, each on a fresh backend from ``make_backend``.
 
