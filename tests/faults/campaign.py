@@ -6,8 +6,9 @@ against what the processes logged.
     python tests/faults/campaign.py --store s3 --kills 50          # on moto's server
     python tests/faults/campaign.py --store dynamodb --kills 50
 
-Each run (tests/faults/worker.py) executes a side effect, waits for its event ``go-N``,
-executes another, waits again, executes a third. Invokers start runs and invoke in a loop;
+Each run (tests/faults/worker.py) executes three side effects in a row (the checkpoints
+between them append to the record on the file backend), waits for its event ``go-N``,
+executes three more, waits again, executes three more. Invokers start runs and invoke in a loop;
 the emitter emits ``go-N`` to runs that announced they are about to wait, at once (to meet
 the wait while it is being recorded) and again later. The report (JSON, one line):
 

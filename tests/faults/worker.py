@@ -28,6 +28,7 @@ import anyio
 
 import asyncflow
 from asyncflow import Context
+from asyncflow._record import stored_json
 
 STORE, JOURNALS, MODE = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 LEASE = 3.0
@@ -67,11 +68,18 @@ async def effect(c: Context, n: str, tag: str) -> str:
 async def job(c: Context, args: dict[str, Any]) -> dict[str, Any]:
     n = args["n"]
     received = []
-    await effect(c, n, "a0")
+    await effects(c, n, "a0")
     for i in range(WAITS):
         received.append(await c.wait_event(f"go-{n}"))
-        await effect(c, n, f"b{i}")
+        await effects(c, n, f"b{i}")
     return {"n": n, "received": received}
+
+
+async def effects(c: Context, n: str, tag: str) -> None:
+    """Three side effects in a row: the checkpoints between them append to the record (on the
+    file backend), so that kills land in appends too."""
+    for suffix in ("", ".1", ".2"):
+        await effect(c, n, tag + suffix)
 
 
 async def invoker(seconds: float) -> None:
@@ -174,7 +182,7 @@ async def dump() -> list[dict[str, Any]]:
         for entry in await be.read_many(keys):
             if entry is None:
                 continue
-            raw = json.loads(entry.data)
+            raw = stored_json(entry.data)  # (with any steps appended to it)
             waits = [s for s in raw["steps"] if s.get("kind") == "wait_event"]
             out.append(
                 {
