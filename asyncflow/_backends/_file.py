@@ -44,6 +44,7 @@ _SUFFIX = ".json"
 _LOCK_FOLDER = ".locks"
 _CLAIM_SPACE = 1 << 56  # a claim locks one byte at a hash of the key, below this offset
 _STRIPES = 64  # conditional writes lock one of these bytes of another file
+_CREATE_CHUNK = 64  # items of create_many written per worker-thread job
 
 
 def encode_name(name: str) -> str:
@@ -264,6 +265,42 @@ class FileBackend(Backend):
             return _write(path, data, locks, key, if_version, if_absent, legacy)
 
         return await self._threads.run(work)
+
+    async def create_many(self, items: Sequence[tuple[Key, bytes]]) -> list[str | ConflictError]:
+        # One worker-thread job per chunk of items: the hop per file cost more than its write.
+        results: list[str | ConflictError] = [""] * len(items)
+        if not items:
+            return results
+        locks = self._locks()
+        places = [self._where(key) for key, _ in items]
+
+        def work(start: int, stop: int) -> None:
+            for i in range(start, stop):
+                (key, data), (path, header, legacy) = items[i], places[i]
+                self._mkdir(os.path.dirname(path))
+                try:
+                    results[i] = _write(
+                        path, data if header is None else header + data, locks, key,
+                        None, True, legacy,
+                    )  # fmt: skip
+                except ConflictError as exc:
+                    results[i] = exc
+
+        failures: list[BackendError] = []
+
+        async def chunk(start: int) -> None:
+            stop = min(start + _CREATE_CHUNK, len(items))
+            try:
+                await self._threads.run(functools.partial(work, start, stop))
+            except BackendError as exc:  # raised as itself below, not in a group
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for start in range(0, len(items), _CREATE_CHUNK):
+                tg.start_soon(chunk, start)
+        if failures:
+            raise failures[0]
+        return results
 
     async def delete(self, key: Key, *, if_version: str | None = None) -> None:
         path, _, legacy = self._where(key)
