@@ -145,3 +145,22 @@ async def test_store_create_runs_reports_each_conflict(tmp_path: Path) -> None:
         assert found is not None
         assert found[0].args == 8
         await backend.aclose()
+
+
+async def test_file_create_many_keeps_every_name_form(tmp_path: Path) -> None:
+    backend = asyncflow.FileBackend(tmp_path / "s")
+    long_name, accented = "x" * 300, "Émile"
+    await backend.write(("active", "taken"), b"old")
+    items = [(("active", n), n.encode()) for n in ("a", long_name, accented, "taken")]
+    outcomes = await backend.create_many(items)
+    assert isinstance(outcomes[3], asyncflow.ConflictError)
+    for (key, data), version in zip(items[:3], outcomes[:3], strict=True):
+        entry = await backend.read(key)
+        assert entry is not None
+        assert (entry.data, entry.version) == (data, version)
+    assert set(await backend.list("active")) == {"a", long_name, accented, "taken"}
+    old = await backend.read(("active", "taken"))
+    assert old is not None
+    assert old.data == b"old"
+    assert [p.name for p in (tmp_path / "s" / "active").iterdir() if p.name.startswith(".")] == []
+    await backend.aclose()

@@ -10,7 +10,7 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import ClassVar
@@ -44,7 +44,7 @@ _SUFFIX = ".json"
 _LOCK_FOLDER = ".locks"
 _CLAIM_SPACE = 1 << 56  # a claim locks one byte at a hash of the key, below this offset
 _STRIPES = 64  # conditional writes lock one of these bytes of another file
-_CREATE_CHUNK = 64  # items of create_many written per worker-thread job
+_CREATE_CHUNK = 1024  # items of create_many written per worker-thread job (one syncfs)
 
 
 def encode_name(name: str) -> str:
@@ -267,26 +267,25 @@ class FileBackend(Backend):
         return await self._threads.run(work)
 
     async def create_many(self, items: Sequence[tuple[Key, bytes]]) -> list[str | ConflictError]:
-        # One worker-thread job per chunk of items: the hop per file cost more than its write.
+        # One worker-thread job per chunk of items (the hop per file cost more than its
+        # write), each chunk made durable at once (see _create_all).
         results: list[str | ConflictError] = [""] * len(items)
         if not items:
             return results
         locks = self._locks()
         places = [self._where(key) for key, _ in items]
+        failures: list[BackendError] = []
 
         def work(start: int, stop: int) -> None:
-            for i in range(start, stop):
-                (key, data), (path, header, legacy) = items[i], places[i]
+            for path, _, _ in places[start:stop]:
                 self._mkdir(os.path.dirname(path))
-                try:
-                    results[i] = _write(
-                        path, data if header is None else header + data, locks, key,
-                        None, True, legacy,
-                    )  # fmt: skip
-                except ConflictError as exc:
-                    results[i] = exc
-
-        failures: list[BackendError] = []
+            batch = [
+                (key, data if header is None else header + data, path, legacy)
+                for (key, data), (path, header, legacy) in zip(
+                    items[start:stop], places[start:stop], strict=True
+                )
+            ]
+            results[start:stop] = _create_all(batch, locks)
 
         async def chunk(start: int) -> None:
             stop = min(start + _CREATE_CHUNK, len(items))
@@ -647,3 +646,102 @@ def _write(
                 raise BackendError(f"no space left to write {path}", location=path) from exc
             raise _error("cannot write", path, exc) from exc
         raise
+
+
+def _syncfs() -> Callable[[int], int] | None:
+    """Linux's ``syncfs(fd)`` (every write to the file system of ``fd`` made durable), or
+    ``None`` where the C library has none (macOS)."""
+    global _SYNCFS
+    if _SYNCFS is False:
+        import ctypes  # (loaded when used: imports cost a cold start)
+
+        _SYNCFS = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    return _SYNCFS  # type: ignore[return-value]
+
+
+_SYNCFS: object = False  # not looked up yet
+
+
+def _sync_folder(folder: str, syncfs: Callable[[int], int]) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            import ctypes
+
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), folder)
+    finally:
+        os.close(fd)
+
+
+def _create_all(
+    batch: list[tuple[Key, bytes, str, str | None]], locks: _Locks
+) -> list[str | ConflictError]:
+    """Create-only writes of many files: per item its version or the ConflictError.
+
+    Each item is written to a temporary file; one ``syncfs`` makes them all durable at once
+    (an fsync per file measured twice the time: each is a journal commit); then each is
+    linked into place, which fails if the name exists (create-only with no check to race),
+    under its stripe's lock as conditional writes are; a last ``syncfs`` makes the names
+    durable before the caller is told. Without ``syncfs``, or for a name an earlier
+    asyncflow gave another file name (see _legacy_name), item by item as :func:`_write`.
+    """
+    syncfs = _syncfs()
+    results: list[str | ConflictError] = [""] * len(batch)
+    written: list[tuple[int, str, str]] = []  # (item, temporary file, version)
+    try:
+        for i, (key, data, path, legacy) in enumerate(batch):
+            if syncfs is None or legacy is not None:
+                try:
+                    results[i] = _write(path, data, locks, key, None, True, legacy)
+                except ConflictError as exc:
+                    results[i] = exc
+                continue
+            tmp = f"{os.path.dirname(path)}{os.sep}.tmp-{os.urandom(8).hex()}"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise _write_error(path, exc) from exc
+            written.append((i, tmp, ""))
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                written[-1] = (i, tmp, _version(os.fstat(fd)))
+            except OSError as exc:
+                raise _write_error(path, exc) from exc
+            finally:
+                os.close(fd)
+        if not written:
+            return results
+        folders = {os.path.dirname(batch[i][2]) for i, _, _ in written}
+        try:
+            for folder in folders:
+                _sync_folder(folder, syncfs)  # type: ignore[arg-type]  # not None here
+        except OSError as exc:
+            raise _write_error(batch[written[0][0]][2], exc) from exc
+        for i, tmp, version in written:
+            key, _, path, _ = batch[i]
+            try:
+                with locks.stripe(key):
+                    os.link(tmp, path)
+                results[i] = version
+            except FileExistsError:
+                results[i] = ConflictError(f"{path} already exists", location=path)
+            except OSError as exc:
+                raise _write_error(path, exc) from exc
+        try:
+            for folder in folders:
+                _sync_folder(folder, syncfs)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise _write_error(batch[written[0][0]][2], exc) from exc
+        return results
+    finally:
+        for _, tmp, _ in written:
+            _unlink(tmp)
+
+
+def _write_error(path: str, exc: OSError) -> BackendError:
+    if exc.errno == errno.ENOSPC:
+        return BackendError(f"no space left to write {path}", location=path)
+    return _error("cannot write", path, exc)
