@@ -164,3 +164,32 @@ async def test_file_create_many_keeps_every_name_form(tmp_path: Path) -> None:
     assert old.data == b"old"
     assert [p.name for p in (tmp_path / "s" / "active").iterdir() if p.name.startswith(".")] == []
     await backend.aclose()
+
+
+async def test_file_writes_grouped_together_keep_each_condition(tmp_path: Path) -> None:
+    import anyio
+
+    backend = asyncflow.FileBackend(tmp_path / "s", threads=1)
+    first = await backend.write(("active", "cas"), b"v0")
+    outcomes: dict[str, object] = {}
+
+    async def write(name: str, key: str, **kw: Any) -> None:
+        try:
+            outcomes[name] = await backend.write(("active", key), name.encode(), **kw)
+        except asyncflow.ConflictError:
+            outcomes[name] = "conflict"
+
+    async with anyio.create_task_group() as tg:  # queued together: written in groups
+        for n in range(20):
+            tg.start_soon(write, f"new-{n}", "new", if_absent=True)
+            tg.start_soon(write, f"cas-{n}", "cas", if_version=first)
+            tg.start_soon(write, f"free-{n}", f"free-{n}")
+    for prefix in ("new", "cas"):
+        won = [k for k, v in outcomes.items() if k.startswith(prefix) and v != "conflict"]
+        assert len(won) == 1, f"exactly one {prefix} write holds"
+        entry = await backend.read(("active", prefix))
+        assert entry is not None
+        assert (entry.data, entry.version) == (won[0].encode(), outcomes[won[0]])
+    assert len(await backend.list("active")) == 22
+    assert not [p for p in (tmp_path / "s" / "active").iterdir() if p.name.startswith(".")]
+    await backend.aclose()

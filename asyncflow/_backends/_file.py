@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import errno
 import functools
 import logging
@@ -21,7 +22,7 @@ import anyio
 from .._backend import Backend, Entry, Key
 from .._exceptions import BackendError, ConfigError, ConflictError, DamagedRecordError
 from .._validate import positive_int
-from ._threads import ThreadBatcher
+from ._threads import GroupRunner, ThreadBatcher
 
 try:
     import fcntl
@@ -44,6 +45,7 @@ _SUFFIX = ".json"
 _LOCK_FOLDER = ".locks"
 _CLAIM_SPACE = 1 << 56  # a claim locks one byte at a hash of the key, below this offset
 _STRIPES = 64  # conditional writes lock one of these bytes of another file
+_PLACES_KEPT = 250_000  # files of keys kept by _where (about 100 MB at most)
 _CREATE_CHUNK = 1024  # items of create_many written per worker-thread job (one syncfs)
 
 
@@ -150,9 +152,12 @@ class FileBackend(Backend):
                 " 'memory:' or a backend of your own"
             )
         self._threads = ThreadBatcher(positive_int(threads, "threads", error=ConfigError))
+        # Writes go in groups made durable together (see _write_all).
+        self._writes: GroupRunner[_WriteJob, str] = GroupRunner(self._write_group, threads)
         self.folder = Path(folder)
         self._root = os.fspath(folder)  # paths are built as strings: pathlib costs on a hot path
         self._made: set[str] = set()
+        self._places: dict[Key, tuple[str, bytes | None, str | None]] = {}  # see _where
         self._lock_table: _Locks | None = None
 
     def __repr__(self) -> str:
@@ -178,7 +183,18 @@ class FileBackend(Backend):
 
     def _where(self, key: Key) -> tuple[str, bytes | None, str | None]:
         """The file of ``key``, the header its content starts with (a long name's), and the
-        file an earlier asyncflow gave it, if that differs (read when the file is absent)."""
+        file an earlier asyncflow gave it, if that differs (read when the file is absent).
+
+        Kept per key: an invocation asks for a run's file three times or more."""
+        where = self._places.get(key)
+        if where is None:
+            where = self._place(key)
+            if len(self._places) >= _PLACES_KEPT:
+                self._places.clear()
+            self._places[key] = where
+        return where
+
+    def _place(self, key: Key) -> tuple[str, bytes | None, str | None]:
         namespace, name = key
         try:
             stem, header = file_stem(name)
@@ -260,11 +276,23 @@ class FileBackend(Backend):
         conditional = if_version is not None or if_absent
         locks = self._locks() if conditional else None
 
-        def work() -> str:
-            self._mkdir(os.path.dirname(path))
-            return _write(path, data, locks, key, if_version, if_absent, legacy)
+        return await self._writes.run((path, data, locks, key, if_version, if_absent, legacy))
 
-        return await self._threads.run(work)
+    def _write_group(self, jobs: list[_WriteJob]) -> list[str | BaseException]:
+        """The writes of a group, in a worker thread (see _write_all)."""
+        made: dict[str, BackendError | None] = {}
+        for job in jobs:
+            folder = os.path.dirname(job[0])
+            if folder not in made:
+                try:
+                    self._mkdir(folder)
+                    made[folder] = None
+                except BackendError as exc:
+                    made[folder] = exc
+        failed = {n: made[os.path.dirname(job[0])] for n, job in enumerate(jobs)}
+        todo = [job for n, job in enumerate(jobs) if failed[n] is None]
+        done = iter(_write_all(todo))
+        return [next(done) if failed[n] is None else failed[n] for n in range(len(jobs))]  # type: ignore[misc]
 
     async def create_many(self, items: Sequence[tuple[Key, bytes]]) -> list[str | ConflictError]:
         # One worker-thread job per chunk of items (the hop per file cost more than its
@@ -372,6 +400,35 @@ class FileBackend(Backend):
             if held:
                 locks.release(key)
 
+    @asynccontextmanager
+    async def claim_read(
+        self, keys: Sequence[Key], versions: Sequence[str]
+    ) -> AsyncIterator[builtins.list[Entry | None]]:
+        # Backend.claim_read's sweep, with the claims taken and let go of in batches (one
+        # pass over the lock table each) rather than a context manager per key.
+        locks = self._locks()
+        try:
+            taken = locks.try_claim_many(keys)
+        except OSError as exc:
+            raise _error("cannot lock", locks.path, exc) from exc
+        held = [keys[i] for i in taken]
+        try:
+            entries = await self.read_many(held)
+            found: builtins.list[Entry | None] = [None] * len(keys)
+            dropped: builtins.list[Key] = []
+            kept: builtins.list[Key] = []
+            for i, entry in zip(taken, entries, strict=True):
+                if entry is not None and entry.version == versions[i]:
+                    found[i] = entry
+                    kept.append(keys[i])
+                else:
+                    dropped.append(keys[i])
+            locks.release_many(dropped)  # changed or gone since listed: let go at once
+            held = kept
+            yield found
+        finally:
+            locks.release_many(held)
+
 
 class _Locks:
     """The record locks of one folder's lock files, as held by this process.
@@ -442,6 +499,38 @@ class _Locks:
             self.offsets[place] = self.offsets.get(place, 0) + 1
             self.claimed.add(key)
             return True
+
+    def try_claim_many(self, keys: Sequence[Key]) -> list[int]:
+        """:meth:`try_claim` of each key, in one hold of the mutex; the indexes claimed."""
+        taken: list[int] = []
+        places = [self._place(key) for key in keys]
+        fds = self.claim_fds
+        with self.mutex:
+            claimed, offsets = self.claimed, self.offsets
+            for i, key in enumerate(keys):
+                if key in claimed:
+                    continue  # held by this process
+                place = places[i]
+                if place not in offsets:
+                    try:
+                        fcntl.lockf(fds[place[0]], fcntl.LOCK_EX | fcntl.LOCK_NB, 1, place[1])
+                    except (BlockingIOError, PermissionError):
+                        continue  # held by another process
+                offsets[place] = offsets.get(place, 0) + 1
+                claimed.add(key)
+                taken.append(i)
+        return taken
+
+    def release_many(self, keys: Sequence[Key]) -> None:
+        """:meth:`release` of each key (claimed), in one hold of the mutex."""
+        places = [self._place(key) for key in keys]
+        with self.mutex:
+            for key, place in zip(keys, places, strict=True):
+                self.claimed.discard(key)
+                self.offsets[place] -= 1
+                if not self.offsets[place]:
+                    del self.offsets[place]
+                    fcntl.lockf(self.claim_fds[place[0]], fcntl.LOCK_UN, 1, place[1])
 
     def release(self, key: Key) -> None:
         place = self._place(key)
@@ -605,6 +694,82 @@ def _expect(path: str, current: str | None, if_version: str | None, if_absent: b
 def _unlink(path: str) -> None:
     with suppress(FileNotFoundError):
         os.unlink(path)
+
+
+#: A write for _write_all: path, data, the locks (conditional writes), key, if_version,
+#: if_absent, the file an earlier asyncflow gave the key (see _legacy_name).
+_WriteJob = tuple[str, bytes, "_Locks | None", Key, "str | None", bool, "str | None"]
+
+
+def _write_all(jobs: list[_WriteJob]) -> list[str | BaseException]:
+    """The writes of many callers, each as :func:`_write` (the version written, or the error
+    to raise to that caller), made durable together.
+
+    Each content goes to a temporary file; one ``syncfs`` makes them all durable (an fsync
+    per file is a journal commit each: the write-heavy part of an invocation); then each
+    is renamed over its target as :func:`_write` does, a conditional one under its stripe's
+    lock after its check. A caller is answered after its rename, as before. Without
+    ``syncfs`` (macOS): :func:`_write` one by one.
+    """
+    syncfs = _syncfs()
+    outcomes: list[str | BaseException] = [""] * len(jobs)
+    if syncfs is None:
+        for n, job in enumerate(jobs):
+            try:
+                outcomes[n] = _write(*job)
+            except (BackendError, ConflictError) as exc:
+                outcomes[n] = exc
+        return outcomes
+    tmps: list[str | None] = [None] * len(jobs)
+    try:
+        for n, (path, data, *_) in enumerate(jobs):
+            tmp = f"{os.path.dirname(path)}{os.sep}.tmp-{os.urandom(8).hex()}"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                tmps[n] = tmp
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    outcomes[n] = _version(os.fstat(fd))
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                outcomes[n] = _write_error(path, exc)
+        pending = [n for n in range(len(jobs)) if isinstance(outcomes[n], str)]
+        try:
+            for folder in {os.path.dirname(jobs[n][0]) for n in pending}:
+                _sync_folder(folder, syncfs)
+        except OSError as exc:
+            for n in pending:
+                outcomes[n] = _write_error(jobs[n][0], exc)
+            return outcomes
+        for n in pending:
+            path, _, locks, key, if_version, if_absent, legacy = jobs[n]
+            staged = tmps[n]
+            assert staged is not None
+            try:
+                if locks is None:
+                    os.replace(staged, path)
+                    tmps[n] = None  # it is the file now
+                    if legacy is not None:
+                        _unlink(legacy)  # what it held is written over: the new one is read
+                else:
+                    with locks.stripe(key):
+                        _expect(path, _current(path, legacy), if_version, if_absent)
+                        os.replace(staged, path)
+                        tmps[n] = None
+                        if legacy is not None:
+                            _unlink(legacy)
+            except ConflictError as exc:
+                outcomes[n] = exc
+            except OSError as exc:
+                outcomes[n] = _write_error(path, exc)
+        return outcomes
+    finally:
+        for left in tmps:
+            if left is not None:
+                _unlink(left)
 
 
 def _write(
