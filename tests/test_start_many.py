@@ -173,16 +173,18 @@ async def test_file_writes_grouped_together_keep_each_condition(tmp_path: Path) 
     first = await backend.write(("active", "cas"), b"v0")
     outcomes: dict[str, object] = {}
 
-    async def write(name: str, key: str, **kw: Any) -> None:
+    async def write(name: str, key: str, version: str | None = None) -> None:
         try:
-            outcomes[name] = await backend.write(("active", key), name.encode(), **kw)
+            outcomes[name] = await backend.write(
+                ("active", key), name.encode(), if_version=version, if_absent=key == "new"
+            )
         except asyncflow.ConflictError:
             outcomes[name] = "conflict"
 
     async with anyio.create_task_group() as tg:  # queued together: written in groups
         for n in range(20):
-            tg.start_soon(write, f"new-{n}", "new", if_absent=True)
-            tg.start_soon(write, f"cas-{n}", "cas", if_version=first)
+            tg.start_soon(write, f"new-{n}", "new")
+            tg.start_soon(write, f"cas-{n}", "cas", first)
             tg.start_soon(write, f"free-{n}", f"free-{n}")
     for prefix in ("new", "cas"):
         won = [k for k, v in outcomes.items() if k.startswith(prefix) and v != "conflict"]
