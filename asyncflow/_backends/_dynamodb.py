@@ -179,77 +179,6 @@ class DynamoDBBackend(LeasedBackend):
         self._wrote(held, version, data, release)
         return version
 
-    async def create_many(self, items: Sequence[tuple[Key, bytes]]) -> list[str | ConflictError]:
-        # TransactWriteItems: up to 100 conditional puts a request. A transaction is all or
-        # nothing: when some items exist already, the others are put again without them.
-        results: list[str | ConflictError] = [""] * len(items)
-        alone: list[int] = []  # held here (a lease to keep), or repeated: written one by one
-        batched: list[int] = []
-        seen: set[Key] = set()
-        for i, (key, data) in enumerate(items):
-            self._check_size(key, {**self._item_key(key), "d": {"B": data}, "v": {"S": "0" * 32}})
-            if self._holding(key) is not None or key in seen:
-                alone.append(i)
-            else:
-                batched.append(i)
-            seen.add(key)
-
-        async def transact(chunk: list[int]) -> None:
-            for attempt in itertools.count():
-                if not chunk:
-                    return
-                versions = [secrets.token_hex(16) for _ in chunk]
-                puts = [
-                    {
-                        "Put": {
-                            "TableName": self.table,
-                            "Item": {
-                                **self._item_key(items[i][0]),
-                                "d": {"B": bytes(items[i][1])},
-                                "v": {"S": version},
-                            },
-                            "ConditionExpression": "attribute_not_exists(d)",
-                        }
-                    }
-                    for i, version in zip(chunk, versions, strict=True)
-                ]
-                try:
-                    await self._aws.call(
-                        "transact_write_items", self.locate(items[chunk[0]][0]), TransactItems=puts
-                    )
-                except BackendError as exc:
-                    reasons = _cancellation_reasons(exc)
-                    if len(reasons) != len(chunk):
-                        raise
-                    taken = {
-                        i for i, why in zip(chunk, reasons, strict=True)
-                        if why == "ConditionalCheckFailed"
-                    }  # fmt: skip
-                    if not taken and attempt >= 5:
-                        raise  # (another transaction on these items kept it from going through)
-                    for i in taken:
-                        where = self.locate(items[i][0])
-                        results[i] = ConflictError(f"{where} already exists", location=where)
-                    chunk = [i for i in chunk if i not in taken]
-                    if not taken:
-                        await anyio.sleep(min(1.0, 0.05 * 2**attempt))
-                    continue
-                for i, version in zip(chunk, versions, strict=True):
-                    results[i] = version
-                return
-
-        async def one(i: int) -> None:
-            key, data = items[i]
-            try:
-                results[i] = await self.write(key, data, if_absent=True)
-            except ConflictError as exc:
-                results[i] = exc
-
-        chunks = [batched[n : n + 100] for n in range(0, len(batched), 100)]
-        calls = [functools.partial(transact, chunk) for chunk in chunks]
-        await concurrently([*calls, *(functools.partial(one, i) for i in alone)])
-        return results
-
     def _check_size(self, key: Key, item: dict[str, Any]) -> None:
         size = sum(
             len(name.encode())
@@ -381,14 +310,3 @@ def _entry(item: dict[str, Any] | None) -> Entry | None:
     if not item or "d" not in item:
         return None  # nothing, or the placeholder of a claim
     return Entry(bytes(item["d"]["B"]), item["v"]["S"])
-
-
-def _cancellation_reasons(error: BackendError) -> list[str]:
-    """The code per item of a cancelled transaction (``"None"`` for the items that did not
-    cause it), from botocore's error; empty if it is not a cancelled transaction."""
-    response = getattr(error.__cause__, "response", None)
-    if not isinstance(response, dict):
-        return []
-    if response.get("Error", {}).get("Code") != "TransactionCanceledException":
-        return []
-    return [str(r.get("Code", "None")) for r in response.get("CancellationReasons", ())]
