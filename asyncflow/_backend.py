@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from ._exceptions import AsyncflowError, ConfigError, DamagedRecordError
+from ._exceptions import AsyncflowError, ConfigError, ConflictError, DamagedRecordError
 
 __all__ = ["Backend", "DamagedEntry", "Entry", "Key"]
 
@@ -207,6 +207,40 @@ class Backend(abc.ABC):
                     del held[i]
                     await claim.__aexit__(None, None, None)
             yield found
+
+    async def create_many(
+        self, items: Sequence[tuple[Key, bytes]]
+    ) -> builtins.list[str | ConflictError]:
+        """Store each ``(key, data)`` create-only, as :meth:`write` with ``if_absent``: many
+        at once (:meth:`asyncflow.Flow.start_many`).
+
+        Returns, in order, each item's new version, or the :class:`ConflictError` saying that
+        something is stored at its key already (that item was not written; the others were).
+        Any other failure raises: then some items may be written and others not.
+
+        Backends that can write in batches override this; the default writes concurrently,
+        at most 64 at a time.
+        """
+        results: builtins.list[str | ConflictError] = [""] * len(items)
+        limiter = anyio.CapacityLimiter(64)
+        failures: builtins.list[AsyncflowError] = []
+
+        async def one(i: int) -> None:
+            key, data = items[i]
+            async with limiter:
+                try:
+                    results[i] = await self.write(key, data, if_absent=True)
+                except ConflictError as exc:
+                    results[i] = exc
+                except AsyncflowError as exc:  # raised as itself below, not in a group
+                    failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(items)):
+                tg.start_soon(one, i)
+        if failures:
+            raise failures[0]
+        return results
 
     async def write_and_release(
         self, key: Key, data: bytes, *, if_version: str | None = None, if_absent: bool = False

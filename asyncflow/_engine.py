@@ -289,9 +289,11 @@ def create_runs(
     workflows: Sequence[Workflow],
     trigger: str,
     args: Any,
+    what: str | None = None,
 ) -> list[RunRecord]:
-    """New (unsaved) pending records, one per workflow bound to ``trigger``."""
-    args = json.loads(dumps(args, f"the args for trigger {trigger!r}"))
+    """New (unsaved) pending records, one per workflow bound to ``trigger``; ``what`` names
+    the args in a SerializationError (default: "the args for trigger ...")."""
+    args = json.loads(dumps(args, what or f"the args for trigger {trigger!r}"))
     now = clock()
     return [
         RunRecord(run_id=new_run_id(), workflow=w.name, trigger=trigger, args=args, created_at=now)

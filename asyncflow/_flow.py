@@ -12,12 +12,15 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+import anyio
+
 from ._backend import Backend
 from ._backends import FORMS, open_url
 from ._context import Context
 from ._context import sideeffect as call_sideeffect
 from ._engine import Workflow, create_runs, invoke
 from ._exceptions import (
+    AsyncflowError,
     ConfigError,
     ConflictError,
     DamagedRecordError,
@@ -380,6 +383,81 @@ class Flow:
                         raise
         return [r.run_id for r in records]
 
+    async def start_many(
+        self,
+        trigger: str,
+        args_list: Sequence[Any],
+        *,
+        keys: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        """Record many new runs at once, as :meth:`start` does for each item of ``args_list``,
+        in the store's batches (much faster than one ``start`` after another).
+
+        Every item is checked before anything is written: one that cannot be stored raises
+        and nothing is stored. The runs execute at the next :meth:`run`.
+
+        Args:
+            trigger: the event that starts the runs (every workflow bound to it, per item).
+            args_list: each run's args (JSON).
+            keys: an idempotency key per item (``None`` for none), as for :meth:`start`: an
+                item whose key started a run already starts nothing new and gives that run's
+                id; items sharing a key start one run.
+
+        Returns:
+            The runs' ids, item by item in order (per item, one id per bound workflow, in the
+            order the workflows were registered).
+
+        Raises:
+            SerializationError: an item's args cannot be stored as JSON; the error names its
+                index (nothing was stored).
+            UsageError: ``keys`` is not as long as ``args_list``, or a key is not usable.
+            ConflictError: a new run's id was taken already (it names the items; the other
+                runs are stored).
+        """
+        bound = self._bound(trigger)
+        args_list = list(args_list)
+        if keys is not None:
+            keys = list(keys)
+            if len(keys) != len(args_list):
+                raise UsageError(
+                    f"start_many got {len(keys)} keys for {len(args_list)} args: give one key"
+                    " (or None) per item"
+                )
+            for i, key in enumerate(keys):
+                if key is not None:
+                    checked_name(key, f"the idempotency key of item {i}", error=UsageError)
+                    storable_name(key, "idempotency key")
+        items = [
+            create_runs(
+                self.clock, bound, trigger, args, f"item {i} of args_list for trigger {trigger!r}"
+            )
+            for i, args in enumerate(args_list)
+        ]
+        async with self._stored() as store:
+            fresh: list[tuple[int, RunRecord]] = []  # (item, record) to store now
+            if keys is None:
+                fresh = [(i, r) for i, records in enumerate(items) for r in records]
+            else:
+                fresh = await _claim_keys(store, items, keys)
+            stored = await store.create_runs([record for _, record in fresh])
+            lost = [
+                (i, record.run_id)
+                for (i, record), outcome in zip(fresh, stored, strict=True)
+                if isinstance(outcome, ConflictError) and (keys is None or keys[i] is None)
+            ]
+        if lost:
+            # (A keyed run stored meanwhile by another caller is that key's run: not an error.)
+            shown = ", ".join(f"item {i} (run {run_id})" for i, run_id in lost[:10])
+            raise ConflictError(
+                f"start_many: {len(lost)} new run{'' if len(lost) == 1 else 's'} found"
+                f" {'its id' if len(lost) == 1 else 'their ids'} taken already and"
+                f" {'was' if len(lost) == 1 else 'were'} not stored: {shown}"
+                f"{' ...' if len(lost) > 10 else ''}; the other"
+                f" {len(fresh) - len(lost)} runs were stored",
+                location=store.where(lost[0][1]),
+            )
+        return [r.run_id for records in items for r in records]
+
     async def emit(
         self, name: str, args: Any = None, *, time_limit: float | None = None
     ) -> list[RunResult]:
@@ -564,3 +642,51 @@ async def deliver_event(flow: Flow, name: str, args: Any, *, key: str | None = N
     """Emit event ``name`` without advancing anything (the package's route to
     :meth:`Flow._deliver`, for the Lambda handler's SQS records)."""
     await flow._deliver(name, args, key=key)
+
+
+async def _claim_keys(
+    store: Store,
+    items: list[list[RunRecord]],
+    keys: list[str | None],
+) -> list[tuple[int, RunRecord]]:
+    """Take the idempotency keys of :meth:`Flow.start_many`'s items (at most 64 at once);
+    the ``(item, record)`` pairs still to store. A record whose key started a run already
+    gets that run's id; items repeating a key share the first one's run."""
+    from ._manage import claim_key
+
+    first: dict[tuple[str, str], RunRecord] = {}
+    claimed: list[tuple[int, RunRecord]] = []
+    later: list[tuple[RunRecord, RunRecord]] = []  # (record, the first of its key)
+    fresh: list[tuple[int, RunRecord]] = []
+    for i, records in enumerate(items):
+        key = keys[i]
+        for record in records:
+            if key is None:
+                fresh.append((i, record))
+            elif (record.workflow, key) in first:
+                later.append((record, first[record.workflow, key]))
+            else:
+                first[record.workflow, key] = record
+                claimed.append((i, record))
+    limiter = anyio.CapacityLimiter(64)
+    won: list[bool] = [False] * len(claimed)
+    failures: list[AsyncflowError] = []
+
+    async def one(n: int) -> None:
+        i, record = claimed[n]
+        async with limiter:
+            try:
+                won[n] = await claim_key(store, record, keys[i] or "")
+            except AsyncflowError as exc:  # raised as itself below, not in a group
+                failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(len(claimed)):
+            tg.start_soon(one, n)
+    if failures:
+        raise failures[0]
+    for record, original in later:
+        record.run_id = original.run_id
+    fresh += [pair for pair, new in zip(claimed, won, strict=True) if new]
+    fresh.sort(key=lambda pair: pair[0])
+    return fresh

@@ -115,6 +115,13 @@ class Store:
         """
         return await self.backend.write((ACTIVE, record.run_id), record.encode(), if_absent=True)
 
+    async def create_runs(self, records: Sequence[RunRecord]) -> list[str | ConflictError]:
+        """Store many new runs, create-only, in the backend's batches; per record, in order,
+        its version or the ConflictError saying a run with its id is active already (that
+        one was not written; the others were)."""
+        items = [((ACTIVE, record.run_id), record.encode()) for record in records]
+        return await self.backend.create_many(items)
+
     async def save_run(self, run: Saved, data: bytes, *, last: bool = False) -> None:
         """Write ``data`` (``run.record`` encoded) over the version stored (compare-and-swap;
         create-only when ``run.version`` is ``None``), then bring the wait index in step; the

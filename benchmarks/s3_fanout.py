@@ -8,7 +8,8 @@ event, retries included), and the CPU time this process spent (asyncflow, botoco
 the client's share; the rest of the wall time is waiting for the store). Also the time of the
 N ``flow.start()`` calls that create the runs (issue 14's goal 2), made from
 ``--start-concurrency`` tasks at once (1 = one after another), and the unmeasured-so-far
-first ``flow.run()`` that brings every run to its first pause.
+first ``flow.run()`` that brings every run to its first pause. ``--start-concurrency 0``:
+one ``flow.start_many()`` of them all instead.
 
 ``--profile FILE`` runs the last measured invocation under cProfile and dumps the stats
 there (``python -m pstats FILE``), to see where an invocation's time goes.
@@ -161,7 +162,11 @@ def check(results: list[Any], runs: int, problems: list[str], when: str) -> None
 
 
 async def start_all(flow: Any, runs: int, concurrency: int) -> None:
-    """``runs`` calls of ``flow.start``, from ``concurrency`` tasks at once."""
+    """``runs`` calls of ``flow.start``, from ``concurrency`` tasks at once; with
+    ``concurrency`` 0, one ``flow.start_many`` of them all."""
+    if concurrency == 0:
+        await flow.start_many("fan", [{"i": i} for i in range(runs)])
+        return
     next_i = iter(range(runs))
 
     async def worker() -> None:

@@ -7,7 +7,7 @@ import threading
 import anyio
 import pytest
 
-from asyncflow._backends._threads import ThreadBatcher
+from asyncflow._backends._threads import GroupRunner, ThreadBatcher
 
 pytestmark = pytest.mark.anyio
 
@@ -73,3 +73,39 @@ async def test_cancelling_a_leader_does_not_strand_the_calls_it_took_on() -> Non
         leader.cancel_scope.cancel()
         gate.set()
     assert got == ["second"]
+
+
+async def test_grouped_items_each_get_their_own_outcome() -> None:
+    groups: list[list[int]] = []
+
+    def process(items: list[int]) -> list[int | BaseException]:
+        assert threading.get_ident() != loop_thread, "groups run in worker threads"
+        groups.append(items)
+        return [ValueError(f"bad {i}") if i % 5 == 0 else i * 10 for i in items]
+
+    loop_thread = threading.get_ident()
+    runner: GroupRunner[int, int] = GroupRunner(process, threads=2, group=8)
+    results: dict[int, object] = {}
+
+    async def call(i: int) -> None:
+        try:
+            results[i] = await runner.run(i)
+        except ValueError as exc:
+            results[i] = str(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(40):
+            tg.start_soon(call, i)
+    assert results == {i: f"bad {i}" if i % 5 == 0 else i * 10 for i in range(40)}
+    assert sorted(i for g in groups for i in g) == list(range(40)), "each item once"
+    assert max(len(g) for g in groups) > 1, "items queued meanwhile share a group"
+    assert all(len(g) <= 8 for g in groups)
+
+
+async def test_a_failing_group_fails_each_of_its_callers() -> None:
+    def process(items: list[int]) -> list[int | BaseException]:
+        raise OSError("disk gone")
+
+    runner: GroupRunner[int, int] = GroupRunner(process, threads=1)
+    with pytest.raises(OSError, match="disk gone"):
+        await runner.run(1)

@@ -52,6 +52,19 @@ class MemoryBackend(Backend):
         self._data[key] = Entry(bytes(data), version)
         return version
 
+    async def create_many(self, items: Sequence[tuple[Key, bytes]]) -> list[str | ConflictError]:
+        results: list[str | ConflictError] = []
+        for key, data in items:  # (without yielding: all at once, as each write is)
+            if key in self._data:
+                results.append(
+                    ConflictError(f"{self.locate(key)} already exists", location=self.locate(key))
+                )
+                continue
+            version = str(next(self._versions))
+            self._data[key] = Entry(bytes(data), version)
+            results.append(version)
+        return results
+
     async def delete(self, key: Key, *, if_version: str | None = None) -> None:
         current = self._data.get(key)
         if if_version is not None:
