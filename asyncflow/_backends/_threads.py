@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -31,7 +31,51 @@ def _run_all(jobs: list[_Job[Any]]) -> None:
             job.error = exc
 
 
-class ThreadBatcher:
+class _Queued(Protocol):
+    done: anyio.Event
+
+
+Q = TypeVar("Q", bound=_Queued)
+
+
+class _Leaders(Generic[Q]):
+    """The queue both runners share. Callers queue an entry; up to ``threads`` of them become
+    leaders, each handing the queued entries to :meth:`_work` in a worker thread, up to
+    ``size`` per hop, until the queue is empty."""
+
+    def __init__(self, threads: int, size: int) -> None:
+        self._max_leaders = threads
+        self._size = size
+        self._leaders = 0
+        self._queue: list[Q] = []
+
+    def _work(self, entries: list[Q]) -> None:
+        """Process ``entries`` (in a worker thread), setting each one's outcome."""
+        raise NotImplementedError
+
+    async def _submit(self, entry: Q) -> None:
+        """Queue ``entry`` and return once it is processed."""
+        self._queue.append(entry)
+        # Shielded: once queued the entry is processed, as with anyio.to_thread; a leader
+        # cancelled half-way would leave the callers of its hop waiting for ever.
+        with anyio.CancelScope(shield=True):
+            if self._leaders < self._max_leaders:
+                self._leaders += 1
+                try:
+                    while self._queue:
+                        taken = self._queue[: self._size]
+                        del self._queue[: self._size]
+                        try:
+                            await anyio.to_thread.run_sync(self._work, taken)
+                        finally:
+                            for queued in taken:
+                                queued.done.set()
+                finally:
+                    self._leaders -= 1
+            await entry.done.wait()
+
+
+class ThreadBatcher(_Leaders[_Job[Any]]):
     """Run blocking functions in at most ``threads`` worker threads, batching them.
 
     When many tasks do file I/O at once (an invocation advancing thousands of runs), the hop to
@@ -41,31 +85,14 @@ class ThreadBatcher:
     """
 
     def __init__(self, threads: int, batch: int = 32) -> None:
-        self._max_leaders = threads
-        self._batch = batch
-        self._leaders = 0
-        self._queue: list[_Job[Any]] = []
+        super().__init__(threads, batch)
+
+    def _work(self, entries: list[_Job[Any]]) -> None:
+        _run_all(entries)
 
     async def run(self, fn: Callable[[], T]) -> T:
         job: _Job[T] = _Job(fn)
-        self._queue.append(job)
-        # Shielded: once queued the call runs, as with anyio.to_thread; a leader cancelled
-        # half-way would leave the callers of its batch waiting for ever.
-        with anyio.CancelScope(shield=True):
-            if self._leaders < self._max_leaders:
-                self._leaders += 1
-                try:
-                    while self._queue:
-                        batch = self._queue[: self._batch]
-                        del self._queue[: self._batch]
-                        try:
-                            await anyio.to_thread.run_sync(_run_all, batch)
-                        finally:
-                            for queued in batch:
-                                queued.done.set()
-                finally:
-                    self._leaders -= 1
-            await job.done.wait()
+        await self._submit(job)
         if job.error is not None:
             raise job.error
         return job.value  # type: ignore[return-value]  # set when error is None
@@ -83,13 +110,13 @@ class _Item(Generic[ItemT, T]):
         self.outcome: T | BaseException | None = None
 
 
-class GroupRunner(Generic[ItemT, T]):
+class GroupRunner(_Leaders[_Item[ItemT, T]]):
     """Hand queued items to one blocking function in groups, in at most ``threads`` worker
     threads at once: ``process(items)`` returns, in order, each item's result or the
     exception to raise to its caller.
 
     For work that costs less done for many at once (the file backend makes a group of
-    writes durable with one ``syncfs``). Leaders as in :class:`ThreadBatcher`.
+    writes durable with one ``syncfs``).
     """
 
     def __init__(
@@ -98,39 +125,20 @@ class GroupRunner(Generic[ItemT, T]):
         threads: int,
         group: int = 256,
     ) -> None:
+        super().__init__(threads, group)
         self._process = process
-        self._max_leaders = threads
-        self._group = group
-        self._leaders = 0
-        self._queue: list[_Item[ItemT, T]] = []
 
-    def _run_group(self, group: list[_Item[ItemT, T]]) -> None:
+    def _work(self, entries: list[_Item[ItemT, T]]) -> None:
         try:
-            outcomes = self._process([queued.item for queued in group])
+            outcomes = self._process([queued.item for queued in entries])
         except BaseException as exc:  # handed to every caller of the group
-            outcomes = [exc] * len(group)
-        for queued, outcome in zip(group, outcomes, strict=True):
+            outcomes = [exc] * len(entries)
+        for queued, outcome in zip(entries, outcomes, strict=True):
             queued.outcome = outcome
 
     async def run(self, item: ItemT) -> T:
         queued: _Item[ItemT, T] = _Item(item)
-        self._queue.append(queued)
-        # Shielded, as ThreadBatcher.run: once queued, the item is processed.
-        with anyio.CancelScope(shield=True):
-            if self._leaders < self._max_leaders:
-                self._leaders += 1
-                try:
-                    while self._queue:
-                        group = self._queue[: self._group]
-                        del self._queue[: self._group]
-                        try:
-                            await anyio.to_thread.run_sync(self._run_group, group)
-                        finally:
-                            for one in group:
-                                one.done.set()
-                finally:
-                    self._leaders -= 1
-            await queued.done.wait()
+        await self._submit(queued)
         if isinstance(queued.outcome, BaseException):
             raise queued.outcome
         return queued.outcome  # type: ignore[return-value]  # set by the group's run
