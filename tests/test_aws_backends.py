@@ -11,12 +11,12 @@ import json
 import socket
 import threading
 import urllib.parse
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from request_counts import Requests
 
 import asyncflow
 from asyncflow import Context
@@ -84,24 +84,6 @@ def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
-
-
-class Requests:
-    """Counts the HTTP requests of the clients built from :meth:`session`, per operation,
-    with botocore's own event hooks (every attempt, retries included)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def session(self) -> Any:
-        from aiobotocore.session import get_session
-
-        session = get_session()
-        session.register("before-send", self._count)
-        return session
-
-    def _count(self, event_name: str, **_: Any) -> None:
-        self.counts[event_name.rsplit(".", 1)[-1]] += 1
 
 
 # -- flows end to end ------------------------------------------------------------------------

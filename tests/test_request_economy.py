@@ -13,10 +13,10 @@ runs sharing one stored object or item), and whoever reaches it lowers the figur
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+from request_counts import Requests
 
 import asyncflow
 from asyncflow import Context
@@ -34,23 +34,6 @@ RUNS = 20  # enough that the per-invocation listings are a small share of the to
 # Issue 14's target is 0.05 per run on both: lower these when the layout changes.
 PER_RUN = {"s3": 3, "dynamodb": 2}
 PER_INVOCATION = {"s3": 3, "dynamodb": 3}
-
-
-class Requests:
-    """Counts the HTTP requests of the clients built from :meth:`session`, per operation."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def session(self) -> Any:
-        from aiobotocore.session import get_session
-
-        session = get_session()
-        session.register("before-send", self._count)
-        return session
-
-    def _count(self, event_name: str, **_: Any) -> None:
-        self.counts[event_name.rsplit(".", 1)[-1]] += 1
 
 
 @pytest.fixture(params=["s3", "dynamodb"])
