@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ._backends._dynamodb import DynamoDBBackend as DynamoDBBackend
     from ._backends._file import FileBackend as FileBackend
     from ._backends._memory import MemoryBackend as MemoryBackend
+    from ._backends._packs import PackedBackend as PackedBackend
     from ._backends._s3 import S3Backend as S3Backend
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ __all__ = [
     "Key",
     "MemoryBackend",
     "NonDeterminismError",
+    "PackedBackend",
     "Retry",
     "Run",
     "RunNotFoundError",

@@ -253,6 +253,13 @@ class Backend(abc.ABC):
         """
         return await self.write(key, data, if_version=if_version, if_absent=if_absent)
 
+    def affinity(self, key: Key) -> int:
+        """Which group of objects ``key`` is stored with: an invocation advances the runs of
+        one group together, so that a backend keeping each group in one object
+        (:class:`asyncflow.PackedBackend`) writes it once for all of them. The default is 0
+        for every key (one group: runs are advanced oldest first)."""
+        return 0
+
     def locate(self, key: Key) -> str:
         """Describe where ``key`` lives (a path or URL), for error messages."""
         return f"{key[0]}/{key[1]}"

@@ -325,6 +325,15 @@ class Store:
             for run_id in sorted(listed)  # ids sort by creation time
             if not index.sleeping(run_id, now, log)
         ]
+        # The groups the backend stores together (one, unless it packs runs) one after the
+        # other, so that the runs of a pack are advanced side by side and share its writes:
+        # the group of the oldest run first, and so on, and oldest first within each (a run
+        # left undone by a time limit goes early in the next invocation, whatever its pack).
+        rank: dict[int, int] = {}
+        for run_id in run_ids:
+            rank.setdefault(self.backend.affinity((ACTIVE, run_id)), len(rank))
+        if len(rank) > 1:
+            run_ids.sort(key=lambda run_id: rank[self.backend.affinity((ACTIVE, run_id))])
         return Due(run_ids, [listed[r] for r in run_ids], index, log)
 
     async def claim_due(

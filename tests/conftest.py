@@ -56,15 +56,20 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "packed"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty backend of each kind that runs fast enough for every flow test.
+
+    ``packed``: runs kept in packs (asyncflow.PackedBackend) over memory, with 4 packs so that
+    the tests' runs share them.
 
     (The S3 and DynamoDB backends run the conformance suite and their own flow tests against
     moto, in tests/test_aws_backends.py: moto answers about a hundred requests a second here,
     too slow to run every flow test through it.)
     """
-    return "memory:" if request.param == "memory" else f"file:{tmp_path / 'store'}"
+    if request.param == "file":
+        return f"file:{tmp_path / 'store'}"
+    return "memory:" if request.param == "memory" else "memory:?packs=4"
 
 
 class Aws:
@@ -178,7 +183,11 @@ def make_flow(backend_url: str, clock: MockClock) -> Callable[..., asyncflow.Flo
 
     def make(**kwargs: object) -> asyncflow.Flow:
         kwargs.setdefault("clock", clock)
-        backend = memory if backend_url == "memory:" else backend_url
+        backend: asyncflow.Backend | str = backend_url
+        if backend_url == "memory:":
+            backend = memory
+        elif backend_url.startswith("memory:?packs="):  # a new packing object per flow
+            backend = asyncflow.PackedBackend(memory, packs=4)
         return asyncflow.setup(backend, **kwargs)  # type: ignore[arg-type]
 
     return make

@@ -22,25 +22,41 @@ pytestmark = pytest.mark.anyio
         "memory",
         "file",
         *(pytest.param(k, marks=pytest.mark.aws) for k in ("s3", "dynamodb", "dynalite")),
+        # Packs over each kind of store, with the checks' namespace packed (few packs, so
+        # that the checks' objects share them).
+        "packed-memory",
+        "packed-file",
+        *(pytest.param(f"packed-{k}", marks=pytest.mark.aws) for k in ("s3", "dynamodb")),
     ]
 )
 async def backend(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[asyncflow.Backend]:
     made: asyncflow.Backend
-    if request.param == "memory":
-        made = asyncflow.MemoryBackend()
-    elif request.param == "file":
-        made = asyncflow.FileBackend(tmp_path / "store")
-    elif request.param == "s3":
-        aws = request.getfixturevalue("aws")
-        made = asyncflow.S3Backend(aws.new_bucket(), "p", endpoint_url=aws.endpoint)
-    else:  # moto's DynamoDB, or dynalite's (npm), written independently of both AWS and moto
-        aws = request.getfixturevalue("aws" if request.param == "dynamodb" else "dynalite")
-        made = asyncflow.DynamoDBBackend(aws.new_table(), endpoint_url=aws.endpoint)
+    kind = request.param.removeprefix("packed-")
+    if kind != request.param:
+        inner = await _made(request, kind, tmp_path)
+        made = asyncflow.PackedBackend(inner, packs=4, namespaces=("ns", "active"))
+    else:
+        made = await _made(request, kind, tmp_path)
     await made.open()
     yield made
     await made.aclose()
+
+
+async def _made(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> asyncflow.Backend:
+    made: asyncflow.Backend
+    if kind == "memory":
+        made = asyncflow.MemoryBackend()
+    elif kind == "file":
+        made = asyncflow.FileBackend(tmp_path / "store")
+    elif kind == "s3":
+        aws = request.getfixturevalue("aws")
+        made = asyncflow.S3Backend(aws.new_bucket(), "p", endpoint_url=aws.endpoint)
+    else:  # moto's DynamoDB, or dynalite's (npm), written independently of both AWS and moto
+        aws = request.getfixturevalue("aws" if kind == "dynamodb" else "dynalite")
+        made = asyncflow.DynamoDBBackend(aws.new_table(), endpoint_url=aws.endpoint)
+    return made
 
 
 @pytest.mark.parametrize("check", list(BACKEND_CHECKS))

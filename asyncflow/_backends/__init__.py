@@ -17,7 +17,7 @@ from .._exceptions import ConfigError
 if TYPE_CHECKING:
     from .._backend import Backend
 
-__all__ = ["BACKENDS", "FORMS", "Registered", "backend_class", "by_class", "open_url"]
+__all__ = ["BACKENDS", "FORMS", "WRAPPERS", "Registered", "backend_class", "by_class", "open_url"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ BACKENDS = (
     Registered("s3", "s3://<bucket>/<prefix>", "._s3", "S3Backend", "aws", _AWS),
     Registered("dynamodb", "dynamodb://<table>", "._dynamodb", "DynamoDBBackend", "aws", _AWS),
 )
+#: Backends that wrap another, built from the other's URL with a query (``?packs=256``).
+WRAPPERS = (Registered("", "<url>?packs=<P>", "._packs", "PackedBackend"),)
 _BY_SCHEME = {b.scheme: b for b in BACKENDS}
 
 #: The URL forms, as help and error messages list them.
@@ -47,7 +49,7 @@ FORMS = ", ".join(f"'{b.form}'" for b in BACKENDS)
 
 def by_class(name: str) -> Registered | None:
     """The registered backend exported as ``asyncflow.<name>``, if there is one."""
-    return next((b for b in BACKENDS if b.name == name), None)
+    return next((b for b in (*BACKENDS, *WRAPPERS) if b.name == name), None)
 
 
 def backend_class(entry: Registered) -> type[Backend]:
@@ -77,6 +79,11 @@ def open_url(url: str) -> Backend:
         ConfigError: no backend has this URL's scheme, the URL is not of its form, or the
             backend's extra is not installed.
     """
+    base, _, query = url.rpartition("?packs=")
+    if base and query.isdigit() and query.isascii():
+        # The runs of this store are kept in packs (asyncflow/_backends/_packs.py).
+        packed = backend_class(WRAPPERS[0])
+        return packed(open_url(base), packs=int(query))  # type: ignore[call-arg]
     scheme, sep, _ = url.partition(":")
     entry = _BY_SCHEME.get(scheme) if sep else None
     if entry is None:
