@@ -14,7 +14,7 @@ import pytest
 
 import asyncflow
 from asyncflow import Backend
-from asyncflow._backends import BACKENDS
+from asyncflow._backends import BACKENDS, WRAPPERS, WRAPPERS
 from asyncflow._cli import main, store_name
 
 URLS = {
@@ -41,8 +41,8 @@ def test_the_exports_are_the_registered_backends() -> None:
     exported = {
         name for name in asyncflow.__all__ if name.endswith("Backend") and name != "Backend"
     }
-    assert exported == {b.name for b in BACKENDS}
-    for registered in BACKENDS:
+    assert exported == {b.name for b in (*BACKENDS, *WRAPPERS)}
+    for registered in (*BACKENDS, *WRAPPERS):
         cls = getattr(asyncflow, registered.name)
         assert issubclass(cls, Backend)
         assert cls.__module__ == "asyncflow"
@@ -186,3 +186,15 @@ async def test_an_error_response_keeps_botocores_exception_as_the_cause(aws: Any
         with pytest.raises(asyncflow.BackendError, match="does not exist") as info:
             await backend.list("ns")
     assert isinstance(info.value.__cause__, ClientError)
+
+
+def test_a_url_with_packs_keeps_the_runs_in_packs_of_that_store(tmp_path: Path) -> None:
+    for url in ("memory:?packs=8", f"file:{tmp_path}?packs=256"):
+        backend = asyncflow.setup(url).backend
+        assert isinstance(backend, asyncflow.PackedBackend)
+        assert backend.url() == url, "the URL a command reports opens the same store again"
+        assert type(backend.inner).__name__ in ("MemoryBackend", "FileBackend")
+    with pytest.raises(asyncflow.ConfigError, match="power of two"):
+        asyncflow.setup("memory:?packs=100")
+    with pytest.raises(asyncflow.ConfigError, match="packs must be"):
+        asyncflow.setup("memory:?packs=0")

@@ -162,7 +162,8 @@ async def test_results_list_new_runs_first_then_resumed_oldest_first(
     packs = [flow.backend.affinity(("active", run_id)) for run_id in started]
     rank = {pack: packs.index(pack) for pack in packs}
     assert resumed == sorted(started, key=lambda r: rank[packs[started.index(r)]])
-    assert sorted(again) == [0, 1, 2, 7] and again[0] == 0
+    assert sorted(again) == [0, 1, 2, 7]
+    assert again[0] == 0
 
 
 @pytest.mark.anyio

@@ -44,7 +44,7 @@ WRAPPERS = (Registered("", "<url>?packs=<P>", "._packs", "PackedBackend"),)
 _BY_SCHEME = {b.scheme: b for b in BACKENDS}
 
 #: The URL forms, as help and error messages list them.
-FORMS = ", ".join(f"'{b.form}'" for b in BACKENDS)
+FORMS = ", ".join(f"'{b.form}'" for b in (*BACKENDS, *WRAPPERS))
 
 
 def by_class(name: str) -> Registered | None:
