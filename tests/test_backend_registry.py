@@ -14,7 +14,7 @@ import pytest
 
 import asyncflow
 from asyncflow import Backend
-from asyncflow._backends import BACKENDS, WRAPPERS, WRAPPERS
+from asyncflow._backends import BACKENDS, WRAPPERS
 from asyncflow._cli import main, store_name
 
 URLS = {
