@@ -126,7 +126,7 @@ class Requests:
         self.counts[event_name.rsplit(".", 1)[-1]] += 1
 
 
-def make_flow(kind: str, where: Any, requests: Requests, sleep_s: float) -> Any:
+def make_flow(kind: str, where: Any, requests: Requests, sleep_s: float, packs: int = 0) -> Any:
     backend: Any
     if kind == "memory":
         backend = where  # one MemoryBackend object: the store lives in it
@@ -136,6 +136,11 @@ def make_flow(kind: str, where: Any, requests: Requests, sleep_s: float) -> Any:
         backend = asyncflow.DynamoDBBackend(where, session=requests.session())
     else:
         backend = f"file:{where}"
+    if packs:  # the runs kept in packs (asyncflow.PackedBackend)
+        backend = asyncflow.PackedBackend(
+            asyncflow.setup(backend).backend if isinstance(backend, str) else backend,
+            packs=packs,
+        )
     flow = asyncflow.setup(backend)
 
     @flow.sideeffect()
@@ -186,11 +191,12 @@ async def measure(
     sleep_s: float,
     start_concurrency: int = 1000,
     profile: str | None = None,
+    packs: int = 0,
 ) -> dict[str, Any]:
     global io_calls
     problems: list[str] = []
     requests = Requests()
-    flow = make_flow(kind, where, requests, sleep_s)
+    flow = make_flow(kind, where, requests, sleep_s, packs)
     log(f"setup: starting {runs} runs on {kind} from {start_concurrency} tasks")
     async with flow:
         requests.counts.clear()
@@ -209,7 +215,7 @@ async def measure(
     per_run: list[dict[str, float]] = []
     for rep in range(reps):
         requests.counts.clear()
-        flow = make_flow(kind, where, requests, sleep_s)  # a fresh invocation
+        flow = make_flow(kind, where, requests, sleep_s, packs)  # a fresh invocation
         io_calls = 0
         profiler = None
         if profile and rep == reps - 1:
@@ -243,6 +249,7 @@ async def measure(
         "start_requests_per_run": start_requests / runs,
         "setup_first_run_s": first_run_s,
         "profiled": bool(profile),
+        "packs": packs,
         "peak_rss_mib": peak_rss_mib(),
         "problems": problems,
     }
@@ -259,8 +266,9 @@ def main() -> None:
         "--start-concurrency", type=int, default=1000, help="tasks calling flow.start at once"
     )
     p.add_argument("--profile", default=None, help="cProfile the last rep into this file")
+    p.add_argument("--packs", type=int, default=0, help="keep the runs in this many packs")
     a = p.parse_args()
-    opts = (a.runs, a.reps, a.sleep, a.start_concurrency, a.profile)
+    opts = (a.runs, a.reps, a.sleep, a.start_concurrency, a.profile, a.packs)
     if a.backend == "file":
         with tempfile.TemporaryDirectory(prefix="asyncflow-bench-") as tmp:
             result = anyio.run(measure, "file", tmp, *opts, backend=a.loop)

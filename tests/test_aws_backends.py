@@ -36,15 +36,21 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(
-    params=[pytest.param(k, marks=pytest.mark.aws) for k in ("s3", "dynamodb", "dynalite")]
+    params=[
+        pytest.param(k, marks=pytest.mark.aws)
+        for k in ("s3", "dynamodb", "dynalite", "packed-s3", "packed-dynamodb")
+    ]
 )
 def store(request: pytest.FixtureRequest) -> tuple[str, Aws]:
-    """A fresh store's URL and its server: moto's S3 and DynamoDB, and dynalite (npm)."""
+    """A fresh store's URL and its server: moto's S3 and DynamoDB, and dynalite (npm); and
+    moto's with the runs kept in packs (4, so that the tests' runs share them)."""
     if request.param == "dynalite":
         dynalite: Aws = request.getfixturevalue("dynalite")
         return dynalite.new_dynamodb_url(), dynalite
     aws: Aws = request.getfixturevalue("aws")
-    return (aws.new_s3_url() if request.param == "s3" else aws.new_dynamodb_url()), aws
+    kind = request.param.removeprefix("packed-")
+    url = aws.new_s3_url() if kind == "s3" else aws.new_dynamodb_url()
+    return (url if kind == request.param else f"{url}?packs=4"), aws
 
 
 @pytest.fixture

@@ -121,6 +121,9 @@ class _Op:
     if_absent: bool = False
     lease: bool = False  # put: the holder's write, which keeps (renews) its lease
     spill: str | None = None  # put: the member's bytes were written apart, there
+    # What the op comes to in the attempt under way, and once its pack's write is done (an
+    # attempt that loses a race is made again: its outcomes are not results).
+    outcome: Any = None
     result: Any = _PENDING
     before: _Member | None = None  # what a put or delete replaced
 
@@ -367,13 +370,20 @@ class PackedBackend(Backend):
             for _ in range(_ATTEMPTS):
                 stale += spilled
                 spilled.clear()
-                members = pack.members
+                members, fresh = pack.members, pack.members is None
                 if members is None:
                     members = await self._load(pack)
                 members = dict(members)
                 now = self.clock()
                 changed = [op for op in batch if self._apply(op, members, now)]
                 if not changed:
+                    if not fresh:
+                        # Judged by what this process last saw: what is stored may say
+                        # otherwise (a write's compare-and-swap checks that, not a no-op).
+                        pack.members = None
+                        continue
+                    for op in batch:
+                        op.result = op.outcome
                     return
                 body = self._encode(members)
                 if len(body) > self.pack_bytes:
@@ -387,6 +397,8 @@ class PackedBackend(Backend):
                     continue
                 pack.members = members
                 spilled.clear()  # (referred to by the pack now)
+                for op in batch:
+                    op.result = op.outcome
                 return
             raise BackendError(
                 f"{self.inner.locate(pack.key)} kept changing under {_ATTEMPTS} attempts to"
@@ -440,40 +452,40 @@ class PackedBackend(Backend):
         op.before = m
         if op.kind == "put":
             if op.if_absent and m is not None and not (m.placeholder and m.owner == self.owner):
-                op.result = self._conflict(op.key, "already exists")
+                op.outcome = self._conflict(op.key, "already exists")
                 return False
             if op.if_version is not None and (m is None or m.version != op.if_version):
-                op.result = self._changed(op.key, op.if_version, m)
+                op.outcome = self._changed(op.key, op.if_version, m)
                 return False
             version = secrets.token_hex(8)
             owner, until = (self.owner, now + self.lease_seconds) if op.lease else (None, None)
             members[name] = _Member(version, op.data, owner, until, spill=op.spill)
-            op.result = version
+            op.outcome = version
             return True
         if op.kind == "delete":
             if op.if_version is not None and (
                 m is None or m.placeholder or m.version != op.if_version
             ):
-                op.result = self._changed(op.key, op.if_version, m)
+                op.outcome = self._changed(op.key, op.if_version, m)
                 return False
-            op.result = m
+            op.outcome = m
             if m is None:
                 return False
             del members[name]
             return True
         if op.kind == "take":  # claim_read: at the version listed, if nobody holds it
             if m is None or m.placeholder or m.version != op.if_version or self._live(m, now):
-                op.result = None
+                op.outcome = None
                 return False
             version = secrets.token_hex(8)
             members[name] = _Member(
                 version, m.data, self.owner, now + self.lease_seconds, spill=m.spill
             )
-            op.result = members[name]
+            op.outcome = members[name]
             return True
         if op.kind == "take_new":  # claim: nothing there (a placeholder holds it), or free
             if m is not None and self._live(m, now):
-                op.result = None
+                op.outcome = None
                 return False
             version = secrets.token_hex(8)
             until = now + self.lease_seconds
@@ -481,10 +493,10 @@ class PackedBackend(Backend):
                 members[name] = _Member(version, None, self.owner, until, placeholder=True)
             else:
                 members[name] = _Member(version, m.data, self.owner, until, spill=m.spill)
-            op.result = members[name]
+            op.outcome = members[name]
             return True
         assert op.kind == "release"  # only if nobody wrote since our last write or take
-        op.result = None
+        op.outcome = None
         if m is None or m.version != op.if_version or m.owner != self.owner:
             return False
         if m.placeholder:
@@ -594,6 +606,62 @@ class PackedBackend(Backend):
             held.version, held.placeholder, held.released = version, False, release
         return version
 
+    async def create_many(
+        self, items: Sequence[tuple[Key, bytes]]
+    ) -> builtins.list[str | ConflictError]:
+        results: list[str | ConflictError] = [""] * len(items)
+        loose = [i for i, (key, _) in enumerate(items) if not self._packed(key)]
+        if loose:
+            made = await self.inner.create_many([items[i] for i in loose])
+            for i, result in zip(loose, made, strict=True):
+                results[i] = result
+        by_pack: dict[Key, list[tuple[int, _Op]]] = {}
+        unpacked = set(loose)
+        for i, (key, data) in enumerate(items):
+            if i not in unpacked:
+                op = _Op(key, "put", data, if_absent=True)
+                if len(data) > self.spill_bytes:
+                    op.spill, op.data = await self._spill(key[1], data), None
+                by_pack.setdefault(self._pack_key(key), []).append((i, op))
+
+        async def commit(where: Key) -> None:
+            await self._commit(
+                self._packs.setdefault(where, _Pack(where)), [o for _, o in by_pack[where]]
+            )
+
+        await self._sweep(commit, by_pack)
+        failure: AsyncflowError | None = None
+        for taking in by_pack.values():
+            for i, op in taking:
+                if isinstance(op.result, str | ConflictError):
+                    results[i] = op.result
+                elif isinstance(op.result, AsyncflowError):
+                    failure = failure or op.result
+                if op.spill is not None and not isinstance(op.result, str):
+                    await self._forget(op.spill)
+        if failure is not None:
+            raise failure
+        return results
+
+    async def _sweep(self, call: Callable[[Key], Any], packs: Iterable[Key]) -> None:
+        """``await call(pack)`` for each of ``packs``, ``_SWEEP`` at a time; the first
+        asyncflow error is raised as itself once all are done."""
+        limiter = anyio.CapacityLimiter(_SWEEP)
+        failures: builtins.list[AsyncflowError] = []
+
+        async def one(where: Key) -> None:
+            async with limiter:
+                try:
+                    await call(where)
+                except AsyncflowError as exc:
+                    failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for where in packs:
+                tg.start_soon(one, where)
+        if failures:
+            raise failures[0]
+
     async def delete(self, key: Key, *, if_version: str | None = None) -> None:
         if not self._packed(key):
             await self.inner.delete(key, if_version=if_version)
@@ -688,14 +756,11 @@ class PackedBackend(Backend):
         by_pack: dict[Key, builtins.list[tuple[int, _Op]]],
         found: builtins.list[Entry | None],
     ) -> None:
-        limiter = anyio.CapacityLimiter(_SWEEP)
-
         async def one(where: Key) -> None:
             taking = by_pack[where]
-            async with limiter:
-                await self._commit(
-                    self._packs.setdefault(where, _Pack(where)), [op for _, op in taking]
-                )
+            await self._commit(
+                self._packs.setdefault(where, _Pack(where)), [op for _, op in taking]
+            )
             for i, op in taking:
                 key = keys[i]
                 if not isinstance(op.result, _Member):
@@ -716,19 +781,7 @@ class PackedBackend(Backend):
                     )
                 found[i] = Entry(data, m.version)
 
-        failures: builtins.list[AsyncflowError] = []
-
-        async def guarded(where: Key) -> None:
-            try:
-                await one(where)
-            except AsyncflowError as exc:
-                failures.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for where in by_pack:
-                tg.start_soon(guarded, where)
-        if failures:
-            raise failures[0]
+        await self._sweep(one, by_pack)
 
     async def _release(self, keys: Sequence[Key]) -> None:
         """End this backend's leases on ``keys`` (each only if nobody wrote it since), one
@@ -742,13 +795,9 @@ class PackedBackend(Backend):
             by_pack.setdefault(self._pack_key(key), []).append(op)
         if not by_pack:
             return
-        limiter = anyio.CapacityLimiter(_SWEEP)
 
         async def one(where: Key) -> None:
-            async with limiter:
-                await self._commit(self._packs.setdefault(where, _Pack(where)), by_pack[where])
+            await self._commit(self._packs.setdefault(where, _Pack(where)), by_pack[where])
 
         with anyio.CancelScope(shield=True):
-            async with anyio.create_task_group() as tg:
-                for where in by_pack:
-                    tg.start_soon(one, where)
+            await self._sweep(one, by_pack)

@@ -236,31 +236,39 @@ def holds(report: dict[str, Any]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", choices=["file", "s3", "dynamodb"], default="file")
+    parser.add_argument(
+        "--store",
+        choices=["file", "s3", "dynamodb", "packed-file", "packed-s3", "packed-dynamodb"],
+        default="file",
+        help="packed-*: the runs kept in 4 packs (asyncflow.PackedBackend) of that store",
+    )
     parser.add_argument("--kills", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--invokers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
+        packs = "?packs=4" if args.store.startswith("packed-") else ""
+        args.store = args.store.removeprefix("packed-")
         if args.store == "file":
             report = run_campaign(
-                f"file:{folder}/store",
+                f"file:{folder}/store{packs}",
                 Path(folder),
+                leases=bool(packs),  # (packs keep leases: a killed holder's expire)
                 kills=args.kills,
                 seconds=args.seconds,
                 invokers=args.invokers,
                 seed=args.seed,
             )
         else:
-            report = _on_moto(args, Path(folder))
+            report = _on_moto(args, Path(folder), packs)
         for error in Campaign(report["url"], Path(folder)).errors():
             print(error, file=sys.stderr)  # (the folder goes with the campaign)
     print(json.dumps(report))
     sys.exit(0 if holds(report) else 1)
 
 
-def _on_moto(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+def _on_moto(args: argparse.Namespace, folder: Path, packs: str = "") -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/: conftest's moto server
     import logging
 
@@ -284,7 +292,7 @@ def _on_moto(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         aws = Aws(f"http://{host}:{port}")
         url = aws.new_s3_url() if args.store == "s3" else aws.new_dynamodb_url()
         return run_campaign(
-            url,
+            url + packs,
             folder,
             kills=args.kills,
             seconds=args.seconds,

@@ -36,13 +36,21 @@ WAITS = 2  # each run waits for its event twice
 
 
 def backend() -> asyncflow.Backend | str:
-    scheme, _, rest = STORE.partition("://")
+    url, _, packs = STORE.partition("?packs=")
+    scheme, _, rest = url.partition("://")
+    inner: asyncflow.Backend | str
     if scheme == "s3":
         bucket, _, prefix = rest.partition("/")
-        return asyncflow.S3Backend(bucket, prefix, lease_seconds=LEASE)
-    if scheme == "dynamodb":
-        return asyncflow.DynamoDBBackend(rest, lease_seconds=LEASE)
-    return STORE
+        inner = asyncflow.S3Backend(bucket, prefix, lease_seconds=LEASE)
+    elif scheme == "dynamodb":
+        inner = asyncflow.DynamoDBBackend(rest, lease_seconds=LEASE)
+    else:
+        inner = url
+    if not packs:
+        return inner
+    if isinstance(inner, str):
+        inner = asyncflow.setup(inner).backend
+    return asyncflow.PackedBackend(inner, packs=int(packs), lease_seconds=LEASE)
 
 
 flow = asyncflow.setup(backend())
