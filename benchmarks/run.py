@@ -209,6 +209,14 @@ def run_all(
             ]
             for kind in ("file-asyncio", "file-trio", "memory")
         },
+        # The same on S3 and DynamoDB (moto), the runs kept in 256 packs (PackedBackend).
+        **{
+            f"watched-{kind}": [
+                "s3_fanout.py", f"--backend={kind}", f"--runs={sizes.watched_runs}",
+                f"--reps={sizes.watched_reps}", "--start-concurrency=0", "--packs=256",
+            ]
+            for kind in ("s3", "dynamodb")
+        },
         "coldpath": ["coldpath.py", f"--reps={sizes.cold_reps}"],
         "dashboard": [
             "dashboard.py", f"--runs={sizes.fanout_runs}", f"--reps={sizes.fanout_reps}",
@@ -412,11 +420,18 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
                 notes=f"handler {micros(r['url_s'])}; first call of a container (loop thread, "
                 f"backend opened) {secs(r['first_call_s'])}")
         )  # fmt: skip
-    size = f"{sizes.aws_runs:,} paused runs × 50 ms I/O"
-    stores = {"file": "file backend", "s3": "S3 (moto)", "dynamodb": "DynamoDB (moto)"}
-    for kind, where in stores.items():
+    aws_size = f"{sizes.aws_runs:,} paused runs × 50 ms I/O"
+    packed_size = f"{sizes.watched_runs:,} paused runs × 50 ms I/O"
+    stores = {
+        "aws-fanout-file": ("file backend", aws_size),
+        "aws-fanout-s3": ("S3 (moto), one object per run", aws_size),
+        "aws-fanout-dynamodb": ("DynamoDB (moto), one item per run", aws_size),
+        "watched-s3": ("S3 (moto), runs in 256 packs", packed_size),
+        "watched-dynamodb": ("DynamoDB (moto), runs in 256 packs", packed_size),
+    }
+    for name, (where, size) in stores.items():
         label = f"AWS fan-out: one `flow.run()`, {where}, asyncio"
-        if r := figures(f"aws-fanout-{kind}", label, size):
+        if r := figures(name, label, size):
             per_run = ", ".join(f"{op} {n:g}" for op, n in r["requests_per_run"].items())
             notes = (
                 f"{reps_note(r)}; client CPU {secs(r['cpu_s'])} ({ms(r['cpu_per_run_s'])} per "
@@ -584,27 +599,33 @@ def goals_table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
             (goal, f"{r['runs']:,} runs: {secs(r['median_s'])}, {mib(r['peak_rss_mib'])}",
              target, verdict(ok, r["runs"] >= WATCHED_GOAL))
         )  # fmt: skip
+    memory = ok_result(out, "watched-memory")
     for kind, where in (("s3", "S3"), ("dynamodb", "DynamoDB")):
-        r = ok_result(out, f"aws-fanout-{kind}")
-        goal = f"1. {WATCHED_GOAL:,} watched runs in one `flow.run()`, {where} (moto)"
-        target = f"≤ 120 s; ≤ 0.05 requests/run; CPU ≤ {ms(CPU_PER_RUN_GOAL_S)}/run"
+        r = ok_result(out, f"watched-{kind}")
+        goal = f"1. {WATCHED_GOAL:,} watched runs in one `flow.run()`, {where} (moto), 256 packs"
+        target = f"≤ 120 s; ≤ 0.05 requests/run; storage client CPU ≤ {ms(CPU_PER_RUN_GOAL_S)}/run"
         if r is None:
             rows.append((goal, "not measured (failed or skipped)", target, "—"))
             continue
         per_run = r["requests_per_run_total"]
         estimate = r["median_s"] * WATCHED_GOAL / r["runs"]
+        # The client CPU that storage costs: this store's CPU per run less the memory
+        # store's, at the same size (the engine's own share is the same on every store).
+        storage = r["cpu_per_run_s"] - (memory["cpu_per_run_s"] if memory else 0.0)
         result = (
-            f"{r['runs']:,} runs: {secs(r['median_s'])} (× {WATCHED_GOAL // r['runs']:,} ≈ "
-            f"{secs(estimate)}); {per_run:.2f} requests/run; CPU {ms(r['cpu_per_run_s'])}/run"
+            f"{r['runs']:,} runs: {secs(r['median_s'])}"
+            + ("" if r["runs"] >= WATCHED_GOAL else f" (≈ {secs(estimate)} at {WATCHED_GOAL:,})")
+            + f"; {per_run:.3f} requests/run; CPU {ms(r['cpu_per_run_s'])}/run, of which"
+            f" storage {ms(storage)} (memory store: {ms(r['cpu_per_run_s'] - storage)})"
         )
-        ok = per_run <= 0.05 and r["cpu_per_run_s"] <= CPU_PER_RUN_GOAL_S
+        ok = per_run <= 0.05 and storage <= CPU_PER_RUN_GOAL_S
         ok = ok and (r["median_s"] if r["runs"] >= WATCHED_GOAL else estimate) <= 120
         rows.append((goal, result, target, verdict(ok, r["runs"] >= WATCHED_GOAL)))
     for name, where in (
         ("watched-file-asyncio", "file"),
         ("watched-memory", "memory"),
-        ("aws-fanout-s3", "S3 (moto)"),
-        ("aws-fanout-dynamodb", "DynamoDB (moto)"),
+        ("watched-s3", "S3 (moto), 256 packs"),
+        ("watched-dynamodb", "DynamoDB (moto), 256 packs"),
     ):
         r = ok_result(out, name)
         goal = f"2. {WATCHED_GOAL:,} starts (`start_many`), {where}"
