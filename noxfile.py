@@ -179,11 +179,13 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def faults(session: nox.Session) -> None:
     """The long fault-injection campaign: real processes killed with SIGKILL on the file
-    backend, then on S3 and DynamoDB (moto's server); prints one JSON report per store and
-    fails if an invariant broke. `nox -s faults -- FILE_KILLS AWS_KILLS` (default 100 50)."""
+    backend, then on S3 and DynamoDB (moto's server), each also with its runs in packs; prints
+    one JSON report per store and fails if an invariant broke. `nox -s faults -- FILE_KILLS AWS_KILLS` (default 100 50)."""
     install(session)
     file_kills, aws_kills = (session.posargs + ["100", "50"][len(session.posargs) :])[:2]
-    for store, kills in (("file", file_kills), ("s3", aws_kills), ("dynamodb", aws_kills)):
+    stores = [("file", file_kills), ("s3", aws_kills), ("dynamodb", aws_kills)]
+    stores += [(f"packed-{store}", kills) for store, kills in stores]  # runs kept in packs
+    for store, kills in stores:
         session.run(
             "python",
             "tests/faults/campaign.py",

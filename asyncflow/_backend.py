@@ -59,6 +59,9 @@ class Backend(abc.ABC):
     #: backend). ``False`` (the default): asyncflow never calls :meth:`append`, and writes each
     #: checkpoint whole. A backend that wraps another says what the wrapped one says.
     appends: bool = False
+    #: Whether this backend keeps the active runs in packs (:class:`asyncflow.PackedBackend`).
+    #: A backend that wraps another says what the wrapped one says.
+    packs_runs: bool = False
 
     @classmethod
     def from_url(cls, url: str) -> Backend:

@@ -280,6 +280,11 @@ class Flow:
     async def __aenter__(self) -> Flow:
         if not self._opened:
             await self.backend.open()
+            try:
+                await Store(self.backend).check_layout()
+            except BaseException:
+                await self.backend.aclose()
+                raise
         self._opened += 1
         return self
 

@@ -13,6 +13,9 @@ runs, never for keys. Each namespace is a folder, prefix or partition of the bac
   invariant they keep with the records: :mod:`asyncflow._waits`).
 - ``cron``: per cron workflow, when its schedule was last checked.
 - ``keys``: idempotency keys: the run (or the event id) the first caller with a key recorded.
+- ``packs`` and ``spilled``: where :class:`asyncflow.PackedBackend` keeps the active runs of a
+  store opened with packs (its own layout: asyncflow/_backends/_packs.py); ``packs/meta`` says
+  that a store has them, so that a process opening it without packs is refused.
 
 Stored bytes and names are the format: an existing store keeps working, so none of them may
 change. The records' own encoding is :mod:`asyncflow._record`'s.
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from ._backend import Backend, DamagedEntry, Entry, Key
-from ._exceptions import BackendError, ConflictError, DamagedRecordError
+from ._exceptions import BackendError, ConfigError, ConflictError, DamagedRecordError
 from ._record import RunRecord, decode_state, dumps, encode_state
 from ._shard import Shard
 from ._waits import EventLog, WaitIndex, event_hash, index_name, sha256_hex
@@ -61,6 +64,7 @@ WAITS = "waits"
 EVENTS = "events"
 CRON = "cron"
 KEYS = "keys"
+PACKS_META = ("packs", "meta")  # (see PackedBackend)
 _STATE_ATTEMPTS = 50
 
 
@@ -99,6 +103,30 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<Store {self.backend!r}>"
+
+    async def check_layout(self) -> None:
+        """Refuse a store that keeps its runs in packs when the backend does not read packs:
+        its runs would look absent, and runs started with ids it holds would run twice.
+
+        Raises:
+            ConfigError: the store has packs (``packs/meta``) and the backend does not.
+        """
+        if self.backend.packs_runs:
+            return
+        found = await self.backend.read(PACKS_META)
+        if found is None:
+            return
+        try:
+            count = json.loads(found.data)["count"]
+        except (ValueError, KeyError, TypeError):
+            count = "<P>"
+        url = self.backend.url()
+        raise ConfigError(
+            f"{self.backend.locate(PACKS_META)} says this store keeps its active runs in"
+            f" {count} packs: open it with packs ("
+            + (f"'{url}?packs={count}', or " if url else "")
+            + f"asyncflow.PackedBackend(backend, packs={count})), or its runs look absent"
+        )
 
     def where(self, run_id: str, *, finished: bool = False) -> str:
         """Where run ``run_id`` is stored (for messages), active or ``finished``."""

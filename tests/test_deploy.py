@@ -244,7 +244,7 @@ def test_the_s3_store_is_a_bucket_the_function_may_use() -> None:
     assert "RunsTable" not in resources
     assert resources["RunsBucket"]["DeletionPolicy"] == "Retain"
     env = resources["FlowFunction"]["Properties"]["Environment"]["Variables"]
-    assert env["ASYNCFLOW_BACKEND"] == {"Fn::Sub": "s3://${RunsBucket}/asyncflow"}
+    assert env["ASYNCFLOW_BACKEND"] == {"Fn::Sub": "s3://${RunsBucket}/asyncflow?packs=256"}
     [(effect, actions, *names)] = actions_on(resources)
     assert effect == "Allow"
     assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"} <= actions
@@ -268,7 +268,7 @@ def test_the_dynamodb_store_is_a_table_with_the_backends_keys() -> None:
     ]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     env = resources["FlowFunction"]["Properties"]["Environment"]["Variables"]
-    assert env["ASYNCFLOW_BACKEND"] == {"Fn::Sub": "dynamodb://${RunsTable}"}
+    assert env["ASYNCFLOW_BACKEND"] == {"Fn::Sub": "dynamodb://${RunsTable}?packs=256"}
     [(effect, actions, *names)] = actions_on(resources)
     assert effect == "Allow"
     wanted = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"}

@@ -403,6 +403,10 @@ class _FailsStartingRuns(asyncflow.Backend):
     def affinity(self, key: asyncflow.Key) -> int:
         return self.inner.affinity(key)
 
+    @property
+    def packs_runs(self) -> bool:  # type: ignore[override]
+        return self.inner.packs_runs
+
 
 @pytest.mark.anyio
 async def test_an_event_that_storage_failed_to_deliver_is_delivered_by_the_replay(

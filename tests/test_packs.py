@@ -262,3 +262,18 @@ async def test_requests_per_advanced_run_on_packs(kind: str, aws: Aws) -> None:
         f"{kind}: {total} requests to advance {RUNS} runs in {PACKS} packs"
         f" ({total / RUNS:.3f} per run, {dict(requests.counts)}); the bound is {BOUND[kind]}"
     )
+
+
+async def test_a_store_with_packs_opened_without_them_is_refused(tmp_path: Any) -> None:
+    folder = tmp_path / "store"
+    calls: list[int] = []
+    packed = _watch_flow(f"file:{folder}?packs=4", calls)
+    async with packed:
+        await packed.start("watch", {"i": 1})
+    plain = _watch_flow(f"file:{folder}", calls)
+    with pytest.raises(asyncflow.ConfigError, match=r"open it with packs \('file:.*\?packs=4'"):
+        await plain.run()
+    with pytest.raises(asyncflow.ConfigError, match="4 packs"):
+        await plain.list_runs()
+    assert calls == [], "nothing ran on a store read the wrong way"
+    assert [r.status for r in await packed.run()] == ["paused"]

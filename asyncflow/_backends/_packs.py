@@ -166,6 +166,10 @@ class PackedBackend(Backend):
 
     leased_claims = True
 
+    @property
+    def packs_runs(self) -> bool:  # type: ignore[override]
+        return "active" in self.namespaces
+
     def __init__(
         self,
         inner: Backend,

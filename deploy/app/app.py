@@ -8,7 +8,7 @@ import asyncflow
 import asyncflow.aws_lambda
 from asyncflow import Context
 
-flow = asyncflow.setup()  # ASYNCFLOW_BACKEND=s3://<bucket>/asyncflow, set by the template
+flow = asyncflow.setup()  # ASYNCFLOW_BACKEND=s3://<bucket>/asyncflow?packs=256 (the template)
 
 
 @flow.workflow()
