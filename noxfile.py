@@ -180,7 +180,8 @@ def bench(session: nox.Session) -> None:
 def faults(session: nox.Session) -> None:
     """The long fault-injection campaign: real processes killed with SIGKILL on the file
     backend, then on S3 and DynamoDB (moto's server), each also with its runs in packs; prints
-    one JSON report per store and fails if an invariant broke. `nox -s faults -- FILE_KILLS AWS_KILLS` (default 100 50)."""
+    one JSON report per store and fails if an invariant broke.
+    `nox -s faults -- FILE_KILLS AWS_KILLS` (default 100 50)."""
     install(session)
     file_kills, aws_kills = (session.posargs + ["100", "50"][len(session.posargs) :])[:2]
     stores = [("file", file_kills), ("s3", aws_kills), ("dynamodb", aws_kills)]

@@ -277,3 +277,13 @@ async def test_a_store_with_packs_opened_without_them_is_refused(tmp_path: Any) 
         await plain.list_runs()
     assert calls == [], "nothing ran on a store read the wrong way"
     assert [r.status for r in await packed.run()] == ["paused"]
+
+
+async def test_a_run_stored_before_packs_is_found_by_id_in_a_fresh_process() -> None:
+    store, calls = asyncflow.MemoryBackend(), []
+    before = _watch_flow(store, calls)
+    async with before:
+        [old] = await before.start_many("watch", [{"i": 0}])
+    fresh = _watch_flow(asyncflow.PackedBackend(store, packs=4), calls)
+    run = await fresh.get_run(old)
+    assert (run.run_id, run.status) == (old, "pending")

@@ -222,6 +222,10 @@ class PackedBackend(Backend):
                 break
             except ConflictError:
                 continue  # another process recorded it first: read theirs
+        # The objects stored unpacked (before packs): every operation on one goes to them,
+        # from the first (a run read by id before any listing) on.
+        for namespace in self.namespaces:
+            self._loose[namespace] = set(await self.inner.list(namespace))
         self._opened = True
 
     def _read_meta(self, data: bytes) -> int:
@@ -374,9 +378,9 @@ class PackedBackend(Backend):
             for _ in range(_ATTEMPTS):
                 stale += spilled
                 spilled.clear()
-                members, fresh = pack.members, pack.members is None
+                members, base, fresh = pack.members, pack.version, pack.members is None
                 if members is None:
-                    members = await self._load(pack)
+                    members, base = await self._load(pack), pack.version
                 members = dict(members)
                 now = self.clock()
                 changed = [op for op in batch if self._apply(op, members, now)]
@@ -394,7 +398,7 @@ class PackedBackend(Backend):
                     body = await self._make_room(pack, members, spilled)
                 try:
                     pack.version = await self.inner.write(
-                        pack.key, body, if_version=pack.version, if_absent=pack.version is None
+                        pack.key, body, if_version=base, if_absent=base is None
                     )
                 except ConflictError:
                     pack.members = None  # written by someone else: read it, apply again
@@ -409,9 +413,11 @@ class PackedBackend(Backend):
                 " write it",
                 location=self.inner.locate(pack.key),
             )
-        except AsyncflowError as exc:
-            for op in batch:
+        except BaseException as exc:
+            for op in batch:  # (none is left waiting, whatever went wrong)
                 op.result = exc
+            if not isinstance(exc, AsyncflowError):
+                raise
         finally:
             for where in stale + spilled:  # written for pack writes that did not happen
                 await self._forget(where)
