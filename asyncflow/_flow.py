@@ -125,6 +125,7 @@ class Flow:
         self.clock = clock or time.time
         self._workflows: dict[str, Workflow] = {}
         self._opened = 0
+        self._checked: Backend | None = None  # the backend whose store layout was checked
 
     def __repr__(self) -> str:
         backend = self._backend or "(invalid)"
@@ -280,11 +281,15 @@ class Flow:
     async def __aenter__(self) -> Flow:
         if not self._opened:
             await self.backend.open()
-            try:
-                await Store(self.backend).check_layout()
-            except BaseException:
-                await self.backend.aclose()
-                raise
+            if self._checked is not self.backend:
+                # Once per backend object: a store gets packs once, and the runs a process
+                # without packs stored meanwhile are read by packed ones all the same.
+                try:
+                    await Store(self.backend).check_layout()
+                except BaseException:
+                    await self.backend.aclose()
+                    raise
+                self._checked = self.backend
         self._opened += 1
         return self
 

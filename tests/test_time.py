@@ -25,6 +25,16 @@ class Spy(Backend):
         self.inner = inner
         self.touched: list[Key] = []
 
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    @property
+    def packs_runs(self) -> bool:  # type: ignore[override]
+        return self.inner.packs_runs
+
     async def read(self, key: Key) -> Entry | None:
         self.touched.append(key)
         return await self.inner.read(key)
