@@ -634,10 +634,11 @@ async def test_a_missing_bucket_or_table_is_a_backend_error_naming_it(kind: str,
         )
     else:
         backend = asyncflow.DynamoDBBackend("no-such-table", endpoint_url=aws.endpoint)
-    async with _flow(backend) as flow:
-        with pytest.raises(asyncflow.BackendError, match=r"no-such-.* does not exist") as info:
-            await flow.run("counter")
-        assert "no-such-" in str(info.value.location)
+    with pytest.raises(asyncflow.BackendError, match=r"no-such-.* does not exist") as info:
+        await _flow(backend).run("counter")  # (said when the flow opens the store)
+    assert "no-such-" in str(info.value.location)
+    await backend.open()
+    try:
         with pytest.raises(asyncflow.BackendError, match=r"does not exist.*active/run-1"):
             await backend.read(KEY)
         # Raised as itself by the calls that fan out, not inside an exception group.
@@ -646,6 +647,8 @@ async def test_a_missing_bucket_or_table_is_a_backend_error_naming_it(kind: str,
         with pytest.raises(asyncflow.BackendError, match="does not exist"):
             async with backend.claim_read([KEY, ("active", "run-2")], ["v1", "v2"]):
                 pass
+    finally:
+        await backend.aclose()
 
 
 async def test_missing_credentials_or_region_are_named(
@@ -749,10 +752,9 @@ async def test_an_unreachable_endpoint_is_a_backend_error(kind: str) -> None:
         )
     else:
         backend = asyncflow.DynamoDBBackend("table", endpoint_url=endpoint, max_attempts=1)
-    async with _flow(backend) as flow:
-        with pytest.raises(asyncflow.BackendError, match="cannot reach") as info:
-            await flow.get_state("x")
-    assert info.value.location == backend.locate(("state", "x"))
+    with pytest.raises(asyncflow.BackendError, match="cannot reach") as info:
+        await _flow(backend).get_state("x")  # (said at the flow's first read of the store)
+    assert info.value.location == backend.locate(("packs", "meta"))
     # botocore's exception is kept as the cause (as httpx keeps httpcore's): a traceback
     # shows what botocore said.
     from botocore.exceptions import EndpointConnectionError

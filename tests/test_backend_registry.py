@@ -182,9 +182,12 @@ async def test_an_error_response_keeps_botocores_exception_as_the_cause(aws: Any
     from botocore.exceptions import ClientError
 
     backend = asyncflow.S3Backend("no-such-bucket-here", endpoint_url=aws.endpoint)
-    async with asyncflow.setup(backend):
+    await backend.open()
+    try:
         with pytest.raises(asyncflow.BackendError, match="does not exist") as info:
             await backend.list("ns")
+    finally:
+        await backend.aclose()
     assert isinstance(info.value.__cause__, ClientError)
 
 
