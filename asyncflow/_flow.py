@@ -27,7 +27,6 @@ from ._exceptions import (
     UsageError,
 )
 from ._record import RunRecord, dumps, new_run_id, storable_name
-from ._results import Run, RunResult, RunStatus, damaged_run, run_view
 from ._retry import Retry
 from ._telemetry import observer
 from ._triggers import Trigger, as_trigger
@@ -37,6 +36,7 @@ from ._validate import positive_int, seconds
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from ._results import Run, RunResult, RunStatus
     from ._store import Store
     from ._workflow import Workflow
 
@@ -577,6 +577,8 @@ class Flow:
         Raises:
             RunNotFoundError: there is no such run.
         """
+        from ._results import damaged_run
+
         if not _plausible_id(run_id):
             raise RunNotFoundError(run_id)  # no store could hold it: not one of ours
         async with self._stored() as store:
@@ -594,6 +596,8 @@ class Flow:
         A stored record that cannot be used is listed as a run of status ``"damaged"`` (its
         ``error`` says why), after the others; the file is left untouched.
         """
+        from ._results import damaged_run
+
         wanted = {status} if isinstance(status, str) else set(status) if status else None
         async with self._stored() as store:
             stored = await store.all_runs()
@@ -641,6 +645,8 @@ def _plausible_id(run_id: object) -> bool:
 
 def _run_of(data: bytes, location: str, run_id: str) -> Run:
     """The stored record ``data`` as a :class:`Run`; DamagedRecordError if it is not one."""
+    from ._results import run_view
+
     record = RunRecord.decode(data, location, run_id)
     try:
         return run_view(record)
