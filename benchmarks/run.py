@@ -71,13 +71,21 @@ class Sizes:
     # 100,000 would take ~20 minutes each today: --aws-runs 100000 runs it).
     watched_runs: int = 100_000
     watched_reps: int = 1
+    # Shards (goal 3): the same watched runs advanced by n processes at once, one
+    # `flow.run(shard=(k, n))` each, one round per n; on S3 (moto's server, which shares the
+    # cores with the shard processes) fewer runs and n = 1, 2 only, to stay cheap.
+    shard_runs: int = 20_000
+    shard_ns: tuple[int, ...] = (1, 2, 4)
+    shard_s3_runs: int = 1_000
+    shard_s3_ns: tuple[int, ...] = (1, 2)
 
 
 FULL = Sizes(10_000, 3, 100, 3, 10_000, 5, 2_000, 10, 1_000, 1_000, 3, 7)
 QUICK = Sizes(
     1_000, 1, 20, 1, 1_000, 3, 300, 5, 200, 100, 1, 3, lambda_calls=300, lambda_reps=2,
     steps=(200, 1_000, 2_000), steps_reps=1, dbos_steps=(200, 1_000), tt_steps=200,
-    vs_fanout=(20, 100), dbos_fanout_max=100, watched_runs=2_000,
+    vs_fanout=(20, 100), dbos_fanout_max=100, watched_runs=2_000, shard_runs=2_000,
+    shard_s3_runs=100,
 )  # fmt: skip
 WATCHED_GOAL = 100_000  # issue 14's size for goals 1 and 2
 
@@ -209,6 +217,14 @@ def run_all(
             ]
             for kind in ("file-asyncio", "file-trio", "memory")
         },
+        "shards-file": [
+            "shards.py", "--backend=file", f"--runs={sizes.shard_runs}",
+            "--n", *map(str, sizes.shard_ns),
+        ],
+        "shards-s3": [
+            "shards.py", "--backend=s3", f"--runs={sizes.shard_s3_runs}",
+            "--n", *map(str, sizes.shard_s3_ns),
+        ],
         "coldpath": ["coldpath.py", f"--reps={sizes.cold_reps}"],
         "dashboard": [
             "dashboard.py", f"--runs={sizes.fanout_runs}", f"--reps={sizes.fanout_reps}",
@@ -454,6 +470,7 @@ def table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
         )  # fmt: skip
 
     rows += peer_rows(out, sizes, figures)
+    rows += shard_rows(sizes, figures)
 
     head = ("Benchmark", "Size", "Result", "Peak RSS", "Target", "Met", "Notes")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -539,6 +556,78 @@ def peer_rows(out: dict[str, Outcome], sizes: Sizes, figures: Figures) -> list[R
     return rows
 
 
+SHARD_STORES = {"file": "file backend", "s3": "S3 (moto)"}
+
+
+def shard_rows(sizes: Sizes, figures: Figures) -> list[Row]:
+    """Goal 3: one row per round of shards.py (n processes, one shard each)."""
+    rows: list[Row] = []
+    for kind, where in SHARD_STORES.items():
+        runs = sizes.shard_runs if kind == "file" else sizes.shard_s3_runs
+        label = f"Shards: n processes, one `flow.run(shard=(k, n))` each, {where}"
+        if not (r := figures(f"shards-{kind}", label, f"{runs:,} paused runs × 50 ms I/O")):
+            continue
+        one = r["rounds"][0]["runs_per_s"] if r["rounds"][0]["n"] == 1 else None
+        for rnd in r["rounds"]:
+            n = rnd["n"]
+            shares = "/".join(f"{p['runs']:,}" for p in rnd["per_process"])
+            notes = [
+                f"{rnd['runs_per_s']:,.0f} runs/s"
+                + (f" ({rnd['runs_per_s'] / one:.2f}× n = 1)" if one and n != 1 else ""),
+                f"CPU of the {n} process{'es' if n > 1 else ''} {secs(rnd['cpu_s'])}",
+                f"runs per process {shares}",
+                f"{rnd['held']} claims held elsewhere, {rnd['conflicts']} runs lost to a write",
+            ]
+            if kind != "file":
+                notes.append(f"{rnd['requests_per_run']:.2f} requests/run")
+            if n == r["ns"][0]:
+                notes.append(
+                    f"setup: {r['runs']:,} runs in one start_many() {secs(r['start_s'])},"
+                    f" first run() {secs(r['setup_first_run_s'])}; {r['cores']} cores"
+                )
+            rows.append(
+                Row(label, f"{r['runs']:,} paused runs × 50 ms I/O, n = {n}",
+                    secs(rnd["seconds"]), mib(rnd["peak_rss_mib"]), notes="; ".join(notes))
+            )  # fmt: skip
+    return rows
+
+
+def shards_goal(out: dict[str, Outcome], quick: bool) -> tuple[str, str, str, str]:
+    """Goal 3's row: every round clean (each run advanced once, by its own shard, no claim
+    contended: shards.py's checks) and, on the file backend, n = 2 at least 1.1× the
+    throughput of n = 1 (the machine has 2 cores; past them n gains nothing)."""
+    goal = "3. n invocations share the due runs (`flow.run(shard=...)`), n processes"
+    target = "every run advanced once, no contended claim; throughput grows with n (2 cores)"
+    measured: list[str] = []
+    clean, grows = True, None
+    for kind, where in SHARD_STORES.items():
+        o = out.get(f"shards-{kind}")
+        if o is None or o.result is None:
+            clean = clean and o is None  # a skipped store says nothing; a failed one fails
+            continue
+        clean = clean and not o.problems
+        r = o.result
+        tput = {rnd["n"]: rnd["runs_per_s"] for rnd in r["rounds"]}
+        measured.append(
+            f"{where}, {r['runs']:,} runs: "
+            + ", ".join(f"n = {n} {t:,.0f} runs/s" for n, t in tput.items())
+            + ("" if o.ok else " (**" + "; ".join(o.problems[:2]) + "**)")
+        )
+        if kind == "file" and 1 in tput and 2 in tput:
+            grows = tput[2] >= 1.1 * tput[1]
+    if not measured:
+        return (goal, "not measured (failed or skipped)", target, "—")
+    if clean:
+        measured.append("every run advanced once, 0 claims held elsewhere or lost")
+    if quick:
+        met = "— (quick run)"
+    elif not clean or grows is False:
+        met = "**no**"
+    else:
+        met = "yes" if grows else "—"
+    return (goal, "; ".join(measured), target, met)
+
+
 def starts(r: dict[str, Any]) -> str:
     """How s3_fanout.py started its runs: one ``start_many``, or ``start()`` from n tasks."""
     if not r["start_concurrency"]:
@@ -616,10 +705,7 @@ def goals_table(out: dict[str, Outcome], sizes: Sizes, quick: bool) -> str:
         if r["runs"] < WATCHED_GOAL:
             result += f" (× {WATCHED_GOAL // r['runs']:,} ≈ {secs(estimate)})"
         rows.append((goal, result, "≤ 30 s", verdict(estimate <= 30, r["runs"] >= WATCHED_GOAL)))
-    rows.append(
-        ("3. n invocations share the due runs (`flow.run(shard=...)`)",
-         "not measured by `nox -s bench` yet", "disjoint shares; throughput grows with n", "—")
-    )  # fmt: skip
+    rows.append(shards_goal(out, quick))
     small, large = sizes.steps[-2], sizes.steps[-1]
     a, b = ok_result(out, f"steps-{small}"), ok_result(out, f"steps-{large}")
     if a and b:
