@@ -72,12 +72,12 @@ class Sizes:
     watched_runs: int = 100_000
     watched_reps: int = 1
     # Shards (goal 3): the same watched runs advanced by n processes at once, one
-    # `flow.run(shard=(k, n))` each, one round per n; on S3 (moto's server, which shares the
-    # cores with the shard processes) fewer runs and n = 1, 2 only, to stay cheap.
+    # `flow.run(shard=(k, n))` each, one round per n; on S3 and DynamoDB (moto's server, which
+    # shares the cores with the shard processes) fewer runs and n = 1, 2 only, to stay cheap.
     shard_runs: int = 20_000
     shard_ns: tuple[int, ...] = (1, 2, 4)
-    shard_s3_runs: int = 1_000
-    shard_s3_ns: tuple[int, ...] = (1, 2)
+    shard_aws_runs: int = 1_000
+    shard_aws_ns: tuple[int, ...] = (1, 2)
 
 
 FULL = Sizes(10_000, 3, 100, 3, 10_000, 5, 2_000, 10, 1_000, 1_000, 3, 7)
@@ -85,7 +85,7 @@ QUICK = Sizes(
     1_000, 1, 20, 1, 1_000, 3, 300, 5, 200, 100, 1, 3, lambda_calls=300, lambda_reps=2,
     steps=(200, 1_000, 2_000), steps_reps=1, dbos_steps=(200, 1_000), tt_steps=200,
     vs_fanout=(20, 100), dbos_fanout_max=100, watched_runs=2_000, shard_runs=2_000,
-    shard_s3_runs=100,
+    shard_aws_runs=100,
 )  # fmt: skip
 WATCHED_GOAL = 100_000  # issue 14's size for goals 1 and 2
 
@@ -221,10 +221,13 @@ def run_all(
             "shards.py", "--backend=file", f"--runs={sizes.shard_runs}",
             "--n", *map(str, sizes.shard_ns),
         ],
-        "shards-s3": [
-            "shards.py", "--backend=s3", f"--runs={sizes.shard_s3_runs}",
-            "--n", *map(str, sizes.shard_s3_ns),
-        ],
+        **{
+            f"shards-{kind}": [
+                "shards.py", f"--backend={kind}", f"--runs={sizes.shard_aws_runs}",
+                "--n", *map(str, sizes.shard_aws_ns),
+            ]
+            for kind in ("s3", "dynamodb")
+        },
         "coldpath": ["coldpath.py", f"--reps={sizes.cold_reps}"],
         "dashboard": [
             "dashboard.py", f"--runs={sizes.fanout_runs}", f"--reps={sizes.fanout_reps}",
@@ -556,14 +559,14 @@ def peer_rows(out: dict[str, Outcome], sizes: Sizes, figures: Figures) -> list[R
     return rows
 
 
-SHARD_STORES = {"file": "file backend", "s3": "S3 (moto)"}
+SHARD_STORES = {"file": "file backend", "s3": "S3 (moto)", "dynamodb": "DynamoDB (moto)"}
 
 
 def shard_rows(sizes: Sizes, figures: Figures) -> list[Row]:
     """Goal 3: one row per round of shards.py (n processes, one shard each)."""
     rows: list[Row] = []
     for kind, where in SHARD_STORES.items():
-        runs = sizes.shard_runs if kind == "file" else sizes.shard_s3_runs
+        runs = sizes.shard_runs if kind == "file" else sizes.shard_aws_runs
         label = f"Shards: n processes, one `flow.run(shard=(k, n))` each, {where}"
         if not (r := figures(f"shards-{kind}", label, f"{runs:,} paused runs × 50 ms I/O")):
             continue
@@ -578,6 +581,8 @@ def shard_rows(sizes: Sizes, figures: Figures) -> list[Row]:
                 f"runs per process {shares}",
                 f"{rnd['held']} claims held elsewhere, {rnd['conflicts']} runs lost to a write",
             ]
+            if rnd.get("machine_busy") is not None:
+                notes.append(f"the machine's cores {rnd['machine_busy']:.0%} busy")
             if kind != "file":
                 notes.append(f"{rnd['requests_per_run']:.2f} requests/run")
             if n == r["ns"][0]:
@@ -593,13 +598,19 @@ def shard_rows(sizes: Sizes, figures: Figures) -> list[Row]:
 
 
 def shards_goal(out: dict[str, Outcome], quick: bool) -> tuple[str, str, str, str]:
-    """Goal 3's row: every round clean (each run advanced once, by its own shard, no claim
-    contended: shards.py's checks) and, on the file backend, n = 2 at least 1.1× the
-    throughput of n = 1 (the machine has 2 cores; past them n gains nothing)."""
+    """Goal 3's row. Met when every round on every store was clean (each run advanced and
+    executed once, by its own shard, no claim contended: shards.py's checks) and, on S3 and
+    DynamoDB (the stores the goal names), throughput grew with n "until the machine's cores
+    are the limit": n = 2 at least 1.1× n = 1, unless the cores were already >= 90 % busy at
+    n = 1 (moto's server shares them). The file backend's figures are shown, not judged: its
+    processes share one disk, and every durable write flushes it whole (see shards.py)."""
     goal = "3. n invocations share the due runs (`flow.run(shard=...)`), n processes"
-    target = "every run advanced once, no contended claim; throughput grows with n (2 cores)"
+    target = (
+        "every run advanced once, no contended claim; on S3/DynamoDB throughput grows with n "
+        "until the cores (2) are the limit"
+    )
     measured: list[str] = []
-    clean, grows = True, None
+    clean, judged, grows = True, False, True
     for kind, where in SHARD_STORES.items():
         o = out.get(f"shards-{kind}")
         if o is None or o.result is None:
@@ -607,24 +618,32 @@ def shards_goal(out: dict[str, Outcome], quick: bool) -> tuple[str, str, str, st
             continue
         clean = clean and not o.problems
         r = o.result
-        tput = {rnd["n"]: rnd["runs_per_s"] for rnd in r["rounds"]}
-        measured.append(
-            f"{where}, {r['runs']:,} runs: "
-            + ", ".join(f"n = {n} {t:,.0f} runs/s" for n, t in tput.items())
-            + ("" if o.ok else " (**" + "; ".join(o.problems[:2]) + "**)")
+        rounds = {rnd["n"]: rnd for rnd in r["rounds"]}
+        text = f"{where}, {r['runs']:,} runs: " + ", ".join(
+            f"n = {n} {rnd['runs_per_s']:,.0f} runs/s" for n, rnd in rounds.items()
         )
-        if kind == "file" and 1 in tput and 2 in tput:
-            grows = tput[2] >= 1.1 * tput[1]
+        if 1 in rounds and 2 in rounds:
+            ratio = rounds[2]["runs_per_s"] / rounds[1]["runs_per_s"]
+            busy = rounds[1].get("machine_busy")
+            text += f" (n = 2: {ratio:.2f}×" + (
+                f"; cores {busy:.0%} busy at n = 1)" if busy is not None else ")"
+            )
+            if kind != "file":
+                judged = True
+                grows = grows and (ratio >= 1.1 or (busy is not None and busy >= 0.9))
+        if o.problems:
+            text += " (**" + "; ".join(o.problems[:2]) + "**)"
+        measured.append(text)
     if not measured:
         return (goal, "not measured (failed or skipped)", target, "—")
     if clean:
         measured.append("every run advanced once, 0 claims held elsewhere or lost")
     if quick:
         met = "— (quick run)"
-    elif not clean or grows is False:
+    elif not clean or not grows:
         met = "**no**"
     else:
-        met = "yes" if grows else "—"
+        met = "yes" if judged else "— (S3/DynamoDB not measured)"
     return (goal, "; ".join(measured), target, met)
 
 

@@ -19,7 +19,14 @@ warning): a disjoint share means no contended claim.
 
 The runs are created with one ``start_many`` and brought to their first pause by one unsharded
 ``flow.run()`` in this process (not timed as a round). On S3 the store is moto's server in a
-process of its own, as for s3_fanout.py, and the requests each round cost are counted.
+process of its own, as for s3_fanout.py (DynamoDB too), and the requests each round cost are
+counted. moto's server shares this machine's cores with the shard processes: on S3 and
+DynamoDB the rounds say whether sharding is correct and what it costs per run, less what it
+would gain where the store is elsewhere.
+
+On the file backend all the processes write to one disk, and each makes its writes durable
+with ``syncfs``, which flushes the whole file system (the others' writes too): the disk, not
+the cores, can be what limits the rounds (``TMPDIR=/dev/shm`` shows the cores' share).
 
     python benchmarks/shards.py --backend file --runs 20000 --n 1 2 4
     python benchmarks/shards.py --backend s3 --runs 1000 --n 1 2
@@ -58,6 +65,8 @@ def make_flow(kind: str, where: str, requests: watched.Requests) -> asyncflow.Fl
     backend: Any = f"file:{where}"
     if kind == "s3":
         backend = asyncflow.S3Backend(where, "bench", session=requests.session())
+    elif kind == "dynamodb":
+        backend = asyncflow.DynamoDBBackend(where, session=requests.session())
     flow = asyncflow.setup(backend)
 
     @flow.sideeffect()
@@ -138,6 +147,18 @@ async def shard_process(kind: str, where: str, k: int, n: int, sync: Path) -> di
 # -- the rounds --------------------------------------------------------------------------------
 
 
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU time of the whole machine so far, all cores (Linux's /proc/stat):
+    whether a round left cores idle, whoever used them (the shards, moto's server, others)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle, iowait
+    return float(sum(ticks) - idle), float(sum(ticks))
+
+
 async def set_up(kind: str, where: str, runs: int, problems: list[str]) -> dict[str, Any]:
     """N runs started and brought to their first pause, unsharded, in this process."""
     flow = make_flow(kind, where, watched.Requests())
@@ -173,8 +194,10 @@ def one_round(
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                     raise RuntimeError(f"n={n}: a shard process did not get ready (see above)")
                 time.sleep(0.01)
+            cpu_before = machine_cpu()
             (sync / "go").touch()
             outputs = [p.communicate(timeout=1800)[0] for p in procs]
+            cpu_after = machine_cpu()
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -216,6 +239,9 @@ def one_round(
     if held or conflicts:
         problems.append(f"{when}: {held} claims held elsewhere, {conflicts} runs lost to a write")
     seconds = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
+    busy = None  # the share of the machine's cores busy during the round (to the last exit)
+    if cpu_before and cpu_after and cpu_after[1] > cpu_before[1]:
+        busy = (cpu_after[0] - cpu_before[0]) / (cpu_after[1] - cpu_before[1])
     result = {
         "n": n,
         "seconds": seconds,
@@ -230,11 +256,13 @@ def one_round(
         "advanced_twice": twice,
         "requests_per_run": sum(r["requests"] for r in reports) / runs,
         "processes_s": processes_s,  # spawning to the last exit, start-up included
+        "machine_busy": busy,
         "peak_rss_mib": max(r["peak_rss_mib"] for r in reports),
     }
     log(
         f"n={n}: {seconds:.2f} s, {runs / seconds:,.0f} runs/s, CPU {result['cpu_s']:.1f} s,"
-        f" held {held}, conflicts {conflicts} (processes {processes_s:.1f} s in all)"
+        f" held {held}, conflicts {conflicts} (processes {processes_s:.1f} s in all),"
+        f" cores busy {'?' if busy is None else f'{busy:.0%}'}"
     )
     return result
 
@@ -264,7 +292,7 @@ def main() -> None:
         print(json.dumps(report), flush=True)
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", choices=["file", "s3"], default="file")
+    p.add_argument("--backend", choices=["file", "s3", "dynamodb"], default="file")
     p.add_argument("--runs", type=int, default=20_000)
     p.add_argument("--n", type=int, nargs="+", default=[1, 2, 4], help="processes per round")
     a = p.parse_args()
@@ -274,7 +302,7 @@ def main() -> None:
     else:
         with watched.moto_server() as endpoint:
             watched.aws_env(endpoint)  # the shard processes inherit it
-            result = measure("s3", watched.create_store("s3"), a.runs, a.n)
+            result = measure(a.backend, watched.create_store(a.backend), a.runs, a.n)
     emit(result)
 
 
