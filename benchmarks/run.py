@@ -76,7 +76,7 @@ class Sizes:
     # shares the cores with the shard processes) fewer runs and n = 1, 2 only, to stay cheap.
     shard_runs: int = 20_000
     shard_ns: tuple[int, ...] = (1, 2, 4)
-    shard_aws_runs: int = 1_000
+    shard_aws_runs: int = 500
     shard_aws_ns: tuple[int, ...] = (1, 2)
 
 
