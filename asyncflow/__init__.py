@@ -106,6 +106,11 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    # The names __getattr__ loads on first use are listed before they are loaded.
+    return sorted({*globals(), *__all__})
+
+
 # Show the public names as asyncflow's own (in reprs, tracebacks and docs), as httpx does.
 for _name in __all__:
     _obj = globals().get(_name)

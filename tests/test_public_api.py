@@ -81,15 +81,16 @@ def test_import_defers_what_only_a_call_uses() -> None:
     with the first call that needs them, and the names stay asyncflow's."""
     code = (
         "import sys, asyncflow;"
+        "listed = set(asyncflow.__all__) <= set(dir(asyncflow));"
         "print(sorted(m for m in sys.modules if m in"
         " ('logging', 'asyncflow._engine', 'asyncflow._store', 'asyncflow._backends',"
-        " 'asyncflow._results', 'asyncflow._waits', 'asyncflow._workflow')));"
+        " 'asyncflow._results', 'asyncflow._waits', 'asyncflow._workflow')), listed);"
         "print(*(getattr(asyncflow, n).__module__ for n in ('Run', 'RunResult', 'Step')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    assert out.splitlines() == ["[]", "asyncflow asyncflow asyncflow"]
+    assert out.splitlines() == ["[] True", "asyncflow asyncflow asyncflow"]
 
 
 def test_the_package_imports_only_what_it_declares() -> None:
