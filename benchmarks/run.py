@@ -613,8 +613,11 @@ def shards_goal(out: dict[str, Outcome], quick: bool) -> tuple[str, str, str, st
     clean, judged, grows = True, False, True
     for kind, where in SHARD_STORES.items():
         o = out.get(f"shards-{kind}")
-        if o is None or o.result is None:
-            clean = clean and o is None  # a skipped store says nothing; a failed one fails
+        if o is None:  # skipped: says nothing
+            continue
+        if o.result is None:
+            clean = False
+            measured.append(f"{where}: **failed** ({o.error})")
             continue
         clean = clean and not o.problems
         r = o.result
