@@ -26,10 +26,6 @@ from ._exceptions import UsageError as UsageError
 from ._exceptions import WaitTimeout as WaitTimeout
 from ._flow import Flow as Flow
 from ._flow import setup as setup
-from ._results import Run as Run
-from ._results import RunResult as RunResult
-from ._results import RunStatus as RunStatus
-from ._results import Step as Step
 from ._retry import Retry as Retry
 from ._triggers import Trigger as Trigger
 from ._triggers import cron_trigger as cron_trigger
@@ -43,8 +39,14 @@ if TYPE_CHECKING:
     from ._backends._memory import MemoryBackend as MemoryBackend
     from ._backends._packs import PackedBackend as PackedBackend
     from ._backends._s3 import S3Backend as S3Backend
+    from ._results import Run as Run
+    from ._results import RunResult as RunResult
+    from ._results import RunStatus as RunStatus
+    from ._results import Step as Step
 
 __version__ = "0.1.0"
+
+_RESULTS = ("Run", "RunResult", "RunStatus", "Step")  # loaded by __getattr__
 
 __all__ = [
     "AsyncflowError",
@@ -85,6 +87,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    # What an invocation reports loads with the first result (or the first look at these
+    # names): their dataclasses cost `import asyncflow` a few ms.
+    if name in _RESULTS:
+        from . import _results
+
+        value = globals()[name] = getattr(_results, name)
+        return value
     # Backends load on first use (the registry in ``_backends`` says where each one lives): a
     # Lambda cold start that keeps its runs in S3 should not pay for the file backend's
     # imports, nor anyone for a backend they do not use.
@@ -97,6 +106,11 @@ def __getattr__(name: str) -> Any:
     value.__module__ = __name__
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    # The names __getattr__ loads on first use are listed before they are loaded.
+    return sorted({*globals(), *__all__})
 
 
 # Show the public names as asyncflow's own (in reprs, tracebacks and docs), as httpx does.

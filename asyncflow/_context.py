@@ -9,7 +9,6 @@ in :mod:`asyncflow._sideeffect`, branches in :mod:`asyncflow._branches`.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "Suspend", "root_cursor", "sideeffect"]
 
-logger = logging.getLogger("asyncflow")
 
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741
@@ -78,7 +76,7 @@ class Context:
             return
         text = str(message)
         self._cursor.append(*steps.log(text))
-        logger.info(
+        telemetry.logger.info(
             "%s %s: %s",
             self.workflow,
             self.run_id,

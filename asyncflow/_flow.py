@@ -15,10 +15,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import anyio
 
 from ._backend import Backend
-from ._backends import FORMS, open_url
 from ._context import Context
 from ._context import sideeffect as call_sideeffect
-from ._engine import Workflow, create_runs, invoke
 from ._exceptions import (
     AsyncflowError,
     ConfigError,
@@ -29,9 +27,7 @@ from ._exceptions import (
     UsageError,
 )
 from ._record import RunRecord, dumps, new_run_id, storable_name
-from ._results import Run, RunResult, RunStatus, damaged_run, run_view
 from ._retry import Retry
-from ._store import Store
 from ._telemetry import observer
 from ._triggers import Trigger, as_trigger
 from ._validate import name as checked_name
@@ -39,6 +35,10 @@ from ._validate import positive_int, seconds
 
 if TYPE_CHECKING:
     from datetime import datetime
+
+    from ._results import Run, RunResult, RunStatus
+    from ._store import Store
+    from ._workflow import Workflow
 
 __all__ = ["DEFAULT_BACKEND", "Flow", "setup"]
 
@@ -48,7 +48,6 @@ W = TypeVar("W", bound=Callable[..., Awaitable[Any]])
 
 #: Used when neither ``setup()`` nor ``ASYNCFLOW_BACKEND`` names a backend.
 DEFAULT_BACKEND = "file:.asyncflow"
-_FORMS = f"{FORMS} or an asyncflow.Backend instance"
 
 
 def setup(
@@ -89,8 +88,12 @@ def open_backend(spec: str | Backend | None) -> Backend:
             return open_backend(from_env)
         except ConfigError as exc:
             raise ConfigError(f"ASYNCFLOW_BACKEND: {exc}") from exc.__cause__
+    from ._backends import FORMS, open_url  # (with the first backend: a cold start's import)
+
     if not isinstance(spec, str):
-        raise ConfigError(f"backend must be {_FORMS}, not {type(spec).__name__}")
+        raise ConfigError(
+            f"backend must be {FORMS} or an asyncflow.Backend instance, not {type(spec).__name__}"
+        )
     return open_url(spec)
 
 
@@ -168,6 +171,8 @@ class Flow:
             raise UsageError("write @flow.workflow() with parentheses")
 
         def register(fn: W) -> W:
+            from ._workflow import Workflow
+
             name = getattr(fn, "__name__", repr(fn))
             func: Any = fn  # (keeps mypy from narrowing W away in the check below)
             if not inspect.iscoroutinefunction(func):
@@ -284,6 +289,8 @@ class Flow:
             if self._checked is not self.backend:
                 # Once per backend object: a store gets packs once, and the runs a process
                 # without packs stored meanwhile are read by packed ones all the same.
+                from ._store import Store
+
                 try:
                     await Store(self.backend).check_layout()
                 except BaseException:
@@ -307,6 +314,8 @@ class Flow:
     async def _stored(self) -> AsyncIterator[Store]:
         """The store, its backend open (made per use: ``backend`` and ``clock`` may be
         replaced between calls)."""
+        from ._store import Store
+
         async with self:
             yield Store(self.backend, self.clock)
 
@@ -352,6 +361,7 @@ class Flow:
             EventCycleError: events kept starting runs that emit events, round after round.
             BackendError: the backend failed or holds a damaged record (named).
         """
+        from ._engine import create_runs, invoke
         from ._shard import as_shard
 
         share = as_shard(shard)
@@ -379,6 +389,7 @@ class Flow:
         Returns:
             The new runs' ids (with a key: the ids of the runs started for it, new or not).
         """
+        from ._engine import create_runs
         from ._manage import claim_key
 
         records = create_runs(self.clock, self._bound(trigger), trigger, args)
@@ -424,6 +435,8 @@ class Flow:
             ConflictError: a new run's id was taken already (it names the items; the other
                 runs are stored).
         """
+        from ._engine import create_runs
+
         bound = self._bound(trigger)
         args_list = list(args_list)
         if keys is not None:
@@ -486,6 +499,8 @@ class Flow:
         Raises:
             SerializationError: ``args`` cannot be stored as JSON (nothing was changed).
         """
+        from ._engine import invoke
+
         stop_at = None if time_limit is None else self.clock() + time_limit
         async with self._stored() as store:
             await self._deliver(name, args)
@@ -542,6 +557,7 @@ class Flow:
             UsageError: the run has not failed, or its workflow is not defined here (the run
                 is left as it was).
         """
+        from ._engine import invoke
         from ._manage import reopen
 
         async with self._stored() as store:
@@ -573,6 +589,8 @@ class Flow:
         Raises:
             RunNotFoundError: there is no such run.
         """
+        from ._results import damaged_run
+
         if not _plausible_id(run_id):
             raise RunNotFoundError(run_id)  # no store could hold it: not one of ours
         async with self._stored() as store:
@@ -590,6 +608,8 @@ class Flow:
         A stored record that cannot be used is listed as a run of status ``"damaged"`` (its
         ``error`` says why), after the others; the file is left untouched.
         """
+        from ._results import damaged_run
+
         wanted = {status} if isinstance(status, str) else set(status) if status else None
         async with self._stored() as store:
             stored = await store.all_runs()
@@ -637,6 +657,8 @@ def _plausible_id(run_id: object) -> bool:
 
 def _run_of(data: bytes, location: str, run_id: str) -> Run:
     """The stored record ``data`` as a :class:`Run`; DamagedRecordError if it is not one."""
+    from ._results import run_view
+
     record = RunRecord.decode(data, location, run_id)
     try:
         return run_view(record)

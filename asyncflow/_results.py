@@ -207,3 +207,11 @@ def run_view(record: RunRecord) -> Run:
 def damaged_run(run_id: str, error: DamagedRecordError) -> Run:
     """A stored run whose record cannot be used, for inspection."""
     return Run._damaged(run_id, error)
+
+
+# Public as asyncflow.Run, asyncflow.RunResult and asyncflow.Step, and shown so (in reprs,
+# tracebacks, pickles, docs) as the package's other public names are. The package loads this
+# module on first use, not at `import asyncflow`, so it cannot rename them itself in time.
+for _cls in (Run, RunResult, Step):
+    _cls.__module__ = "asyncflow"
+del _cls

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -18,7 +17,6 @@ from ._retry import Retry, pause_for
 
 __all__ = ["run_sideeffect"]
 
-logger = logging.getLogger("asyncflow")
 
 C = TypeVar("C")
 
@@ -93,7 +91,7 @@ async def run_sideeffect(
             cursor.check_live()
             failed += 1
             error = {"type": type(exc).__qualname__, "message": storable_text(str(exc))}
-            logger.info(
+            telemetry.logger.info(
                 "%s %s: side effect %s raised %s: %s (attempt %d)",
                 record.workflow,
                 record.run_id,
@@ -172,7 +170,7 @@ def _schedule(
     if record.wake_at is None or not now < record.wake_at <= retry_at:
         record.wake_at = retry_at
     cursor.replace(pos, *steps.sideeffect_retrying(name, failed, error, retry_at))
-    logger.info(
+    telemetry.logger.info(
         "%s %s: side effect %r failed (attempt %d of %d), next attempt at %.3f: %s: %s",
         record.workflow,
         record.run_id,

@@ -15,18 +15,30 @@ Three listeners, none of which costs anything when nobody listens:
 from __future__ import annotations
 
 import contextvars
-import logging
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import logging
+
     from ._results import RunResult
+
+    logger: logging.Logger  # the ``asyncflow`` logger, made by __getattr__ on first use
 
 __all__ = ["OBSERVER", "Observer", "logger", "observer", "span"]
 
-logger = logging.getLogger("asyncflow")
+
+def __getattr__(name: str) -> logging.Logger:
+    # `logger`, made when first used (the first run or log line): `import logging` (with
+    # traceback, threading, string) would cost every `import asyncflow` some 5 ms.
+    if name != "logger":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import logging
+
+    globals()["logger"] = found = logging.getLogger("asyncflow")
+    return found
 
 
 class Observer:

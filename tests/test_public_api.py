@@ -74,6 +74,25 @@ def test_import_defers_what_only_timers_events_and_schedules_use() -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.procs
+def test_import_defers_what_only_a_call_uses() -> None:
+    """The engine, the store, the backend registry, the result classes and `logging` cost
+    `import asyncflow` (every CLI call, every Lambda cold start) ~20 ms together; they load
+    with the first call that needs them, and the names stay asyncflow's."""
+    code = (
+        "import sys, asyncflow;"
+        "listed = set(asyncflow.__all__) <= set(dir(asyncflow));"
+        "print(sorted(m for m in sys.modules if m in"
+        " ('logging', 'asyncflow._engine', 'asyncflow._store', 'asyncflow._backends',"
+        " 'asyncflow._results', 'asyncflow._waits', 'asyncflow._workflow')), listed);"
+        "print(*(getattr(asyncflow, n).__module__ for n in ('Run', 'RunResult', 'Step')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.splitlines() == ["[] True", "asyncflow asyncflow asyncflow"]
+
+
 def test_the_package_imports_only_what_it_declares() -> None:
     """A module imported but not declared works here (the dev group brings it) and fails
     on a user's machine: sniffio once came in that way."""
