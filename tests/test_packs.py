@@ -287,3 +287,30 @@ async def test_a_run_stored_before_packs_is_found_by_id_in_a_fresh_process() -> 
     fresh = _watch_flow(asyncflow.PackedBackend(store, packs=4), calls)
     run = await fresh.get_run(old)
     assert (run.run_id, run.status) == (old, "pending")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"not a pack at all",
+        b"asyncflow-pack/1 {}\n",
+        b'asyncflow-pack/1 [["r", "v", null, null, "d", 5]]\nabc',
+        b'asyncflow-pack/1 [["r", "v", null, null, "d", -1]]\n',
+        b'asyncflow-pack/1 [["r", "v", 7, "soon", "d", 0]]\n',
+        b'asyncflow-pack/1 [["r", "v", null, null, "x", 0]]\n',
+        b'asyncflow-pack/1 [[1, 2, null, null, "d", 0]]\n',
+    ],
+)
+async def test_every_kind_of_damaged_pack_is_named_never_written_over(garbage: bytes) -> None:
+    store = asyncflow.MemoryBackend()
+    backend = asyncflow.PackedBackend(store, packs=1)
+    await backend.open()
+    await store.write(("packs", "active.0"), garbage)
+    with pytest.raises(asyncflow.DamagedRecordError, match=r"packs/active\.0"):
+        await backend.read(("active", "r"))
+    with pytest.raises(asyncflow.DamagedRecordError, match=r"packs/active\.0"):
+        await backend.write(("active", "new"), b"{}", if_absent=True)
+    assert await backend.list("active") == {}, "listed without the damaged pack's runs"
+    stored = await store.read(("packs", "active.0"))
+    assert stored is not None
+    assert stored.data == garbage

@@ -210,8 +210,16 @@ class PackedBackend(Backend):
     async def open(self) -> None:
         """Open ``inner``, then learn the store's number of packs (or record ours)."""
         await self.inner.open()
+        try:
+            await self._learn()
+        except BaseException:
+            await self.inner.aclose()
+            raise
+        self._opened = True
+
+    async def _learn(self) -> None:
         meta = (PACKS, _META)
-        for _ in range(_ATTEMPTS):
+        while True:
             entry = await self.inner.read(meta)
             if entry is not None:
                 self.count = self._read_meta(entry.data)
@@ -221,12 +229,11 @@ class PackedBackend(Backend):
                 await self.inner.write(meta, body, if_absent=True)
                 break
             except ConflictError:
-                continue  # another process recorded it first: read theirs
+                continue  # another process recorded it first: read theirs (it stays)
         # The objects stored unpacked (before packs): every operation on one goes to them,
         # from the first (a run read by id before any listing) on.
         for namespace in self.namespaces:
             self._loose[namespace] = set(await self.inner.list(namespace))
-        self._opened = True
 
     def _read_meta(self, data: bytes) -> int:
         try:
@@ -285,9 +292,17 @@ class PackedBackend(Backend):
             if not body.startswith(_MAGIC) or end < 0:
                 raise ValueError("no pack header")
             table = json.loads(body[len(_MAGIC) : end])
+            if not isinstance(table, list):
+                raise ValueError("its header is not a table")
             members: dict[str, _Member] = {}
             at = end + 1
             for name, version, owner, until, kind, length in table:
+                if not isinstance(owner, str | None) or not (
+                    until is None or (isinstance(until, int | float) and until == until)
+                ):
+                    raise ValueError(f"the lease of {name!r} is not one asyncflow writes")
+                if kind == "d" and not (isinstance(length, int) and length >= 0):
+                    raise ValueError(f"the length of {name!r} is not a length")
                 if kind == "d":
                     data: bytes | None = body[at : at + length]
                     at += length
