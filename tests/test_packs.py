@@ -314,3 +314,11 @@ async def test_every_kind_of_damaged_pack_is_named_never_written_over(garbage: b
     stored = await store.read(("packs", "active.0"))
     assert stored is not None
     assert stored.data == garbage
+
+
+@pytest.mark.aws
+async def test_packs_take_the_lease_of_the_backend_they_wrap(aws: Aws) -> None:
+    s3 = asyncflow.S3Backend(aws.new_bucket(), endpoint_url=aws.endpoint, lease_seconds=30)
+    assert asyncflow.PackedBackend(s3).lease_seconds == 30
+    assert asyncflow.PackedBackend(s3, lease_seconds=5).lease_seconds == 5
+    assert asyncflow.PackedBackend(asyncflow.MemoryBackend()).lease_seconds == 900

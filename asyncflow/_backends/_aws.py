@@ -330,6 +330,11 @@ class LeasedBackend(Backend):
     _aws: AwsClient
     _leases: Leases
 
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claim lasts without a write by its holder."""
+        return self._leases.seconds
+
     def _connect(
         self,
         service: str,

@@ -161,7 +161,8 @@ class PackedBackend(Backend):
         namespaces: the namespaces packed.
         spill_bytes: a member larger than this is kept in an object of its own.
         pack_bytes: members are moved out (largest first) to keep a pack under this size.
-        lease_seconds: how long a claim lasts without a write by its holder.
+        lease_seconds: how long a claim lasts without a write by its holder (default: the
+            wrapped backend's ``lease_seconds`` if it has one, else 900, Lambda's longest run).
         clock: the time used for leases (default :func:`time.time`).
     """
 
@@ -179,7 +180,7 @@ class PackedBackend(Backend):
         namespaces: Iterable[str] = ("active",),
         spill_bytes: int = 16 * 1024,
         pack_bytes: int = 256 * 1024,
-        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        lease_seconds: float | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(inner, Backend):
@@ -191,6 +192,8 @@ class PackedBackend(Backend):
         self.namespaces = frozenset(namespaces)
         self.spill_bytes = positive_int(spill_bytes, "spill_bytes", error=ConfigError)
         self.pack_bytes = positive_int(pack_bytes, "pack_bytes", error=ConfigError)
+        if lease_seconds is None:
+            lease_seconds = getattr(inner, "lease_seconds", DEFAULT_LEASE_SECONDS)
         self.lease_seconds = checked_seconds(lease_seconds, "lease_seconds", error=ConfigError)
         self.clock = clock or time.time
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
