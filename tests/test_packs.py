@@ -322,3 +322,32 @@ async def test_packs_take_the_lease_of_the_backend_they_wrap(aws: Aws) -> None:
     assert asyncflow.PackedBackend(s3).lease_seconds == 30
     assert asyncflow.PackedBackend(s3, lease_seconds=5).lease_seconds == 5
     assert asyncflow.PackedBackend(asyncflow.MemoryBackend()).lease_seconds == 900
+
+
+class StoresThenFails(asyncflow.MemoryBackend):
+    """A store whose next pack write is stored, then answered with an error (a timeout after
+    S3 stored the object: the caller cannot tell)."""
+
+    fail_next = False
+
+    async def write(self, key: Key, data: bytes, **conditions: Any) -> str:
+        version = await super().write(key, data, **conditions)
+        if key[0] == "packs" and self.fail_next:
+            self.fail_next = False
+            raise asyncflow.BackendError("timed out", location=key[1])
+        return version
+
+
+async def test_a_big_run_written_by_a_write_that_failed_ambiguously_keeps_its_bytes() -> None:
+    store = StoresThenFails()
+    backend = asyncflow.PackedBackend(store, packs=1, spill_bytes=10)
+    await backend.open()
+    key = ("active", "big")
+    store.fail_next = True
+    with pytest.raises(asyncflow.BackendError, match="timed out"):
+        await backend.write(key, b"z" * 100, if_absent=True)
+    entry = await backend.read(key)  # the write happened: its bytes are there
+    assert entry is not None
+    assert entry.data == b"z" * 100
+    await backend.write(key, b"small", if_version=entry.version)
+    assert await store.list("spilled") == {}, "deleted once a write certainly replaced it"

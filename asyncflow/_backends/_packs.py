@@ -396,8 +396,6 @@ class PackedBackend(Backend):
         stale: list[str] = []  # moved out by attempts that lost a race: referred to by none
         try:
             for _ in range(_ATTEMPTS):
-                stale += spilled
-                spilled.clear()
                 members, base, fresh = pack.members, pack.version, pack.members is None
                 if members is None:
                     members, base = await self._load(pack), pack.version
@@ -422,6 +420,8 @@ class PackedBackend(Backend):
                     )
                 except ConflictError:
                     pack.members = None  # written by someone else: read it, apply again
+                    stale += spilled  # (certainly not written: nothing refers to them)
+                    spilled.clear()
                     continue
                 pack.members = members
                 spilled.clear()  # (referred to by the pack now)
@@ -439,7 +439,9 @@ class PackedBackend(Backend):
             if not isinstance(exc, AsyncflowError):
                 raise
         finally:
-            for where in stale + spilled:  # written for pack writes that did not happen
+            # Moved out for pack writes that certainly did not happen. (Those of a write that
+            # failed otherwise are left: it may have happened, and they are its runs' bytes.)
+            for where in stale:
                 await self._forget(where)
 
     async def _make_room(
@@ -631,8 +633,8 @@ class PackedBackend(Backend):
             op.spill, op.data = await self._spill(key[1], data), None
         try:
             version: str = await self._one(key, op)
-        except BaseException:
-            if op.spill is not None:
+        except ConflictError:
+            if op.spill is not None:  # (not written: left where it may have been)
                 await self._forget(op.spill)
             raise
         if op.before is not None and op.before.spill is not None:
@@ -672,7 +674,7 @@ class PackedBackend(Backend):
                     results[i] = op.result
                 elif isinstance(op.result, AsyncflowError):
                     failure = failure or op.result
-                if op.spill is not None and not isinstance(op.result, str):
+                if op.spill is not None and isinstance(op.result, ConflictError):
                     await self._forget(op.spill)
         if failure is not None:
             raise failure
