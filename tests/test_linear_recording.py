@@ -28,7 +28,7 @@ import asyncflow
 import asyncflow.asgi
 from asyncflow import Context
 from asyncflow._record import RunRecord
-from asyncflow.testing import check_backend
+from asyncflow.testing import MockClock, check_backend
 
 pytestmark = pytest.mark.anyio
 
@@ -138,6 +138,95 @@ async def test_records_at_rest_read_as_the_golden_ones_on_the_file_backend(
     assert text == expected
     assert sum(backend.appended.values()) >= 10  # (the appends were in play)
     assert appended_at_rest, "a record at rest had appended lines"
+
+
+def _watched_flow(backend: asyncflow.Backend | str, clock: MockClock) -> asyncflow.Flow:
+    """A watched item: each invocation checks it once (one side effect), then pauses."""
+    flow = asyncflow.setup(backend, clock=clock)
+
+    @flow.sideeffect()
+    async def check(c: Context, n: int) -> dict[str, Any]:
+        return {"n": n, "seen": "x" * 40}
+
+    @flow.workflow()
+    async def watch(c: Context) -> None:
+        n = 0
+        while True:
+            await check(c, n)
+            n += 1
+            await c.pause_once()
+
+    return flow
+
+
+async def test_a_watched_run_appends_each_invocation_and_is_written_whole_as_lines_grow(
+    tmp_path: Path,
+) -> None:
+    """A paused run advanced by one step per invocation: its invocation's write appends the
+    new steps to the file (the same file: no new file per run and invocation) until the lines
+    outgrow the record's room, then writes it whole, one line again; read back at any time it
+    holds every step, and its updated_at is when it was last advanced."""
+    clock = MockClock(1_700_000_000.0)
+    backend = Counting(tmp_path)
+    flow = _watched_flow(backend, clock)
+    [run_id] = await flow.start("watch")
+    [first] = await flow.run()
+    path = _file(tmp_path, run_id)
+    whole = backend.whole[run_id]
+    inode = path.stat().st_ino
+    appended_invocations = 0
+    for n in range(1, 60):
+        clock.advance(60)
+        [result] = await flow.run()
+        assert result.status == "paused"
+        data = path.read_bytes()
+        if backend.whole[run_id] == whole:
+            # Appended: the same file, the steps of this invocation in lines after the first.
+            appended_invocations += 1
+            assert path.stat().st_ino == inode
+            assert data.endswith(b"\n")
+            first_line = data.split(b"\n")[0]
+            assert len(data) - len(first_line) <= max(len(first_line), 4096)
+        else:
+            # Written whole once the lines would outgrow the room: one line again.
+            assert appended_invocations >= 2, "it appended before it wrote whole"
+            assert b"\n" not in data
+            whole, inode = backend.whole[run_id], path.stat().st_ino
+        run = await flow.get_run(run_id)
+        assert run.updated_at == clock()
+        assert [s.value["n"] for s in run.steps if s.kind == "sideeffect"] == list(range(n + 1))
+        assert RunRecord.decode(data, "here", run_id).updated_at == clock()
+    assert appended_invocations >= 40
+    assert backend.whole[run_id] >= 4, "the record was written whole as its lines grew"
+    assert first.status == "paused"
+
+
+async def test_a_run_whose_last_line_a_crash_cut_short_is_written_whole_next(
+    tmp_path: Path,
+) -> None:
+    """A watched run's record at rest ends in a line a crash cut short (its invocation died
+    mid-append): the next invocation does not append after it, it writes the record whole, as
+    of the last complete line."""
+    clock = MockClock(1_700_000_000.0)
+    backend = Counting(tmp_path)
+    flow = _watched_flow(backend, clock)
+    [run_id] = await flow.start("watch")
+    await flow.run()
+    clock.advance(60)
+    await flow.run()
+    path = _file(tmp_path, run_id)
+    stored = path.read_bytes()
+    assert stored.count(b"\n") >= 2, "the second invocation appended"
+    path.write_bytes(stored + b'[4,{"kind":"sideeffect","na')
+    whole = backend.whole[run_id]
+    clock.advance(60)
+    [result] = await flow.run()
+    assert result.status == "paused"
+    assert backend.whole[run_id] == whole + 1
+    data = path.read_bytes()
+    assert b"\n" not in data
+    record = RunRecord.decode(data, "here", run_id)
+    assert [s["value"]["n"] for s in record.steps if s["kind"] == "sideeffect"] == [0, 1, 2]
 
 
 async def test_readers_see_the_steps_appended_so_far(tmp_path: Path) -> None:
