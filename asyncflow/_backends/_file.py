@@ -485,6 +485,7 @@ class _Locks:
             raise _error("cannot open lock files in", path, exc) from exc
         self.claimed: set[Key] = set()
         self.offsets: dict[tuple[int, int], int] = {}  # (file, offset) -> keys hashed there
+        self.locked = [0] * len(self.claim_fds)  # per file: the offsets locked in it
         self.stripes = [threading.Lock() for _ in range(_STRIPES)]
         self.mutex = threading.Lock()  # over claimed and offsets: any thread may claim
 
@@ -504,6 +505,7 @@ class _Locks:
                     )
                 except (BlockingIOError, PermissionError):
                     return False  # held by another process
+                self.locked[place[0]] += 1
             self.offsets[place] = self.offsets.get(place, 0) + 1
             self.claimed.add(key)
             return True
@@ -524,21 +526,34 @@ class _Locks:
                         fcntl.lockf(fds[place[0]], fcntl.LOCK_EX | fcntl.LOCK_NB, 1, place[1])
                     except (BlockingIOError, PermissionError):
                         continue  # held by another process
+                    self.locked[place[0]] += 1
                 offsets[place] = offsets.get(place, 0) + 1
                 claimed.add(key)
                 taken.append(i)
         return taken
 
     def release_many(self, keys: Sequence[Key]) -> None:
-        """:meth:`release` of each key (claimed), in one hold of the mutex."""
+        """:meth:`release` of each key (claimed), in one hold of the mutex.
+
+        A file none of whose offsets stays locked is unlocked whole, in one call: the kernel
+        walks the file's list of locks for each call, which made letting go of 100,000 claims
+        one by one a tenth of an invocation's CPU."""
         places = [self._place(key) for key in keys]
+        unlocked: dict[int, list[int]] = {}  # per file, the offsets to unlock
         with self.mutex:
             for key, place in zip(keys, places, strict=True):
                 self.claimed.discard(key)
                 self.offsets[place] -= 1
                 if not self.offsets[place]:
                     del self.offsets[place]
-                    fcntl.lockf(self.claim_fds[place[0]], fcntl.LOCK_UN, 1, place[1])
+                    self.locked[place[0]] -= 1
+                    unlocked.setdefault(place[0], []).append(place[1])
+            for n, offsets in unlocked.items():
+                if not self.locked[n]:
+                    fcntl.lockf(self.claim_fds[n], fcntl.LOCK_UN, 0, 0)  # (0: to the end)
+                    continue
+                for offset in offsets:
+                    fcntl.lockf(self.claim_fds[n], fcntl.LOCK_UN, 1, offset)
 
     def release(self, key: Key) -> None:
         place = self._place(key)
@@ -547,6 +562,7 @@ class _Locks:
             self.offsets[place] -= 1
             if not self.offsets[place]:
                 del self.offsets[place]
+                self.locked[place[0]] -= 1
                 fcntl.lockf(self.claim_fds[place[0]], fcntl.LOCK_UN, 1, place[1])
 
     @contextmanager
