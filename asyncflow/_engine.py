@@ -413,9 +413,9 @@ async def _invoke(
         # ends: a run another invocation holds is skipped, and nothing that is read below can
         # change under us. (Claiming run by run as they execute measured slower: each claim
         # then waits on the event loop's thread for the GIL held by the file threads.)
+        if len(due.run_ids) + len(new) >= _MANY_RUNS:
+            claims.enter_context(_rarer_collections())  # (before the records are read)
         held, claimed, damaged = await store.claim_due(claims, due)
-        if len(claimed) >= _MANY_RUNS:
-            claims.enter_context(_rarer_collections())
         if len(held) < len(due.run_ids):
             telemetry.observer().held_elsewhere(len(due.run_ids) - len(held))
         jobs: list[tuple[RunRecord, str | None]] = []
@@ -481,7 +481,7 @@ async def _advance_all(
     return [r for r in results if r is not None]
 
 
-#: From how many runs read an invocation makes the collector's passes rarer (see below).
+#: From how many due runs an invocation makes the collector's passes rarer (see below).
 _MANY_RUNS = 1000
 #: The collector's first threshold then (Python's default: 700 allocations).
 _RARER = 50_000
