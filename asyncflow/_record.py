@@ -168,8 +168,10 @@ class RunRecord:
     Stored, a record is one line of JSON, which appended lines may follow (see
     :meth:`append_lines`): each ``[index, step]``, a step recorded (``index`` is the number of
     steps before it) or replaced (a smaller ``index``). A backend that appends lets a run
-    checkpoint a long journal by writing only what changed; the run's last write of an
-    invocation writes the record whole again, as one line.
+    checkpoint a long journal by writing only what changed, and a paused run's last write of
+    an invocation appends its new steps too while the lines stay short next to the first line
+    (else it writes the record whole again, as one line). A record's ``updated_at`` is the
+    later of its first line's and the times (``at``, ``end``) of the steps its lines hold.
     """
 
     __slots__ = (
@@ -184,6 +186,8 @@ class RunRecord:
         "status",
         "step_json",
         "steps",
+        "stored_len",
+        "stored_tail",
         "traceback",
         "trigger",
         "updated_at",
@@ -224,6 +228,11 @@ class RunRecord:
         # The indices of the steps replaced since the engine last stored the record (``None``:
         # none; the engine resets it): what an appended line must replace.
         self.changed: set[int] | None = None
+        # The record as read (decode): the length of its first line, and of the appended lines
+        # after it (``None``: lines may not be appended to it as read: a crash cut its last
+        # line short, or it was not read, or encoded for a write since).
+        self.stored_len = 0
+        self.stored_tail: int | None = None
 
     # -- journal -----------------------------------------------------------------------------
 
@@ -274,14 +283,23 @@ class RunRecord:
 
     def encode(self) -> bytes:
         # args and result were checked when they were set; the steps are already text.
+        self.stored_tail = None  # about to be written whole: what is stored is not known here
         text = _encoder.encode(self._head(self.updated_at))
         steps = ",".join([self.loaded_json, *self.step_json] if self.loaded else self.step_json)
         return f'{text[:-1]},"steps":[{steps}]}}'.encode()
 
-    def head_json(self) -> str:
-        """The JSON of every field but the steps and ``updated_at``: what appended lines
-        cannot change (a checkpoint that changes it writes the record whole)."""
-        return _encoder.encode(self._head(None))
+    def head_key(self) -> tuple[Any, ...]:
+        """The fields appended lines cannot change and a run's execution may: a checkpoint
+        that changes one writes the record whole. (Its id, workflow, trigger, args and
+        creation time never change; ``updated_at`` is told by the steps' times.)"""
+        return (
+            self.status,
+            self.result,
+            self.error,
+            self.traceback,
+            self.wake_at,
+            self.wait_event,
+        )
 
     def append_lines(self, stored: int, replaced: Iterable[int]) -> bytes | None:
         """The lines that bring a stored copy of this record up to date: the steps
@@ -303,6 +321,9 @@ class RunRecord:
         """
         text = _text(data, location)
         first, lines = _split_lines(text)
+        # Lines may be appended after what was read only if it ends with a whole line: a
+        # crash that cut the last one short leaves it to be dropped by a whole write.
+        clean = "\n" not in text or text.endswith("\n")
         scanned = _scan_record(first)
         if scanned is None:
             raw, steps_text = _load_text(first, location), None
@@ -338,7 +359,9 @@ class RunRecord:
             record.wait_event = _optional(raw, "wait_event")
             steps = _typed(raw, "steps", list)
             if lines:
-                _apply_lines(steps, lines, location)
+                latest = _apply_lines(steps, lines, location)
+                if latest > record.updated_at:
+                    record.updated_at = latest
                 steps_text = None
             if not all(isinstance(s, dict) and isinstance(s.get("kind"), str) for s in steps):
                 raise ValueError("a step is not an object with a kind")
@@ -348,6 +371,8 @@ class RunRecord:
                 if steps_text is None:
                     steps_text = _encoder.encode(steps)
                 record.loaded_json = steps_text[1:-1]
+            record.stored_len = len(first)
+            record.stored_tail = len(text) - len(first) if clean else None
         except (KeyError, TypeError, ValueError, RecursionError) as exc:
             raise _foreign(location, f"it is damaged: {exc}") from None
         if name is not None and record.run_id != name:
@@ -379,7 +404,10 @@ def stored_json(data: bytes) -> Any:
             steps = raw["steps"] if isinstance(raw, dict) else None
             if not isinstance(steps, list):
                 raise ValueError("appended lines follow a record without steps")
-            _apply_lines(steps, lines, "the record")
+            latest = _apply_lines(steps, lines, "the record")
+            updated = raw.get("updated_at")
+            if isinstance(updated, int | float) and latest > updated:
+                raw["updated_at"] = latest
     except DamagedRecordError as exc:
         raise ValueError(str(exc)) from None
     return raw
@@ -404,8 +432,10 @@ def _split_lines(text: str) -> tuple[str, list[str]]:
     return first, lines
 
 
-def _apply_lines(steps: list[Any], lines: list[str], location: str) -> None:
-    """Apply appended lines (``[index, step]``) to ``steps``, in order."""
+def _apply_lines(steps: list[Any], lines: list[str], location: str) -> float:
+    """Apply appended lines (``[index, step]``) to ``steps``, in order; return the latest time
+    (``at``, ``end``) of the steps they hold (the record's ``updated_at`` when later)."""
+    latest = -math.inf
     for n, line in enumerate(lines, 2):
         entry = _load_text(line, location, f"line {n}")
         if not (
@@ -421,6 +451,11 @@ def _apply_lines(steps: list[Any], lines: list[str], location: str) -> None:
             steps.append(step)
         else:
             steps[index] = step
+        for field in ("at", "end"):
+            at = step.get(field)
+            if type(at) in (float, int) and at > latest:
+                latest = at
+    return latest
 
 
 # A record in asyncflow's own form, as RunRecord.encode writes it.

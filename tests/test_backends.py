@@ -298,3 +298,50 @@ async def test_a_claim_held_by_one_store_survives_another_closing(tmp_path: Path
         await one.aclose()  # still holding the claim: its lock must stay
         assert not another_process_takes_it()
     assert another_process_takes_it()
+
+
+@pytest.mark.procs
+async def test_letting_go_of_many_claims_keeps_the_others_of_the_process(tmp_path: Path) -> None:
+    """An invocation lets go of its claims (``claim_read``'s sweep) while another holds claims
+    in the same lock files: those stay held against other processes; the ones let go are free."""
+    import subprocess
+    import sys
+
+    from asyncflow._backends._file import _hash
+
+    probe = (
+        "import anyio, asyncflow, sys\n"
+        "async def main():\n"
+        "    b = asyncflow.FileBackend(sys.argv[1])\n"
+        "    for name in sys.argv[2:]:\n"
+        "        async with b.claim(('active', name)) as held:\n"
+        "            print(held)\n"
+        "anyio.run(main)\n"
+    )
+
+    def others_take(names: list[str]) -> list[bool]:
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path), *names],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return [line == "True" for line in out.stdout.split()]
+
+    def lock_file(name: str) -> int:
+        return _hash(("active", name)) % 64
+
+    kept = "kept"
+    # Keys sharing the kept claim's lock file, and keys of other files.
+    same = [f"r{i}" for i in range(200_000) if lock_file(f"r{i}") == lock_file(kept)][:5]
+    other = [f"r{i}" for i in range(200_000) if lock_file(f"r{i}") != lock_file(kept)][:5]
+    backend = asyncflow.FileBackend(tmp_path)
+    keys = [("active", name) for name in same + other]
+    versions = [await backend.write(key, b"{}") for key in keys]
+    async with backend.claim(("active", kept)) as held:
+        assert held
+        async with backend.claim_read(keys, versions) as entries:
+            assert all(entries)
+            assert others_take([kept, *same, *other]) == [False] * 11
+        assert others_take([kept, *same, *other]) == [False] + [True] * 10
+    assert others_take([kept]) == [True]

@@ -1,11 +1,13 @@
 """Linear recording: on a backend that appends (the file backend), a run's checkpoints add the
 steps that changed to its record instead of writing it whole, so a long run's recording costs
-in proportion to its length; at rest the record is one line, as it always was.
+in proportion to its length. A paused run's last write of an invocation appends too while the
+lines stay short next to the first line (a watched run advanced by one step per invocation
+costs no new file per invocation); else the record at rest is one line, as it always was.
 
-What users rely on: the cost per step does not grow with the journal; the stored bytes at rest
-are unchanged; a crash (``kill -9``) mid-append loses and repeats nothing that was
-checkpointed; a damaged record is set apart without stopping the others; events delivered
-while a run is being recorded are not lost.
+What users rely on: the cost per step does not grow with the journal; a record reads back as
+the same bytes written whole would; a crash (``kill -9``) mid-append loses and repeats nothing
+that was checkpointed; a damaged record is set apart without stopping the others; events
+delivered while a run is being recorded are not lost.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import asyncflow
 import asyncflow.asgi
 from asyncflow import Context
 from asyncflow._record import RunRecord
-from asyncflow.testing import check_backend
+from asyncflow.testing import MockClock, check_backend
 
 pytestmark = pytest.mark.anyio
 
@@ -110,20 +112,121 @@ async def test_the_record_at_rest_is_one_line_as_written_whole(tmp_path: Path) -
     assert b"\n" not in _file(tmp_path, result.run_id, "finished").read_bytes()
 
 
-async def test_records_at_rest_are_byte_identical_to_the_golden_ones_on_the_file_backend(
+async def test_records_at_rest_read_as_the_golden_ones_on_the_file_backend(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The golden scenario (tests/test_golden_records.py, every primitive) on the file
-    backend, which appends mid-invocation: after each invocation every stored byte is the
-    same as the golden file's."""
+    backend, which appends mid-invocation and at rest: after each invocation every record,
+    as read and written whole again, is byte for byte the golden file's; every other stored
+    byte is the golden file's as it is."""
     backend = Counting(tmp_path / "store")
     monkeypatch.setattr(golden, "MemoryBackend", lambda: backend)
+    appended_at_rest: list[str] = []
+    normalise = golden._normalise
+
+    def whole(text: str) -> str:
+        if "\n" in text:  # a record with appended lines, as it is read
+            appended_at_rest.append(text)
+            text = RunRecord.decode(text.encode(), "here").encode().decode()
+        return normalise(text)
+
+    monkeypatch.setattr(golden, "_normalise", whole)
     text = await golden._records(monkeypatch)
     expected = golden.GOLDEN.read_text(encoding="utf-8")
     for got, want in zip(text.splitlines(), expected.splitlines(), strict=False):
         assert got == want
     assert text == expected
     assert sum(backend.appended.values()) >= 10  # (the appends were in play)
+    assert appended_at_rest, "a record at rest had appended lines"
+
+
+def _watched_flow(backend: asyncflow.Backend | str, clock: MockClock) -> asyncflow.Flow:
+    """A watched item: each invocation checks it once (one side effect), then pauses."""
+    flow = asyncflow.setup(backend, clock=clock)
+
+    @flow.sideeffect()
+    async def check(c: Context, n: int) -> dict[str, Any]:
+        return {"n": n, "seen": "x" * 40}
+
+    @flow.workflow()
+    async def watch(c: Context) -> None:
+        n = 0
+        while True:
+            await check(c, n)
+            n += 1
+            await c.pause_once()
+
+    return flow
+
+
+async def test_a_watched_run_appends_each_invocation_and_is_written_whole_as_lines_grow(
+    tmp_path: Path,
+) -> None:
+    """A paused run advanced by one step per invocation: its invocation's write appends the
+    new steps to the file (the same file: no new file per run and invocation) until the lines
+    outgrow the record's room, then writes it whole, one line again; read back at any time it
+    holds every step, and its updated_at is when it was last advanced."""
+    clock = MockClock(1_700_000_000.0)
+    backend = Counting(tmp_path)
+    flow = _watched_flow(backend, clock)
+    [run_id] = await flow.start("watch")
+    [first] = await flow.run()
+    path = _file(tmp_path, run_id)
+    whole = backend.whole[run_id]
+    inode = path.stat().st_ino
+    appended_invocations = 0
+    for n in range(1, 60):
+        clock.advance(60)
+        [result] = await flow.run()
+        assert result.status == "paused"
+        data = path.read_bytes()
+        if backend.whole[run_id] == whole:
+            # Appended: the same file, the steps of this invocation in lines after the first.
+            appended_invocations += 1
+            assert path.stat().st_ino == inode
+            assert data.endswith(b"\n")
+            first_line = data.split(b"\n")[0]
+            assert len(data) - len(first_line) <= max(len(first_line), 4096)
+        else:
+            # Written whole once the lines would outgrow the room: one line again.
+            assert appended_invocations >= 2, "it appended before it wrote whole"
+            assert b"\n" not in data
+            whole, inode = backend.whole[run_id], path.stat().st_ino
+        run = await flow.get_run(run_id)
+        assert run.updated_at == clock()
+        assert [s.value["n"] for s in run.steps if s.kind == "sideeffect"] == list(range(n + 1))
+        assert RunRecord.decode(data, "here", run_id).updated_at == clock()
+    assert appended_invocations >= 40
+    assert backend.whole[run_id] >= 4, "the record was written whole as its lines grew"
+    assert first.status == "paused"
+
+
+async def test_a_run_whose_last_line_a_crash_cut_short_is_written_whole_next(
+    tmp_path: Path,
+) -> None:
+    """A watched run's record at rest ends in a line a crash cut short (its invocation died
+    mid-append): the next invocation does not append after it, it writes the record whole, as
+    of the last complete line."""
+    clock = MockClock(1_700_000_000.0)
+    backend = Counting(tmp_path)
+    flow = _watched_flow(backend, clock)
+    [run_id] = await flow.start("watch")
+    await flow.run()
+    clock.advance(60)
+    await flow.run()
+    path = _file(tmp_path, run_id)
+    stored = path.read_bytes()
+    assert stored.count(b"\n") >= 2, "the second invocation appended"
+    path.write_bytes(stored + b'[4,{"kind":"sideeffect","na')
+    whole = backend.whole[run_id]
+    clock.advance(60)
+    [result] = await flow.run()
+    assert result.status == "paused"
+    assert backend.whole[run_id] == whole + 1
+    data = path.read_bytes()
+    assert b"\n" not in data
+    record = RunRecord.decode(data, "here", run_id)
+    assert [s["value"]["n"] for s in record.steps if s["kind"] == "sideeffect"] == [0, 1, 2]
 
 
 async def test_readers_see_the_steps_appended_so_far(tmp_path: Path) -> None:

@@ -154,6 +154,7 @@ class FileBackend(Backend):
         self._threads = ThreadBatcher(positive_int(threads, "threads", error=ConfigError))
         # Writes go in groups made durable together (see _write_all).
         self._writes: GroupRunner[_WriteJob, str] = GroupRunner(self._write_group, threads)
+        self._appends: GroupRunner[_AppendJob, str] = GroupRunner(_append_all, threads)
         self.folder = Path(folder)
         self._root = os.fspath(folder)  # paths are built as strings: pathlib costs on a hot path
         self._made: set[str] = set()
@@ -332,9 +333,9 @@ class FileBackend(Backend):
     appends = True
 
     async def append(self, key: Key, data: bytes, *, if_version: str) -> str:
+        # In groups made durable together, as writes are (see _append_all).
         path = self._where(key)[0]
-        locks = self._locks()
-        return await self._threads.run(lambda: _append(path, data, locks, key, if_version))
+        return await self._appends.run((path, data, self._locks(), key, if_version))
 
     async def delete(self, key: Key, *, if_version: str | None = None) -> None:
         path, _, legacy = self._where(key)
@@ -484,6 +485,7 @@ class _Locks:
             raise _error("cannot open lock files in", path, exc) from exc
         self.claimed: set[Key] = set()
         self.offsets: dict[tuple[int, int], int] = {}  # (file, offset) -> keys hashed there
+        self.locked = [0] * len(self.claim_fds)  # per file: the offsets locked in it
         self.stripes = [threading.Lock() for _ in range(_STRIPES)]
         self.mutex = threading.Lock()  # over claimed and offsets: any thread may claim
 
@@ -503,6 +505,7 @@ class _Locks:
                     )
                 except (BlockingIOError, PermissionError):
                     return False  # held by another process
+                self.locked[place[0]] += 1
             self.offsets[place] = self.offsets.get(place, 0) + 1
             self.claimed.add(key)
             return True
@@ -523,21 +526,34 @@ class _Locks:
                         fcntl.lockf(fds[place[0]], fcntl.LOCK_EX | fcntl.LOCK_NB, 1, place[1])
                     except (BlockingIOError, PermissionError):
                         continue  # held by another process
+                    self.locked[place[0]] += 1
                 offsets[place] = offsets.get(place, 0) + 1
                 claimed.add(key)
                 taken.append(i)
         return taken
 
     def release_many(self, keys: Sequence[Key]) -> None:
-        """:meth:`release` of each key (claimed), in one hold of the mutex."""
+        """:meth:`release` of each key (claimed), in one hold of the mutex.
+
+        A file none of whose offsets stays locked is unlocked whole, in one call: the kernel
+        walks the file's list of locks for each call, which made letting go of 100,000 claims
+        one by one a tenth of an invocation's CPU."""
         places = [self._place(key) for key in keys]
+        unlocked: dict[int, list[int]] = {}  # per file, the offsets to unlock
         with self.mutex:
             for key, place in zip(keys, places, strict=True):
                 self.claimed.discard(key)
                 self.offsets[place] -= 1
                 if not self.offsets[place]:
                     del self.offsets[place]
-                    fcntl.lockf(self.claim_fds[place[0]], fcntl.LOCK_UN, 1, place[1])
+                    self.locked[place[0]] -= 1
+                    unlocked.setdefault(place[0], []).append(place[1])
+            for n, offsets in unlocked.items():
+                if not self.locked[n]:
+                    fcntl.lockf(self.claim_fds[n], fcntl.LOCK_UN, 0, 0)  # (0: to the end)
+                    continue
+                for offset in offsets:
+                    fcntl.lockf(self.claim_fds[n], fcntl.LOCK_UN, 1, offset)
 
     def release(self, key: Key) -> None:
         place = self._place(key)
@@ -546,6 +562,7 @@ class _Locks:
             self.offsets[place] -= 1
             if not self.offsets[place]:
                 del self.offsets[place]
+                self.locked[place[0]] -= 1
                 fcntl.lockf(self.claim_fds[place[0]], fcntl.LOCK_UN, 1, place[1])
 
     @contextmanager
@@ -820,13 +837,43 @@ def _write(
         raise
 
 
-def _append(path: str, data: bytes, locks: _Locks, key: Key, if_version: str) -> str:
+#: An append for _append_all: path, data, the locks, key, if_version.
+_AppendJob = tuple[str, bytes, "_Locks", Key, str]
+
+
+def _append_all(jobs: list[_AppendJob]) -> list[str | BaseException]:
+    """The appends of many callers, each as :func:`_append` (the version written, or the
+    error to raise to that caller), made durable together by one ``syncfs`` per folder (an
+    fsync per file measured several times the cost) before any caller is answered. Without
+    ``syncfs`` (macOS): :func:`_append` one by one."""
+    syncfs = _syncfs()
+    outcomes: list[str | BaseException] = [""] * len(jobs)
+    for n, job in enumerate(jobs):
+        try:
+            outcomes[n] = _append(*job, sync=syncfs is None)
+        except (BackendError, ConflictError) as exc:
+            outcomes[n] = exc
+    if syncfs is not None:
+        pending = [n for n in range(len(jobs)) if isinstance(outcomes[n], str)]
+        try:
+            for folder in {os.path.dirname(jobs[n][0]) for n in pending}:
+                _sync_folder(folder, syncfs)
+        except OSError as exc:
+            for n in pending:
+                outcomes[n] = _error("cannot append to", jobs[n][0], exc)
+    return outcomes
+
+
+def _append(
+    path: str, data: bytes, locks: _Locks, key: Key, if_version: str, *, sync: bool = True
+) -> str:
     """Append ``data`` to the file at ``path`` if it is at ``if_version``; its new version.
 
     Under the stripe lock of ``key`` (as conditional writes check and rename under it): the
     version checked is that of the file opened, and no writer replaces it until the data is
     in. The version then differs from every earlier one: the size grew. Synced after the lock
-    is let go, as a write is synced before it takes it.
+    is let go, as a write is synced before it takes it (``sync``: here; else the caller
+    makes it durable before it answers).
     """
     try:
         with locks.stripe(key):
@@ -854,7 +901,8 @@ def _append(path: str, data: bytes, locks: _Locks, key: Key, if_version: str) ->
                 os.close(fd)
                 raise
         try:
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         return version
