@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 from request_counts import Requests
+from watched import watch_flow
 
 import asyncflow
-from asyncflow import Context
 from asyncflow._backend import Entry, Key
 from asyncflow._backends._packs import pack_of
 from asyncflow._conformance import BACKEND_CHECKS
@@ -68,25 +68,6 @@ async def test_races_hold_when_every_store_operation_lets_others_run(
     backend = asyncflow.PackedBackend(Yielding(seed), packs=4, namespaces=("ns",))
     await backend.open()
     await BACKEND_CHECKS[check](backend)
-
-
-def _watch_flow(
-    backend: asyncflow.Backend | str, calls: list[int], **options: Any
-) -> asyncflow.Flow:
-    flow = asyncflow.setup(backend, **options)
-
-    @flow.sideeffect()
-    async def io(c: Context, i: int) -> int:
-        calls.append(i)
-        return i
-
-    @flow.workflow()
-    async def watch(c: Context, args: dict[str, int]) -> None:
-        while True:
-            await io(c, args["i"])
-            await c.pause_once()
-
-    return flow
 
 
 async def test_two_processes_objects_share_a_store_and_its_leases() -> None:
@@ -152,7 +133,7 @@ async def test_a_damaged_pack_stops_its_own_runs_and_not_the_others(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store, calls = asyncflow.MemoryBackend(), []
-    flow = _watch_flow(asyncflow.PackedBackend(store, packs=4), calls)
+    flow = watch_flow(asyncflow.PackedBackend(store, packs=4), calls)
     async with flow:
         ids = await flow.start_many("watch", [{"i": i} for i in range(40)])
         assert len(await flow.run()) == 40
@@ -160,7 +141,7 @@ async def test_a_damaged_pack_stops_its_own_runs_and_not_the_others(
     garbage = b'asyncflow-pack/1 [["x", "v", null, null, "d", 999]]\n'
     await store.write(("packs", f"active.{damaged}"), garbage)
     calls.clear()
-    flow = _watch_flow(asyncflow.PackedBackend(store, packs=4), calls)
+    flow = watch_flow(asyncflow.PackedBackend(store, packs=4), calls)
     async with flow:
         results = await flow.run()
         shown = await flow.get_run(ids[0])
@@ -189,10 +170,10 @@ async def test_a_store_keeps_the_number_of_packs_it_was_made_with() -> None:
 
 async def test_runs_stored_before_packs_keep_running_beside_packed_ones() -> None:
     store, calls = asyncflow.MemoryBackend(), []
-    before = _watch_flow(store, calls)  # one object per run, as a store made before packs
+    before = watch_flow(store, calls)  # one object per run, as a store made before packs
     async with before:
         old = await before.start_many("watch", [{"i": i} for i in range(5)])
-    packed = _watch_flow(asyncflow.PackedBackend(store, packs=4), calls)
+    packed = watch_flow(asyncflow.PackedBackend(store, packs=4), calls)
     async with packed:
         new = await packed.start_many("watch", [{"i": i} for i in range(5, 10)])
         assert sorted(r.run_id for r in await packed.run()) == sorted(old + new)
@@ -204,12 +185,12 @@ async def test_runs_stored_before_packs_keep_running_beside_packed_ones() -> Non
 
 async def test_shard_k_of_n_owns_whole_packs_when_n_divides_their_number() -> None:
     store, calls = asyncflow.MemoryBackend(), []
-    flow = _watch_flow(asyncflow.PackedBackend(store, packs=8), calls)
+    flow = watch_flow(asyncflow.PackedBackend(store, packs=8), calls)
     async with flow:
         ids = await flow.start_many("watch", [{"i": i} for i in range(64)])
     for k in range(4):
         shard = asyncflow.PackedBackend(store, packs=8)
-        flow = _watch_flow(shard, calls)
+        flow = watch_flow(shard, calls)
         async with flow:
             advanced = [r.run_id for r in await flow.run(shard=(k, 4))]
         assert {pack_of(r, 8) % 4 for r in advanced} == {k}
@@ -246,13 +227,13 @@ async def test_requests_per_advanced_run_on_packs(kind: str, aws: Aws) -> None:
         return asyncflow.PackedBackend(inner, packs=PACKS)
 
     calls: list[int] = []
-    setup = _watch_flow(backend(Requests()), calls)
+    setup = watch_flow(backend(Requests()), calls)
     async with setup:
         await setup.start_many("watch", [{"i": i} for i in range(RUNS)])
         assert [r.status for r in await setup.run()] == ["paused"] * RUNS
     calls.clear()
     requests = Requests()
-    flow = _watch_flow(backend(requests), calls)  # a fresh invocation
+    flow = watch_flow(backend(requests), calls)  # a fresh invocation
     async with flow:
         results = await flow.run()
     assert [r.status for r in results] == ["paused"] * RUNS
@@ -267,10 +248,10 @@ async def test_requests_per_advanced_run_on_packs(kind: str, aws: Aws) -> None:
 async def test_a_store_with_packs_opened_without_them_is_refused(tmp_path: Any) -> None:
     folder = tmp_path / "store"
     calls: list[int] = []
-    packed = _watch_flow(f"file:{folder}?packs=4", calls)
+    packed = watch_flow(f"file:{folder}?packs=4", calls)
     async with packed:
         await packed.start("watch", {"i": 1})
-    plain = _watch_flow(f"file:{folder}", calls)
+    plain = watch_flow(f"file:{folder}", calls)
     with pytest.raises(asyncflow.ConfigError, match=r"open it with packs \('file:.*\?packs=4'"):
         await plain.run()
     with pytest.raises(asyncflow.ConfigError, match="4 packs"):
@@ -281,10 +262,10 @@ async def test_a_store_with_packs_opened_without_them_is_refused(tmp_path: Any) 
 
 async def test_a_run_stored_before_packs_is_found_by_id_in_a_fresh_process() -> None:
     store, calls = asyncflow.MemoryBackend(), []
-    before = _watch_flow(store, calls)
+    before = watch_flow(store, calls)
     async with before:
         [old] = await before.start_many("watch", [{"i": 0}])
-    fresh = _watch_flow(asyncflow.PackedBackend(store, packs=4), calls)
+    fresh = watch_flow(asyncflow.PackedBackend(store, packs=4), calls)
     run = await fresh.get_run(old)
     assert (run.run_id, run.status) == (old, "pending")
 

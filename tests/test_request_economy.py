@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 from request_counts import Requests
+from watched import watch_flow
 
 import asyncflow
-from asyncflow import Context
 
 if TYPE_CHECKING:
     from conftest import Aws
@@ -51,30 +51,12 @@ def _backend(kind: str, where: str, aws: Aws, requests: Requests) -> asyncflow.B
     return asyncflow.DynamoDBBackend(where, endpoint_url=aws.endpoint, session=requests.session())
 
 
-def _flow(backend: asyncflow.Backend, io_calls: list[int]) -> asyncflow.Flow:
-    flow = asyncflow.setup(backend)
-
-    @flow.sideeffect()
-    async def io(c: Context, i: int) -> int:
-        io_calls.append(i)
-        return i
-
-    @flow.workflow()
-    async def watch(c: Context, args: dict[str, int]) -> None:
-        # The watched-item shape of issue 14: each invocation one side effect, then a pause.
-        while True:
-            await io(c, args["i"])
-            await c.pause_once()
-
-    return flow
-
-
 async def test_requests_per_advanced_run_stay_at_todays_figure_or_below(
     kind: str, aws: Aws
 ) -> None:
     where = aws.new_bucket() if kind == "s3" else aws.new_table()
     io_calls: list[int] = []
-    setup = _flow(_backend(kind, where, aws, Requests()), io_calls)
+    setup = watch_flow(_backend(kind, where, aws, Requests()), io_calls)
     async with setup:
         for i in range(RUNS):
             await setup.start("watch", {"i": i})
@@ -84,7 +66,7 @@ async def test_requests_per_advanced_run_stay_at_todays_figure_or_below(
     io_calls.clear()
 
     requests = Requests()
-    flow = _flow(_backend(kind, where, aws, requests), io_calls)  # a fresh invocation
+    flow = watch_flow(_backend(kind, where, aws, requests), io_calls)  # a fresh invocation
     async with flow:
         results = await flow.run()
     # Every run was advanced by exactly one side effect: the count below is for real work.
