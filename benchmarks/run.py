@@ -73,10 +73,11 @@ class Sizes:
     watched_reps: int = 1
     # Shards (goal 3): the same watched runs advanced by n processes at once, one
     # `flow.run(shard=(k, n))` each, one round per n; on S3 and DynamoDB (moto's server, which
-    # shares the cores with the shard processes) fewer runs and n = 1, 2 only, to stay cheap.
+    # shares the cores with the shard processes) fewer runs, in 256 packs as goal 1's layout
+    # (shard k of n owns whole packs), and n = 1, 2 only, to stay cheap.
     shard_runs: int = 20_000
     shard_ns: tuple[int, ...] = (1, 2, 4)
-    shard_aws_runs: int = 500
+    shard_aws_runs: int = 10_000
     shard_aws_ns: tuple[int, ...] = (1, 2)
 
 
@@ -85,7 +86,7 @@ QUICK = Sizes(
     1_000, 1, 20, 1, 1_000, 3, 300, 5, 200, 100, 1, 3, lambda_calls=300, lambda_reps=2,
     steps=(200, 1_000, 2_000), steps_reps=1, dbos_steps=(200, 1_000), tt_steps=200,
     vs_fanout=(20, 100), dbos_fanout_max=100, watched_runs=2_000, shard_runs=2_000,
-    shard_aws_runs=100,
+    shard_aws_runs=1_000,
 )  # fmt: skip
 WATCHED_GOAL = 100_000  # issue 14's size for goals 1 and 2
 
@@ -232,7 +233,7 @@ def run_all(
         **{
             f"shards-{kind}": [
                 "shards.py", f"--backend={kind}", f"--runs={sizes.shard_aws_runs}",
-                "--n", *map(str, sizes.shard_aws_ns),
+                f"--packs={SHARD_PACKS}", "--n", *map(str, sizes.shard_aws_ns),
             ]
             for kind in ("s3", "dynamodb")
         },
@@ -574,7 +575,12 @@ def peer_rows(out: dict[str, Outcome], sizes: Sizes, figures: Figures) -> list[R
     return rows
 
 
-SHARD_STORES = {"file": "file backend", "s3": "S3 (moto)", "dynamodb": "DynamoDB (moto)"}
+SHARD_PACKS = 256  # S3 and DynamoDB keep the shards' runs in packs (goal 1's layout)
+SHARD_STORES = {
+    "file": "file backend",
+    "s3": f"S3 (moto), {SHARD_PACKS} packs",
+    "dynamodb": f"DynamoDB (moto), {SHARD_PACKS} packs",
+}
 
 
 def shard_rows(sizes: Sizes, figures: Figures) -> list[Row]:

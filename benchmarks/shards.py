@@ -23,13 +23,16 @@ process of its own, as for s3_fanout.py (DynamoDB too), and the requests each ro
 counted. moto's server shares this machine's cores with the shard processes: on S3 and
 DynamoDB the rounds say whether sharding is correct and what it costs per run, less what it
 would gain where the store is elsewhere.
+With ``--packs P`` the runs are kept in P packs (``asyncflow.PackedBackend``, goal 1's layout
+on S3 and DynamoDB): for n dividing P, shard k of n owns whole packs, so no two processes
+write one pack, and a shard's requests scale with its packs, not its runs.
 
 On the file backend all the processes write to one disk, and each makes its writes durable
 with ``syncfs``, which flushes the whole file system (the others' writes too): the disk, not
 the cores, can be what limits the rounds (``TMPDIR=/dev/shm`` shows the cores' share).
 
     python benchmarks/shards.py --backend file --runs 20000 --n 1 2 4
-    python benchmarks/shards.py --backend s3 --runs 1000 --n 1 2
+    python benchmarks/shards.py --backend s3 --runs 10000 --packs 256 --n 1 2
 """
 
 from __future__ import annotations
@@ -60,13 +63,18 @@ SLEEP_S = 0.05
 executed: list[str] = []
 
 
-def make_flow(kind: str, where: str, requests: watched.Requests) -> asyncflow.Flow:
-    """s3_fanout.py's watched-runs flow, its side effect also noting which run it ran for."""
+def make_flow(kind: str, where: str, requests: watched.Requests, packs: int) -> asyncflow.Flow:
+    """s3_fanout.py's watched-runs flow, its side effect also noting which run it ran for;
+    with ``packs``, the runs kept in that many packs (shard k of n owns whole packs when n
+    divides it)."""
     backend: Any = f"file:{where}"
     if kind == "s3":
         backend = asyncflow.S3Backend(where, "bench", session=requests.session())
     elif kind == "dynamodb":
         backend = asyncflow.DynamoDBBackend(where, session=requests.session())
+    if packs:
+        inner = asyncflow.setup(backend).backend if isinstance(backend, str) else backend
+        backend = asyncflow.PackedBackend(inner, packs=packs)
     flow = asyncflow.setup(backend)
 
     @flow.sideeffect()
@@ -118,9 +126,11 @@ def wait_for_go(sync: Path, k: int) -> None:
         time.sleep(0.001)
 
 
-async def shard_process(kind: str, where: str, k: int, n: int, sync: Path) -> dict[str, Any]:
+async def shard_process(
+    kind: str, where: str, packs: int, k: int, n: int, sync: Path
+) -> dict[str, Any]:
     requests = watched.Requests()
-    flow = make_flow(kind, where, requests)
+    flow = make_flow(kind, where, requests, packs)
     held, conflicts = Held(), Conflicts()
     logging.getLogger("asyncflow").addHandler(conflicts)
     OBSERVER.set(held)
@@ -159,9 +169,11 @@ def machine_cpu() -> tuple[float, float] | None:
     return float(sum(ticks) - idle), float(sum(ticks))
 
 
-async def set_up(kind: str, where: str, runs: int, problems: list[str]) -> dict[str, Any]:
+async def set_up(
+    kind: str, where: str, packs: int, runs: int, problems: list[str]
+) -> dict[str, Any]:
     """N runs started and brought to their first pause, unsharded, in this process."""
-    flow = make_flow(kind, where, watched.Requests())
+    flow = make_flow(kind, where, watched.Requests(), packs)
     async with flow:
         t0 = time.perf_counter()
         ids: list[str] = await flow.start_many("fan", [{"i": i} for i in range(runs)])
@@ -178,12 +190,12 @@ async def set_up(kind: str, where: str, runs: int, problems: list[str]) -> dict[
 
 
 def one_round(
-    kind: str, where: str, n: int, ids: list[str], problems: list[str]
+    kind: str, where: str, packs: int, n: int, ids: list[str], problems: list[str]
 ) -> dict[str, Any]:
     """n shard processes started together; what they did, checked."""
     with tempfile.TemporaryDirectory(prefix="asyncflow-shards-") as tmp:
         sync = Path(tmp)
-        argv = [sys.executable, __file__, "shard", kind, where, str(n), str(sync)]
+        argv = [sys.executable, __file__, "shard", kind, where, str(packs), str(n), str(sync)]
         t0 = time.perf_counter()
         procs = [
             subprocess.Popen([*argv, str(k)], stdout=subprocess.PIPE, text=True) for k in range(n)
@@ -267,14 +279,15 @@ def one_round(
     return result
 
 
-def measure(kind: str, where: str, runs: int, ns: list[int]) -> dict[str, Any]:
+def measure(kind: str, where: str, packs: int, runs: int, ns: list[int]) -> dict[str, Any]:
     problems: list[str] = []
-    setup = anyio.run(set_up, kind, where, runs, problems)
+    setup = anyio.run(set_up, kind, where, packs, runs, problems)
     ids = setup["ids"]
-    rounds = [one_round(kind, where, n, ids, problems) for n in ns]
+    rounds = [one_round(kind, where, packs, n, ids, problems) for n in ns]
     return {
         "backend": kind,
         "runs": runs,
+        "packs": packs,
         "ns": ns,
         "rounds": rounds,
         "start_s": setup["start_s"],
@@ -287,22 +300,23 @@ def measure(kind: str, where: str, runs: int, ns: list[int]) -> dict[str, Any]:
 
 def main() -> None:
     if sys.argv[1:2] == ["shard"]:  # one shard process (started by one_round)
-        kind, where, n, sync, k = sys.argv[2:7]  # (on S3: the endpoint from the environment)
-        report = anyio.run(shard_process, kind, where, int(k), int(n), Path(sync))
+        kind, where, packs, n, sync, k = sys.argv[2:8]  # (S3: the endpoint from the environment)
+        report = anyio.run(shard_process, kind, where, int(packs), int(k), int(n), Path(sync))
         print(json.dumps(report), flush=True)
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", choices=["file", "s3", "dynamodb"], default="file")
     p.add_argument("--runs", type=int, default=20_000)
     p.add_argument("--n", type=int, nargs="+", default=[1, 2, 4], help="processes per round")
+    p.add_argument("--packs", type=int, default=0, help="keep the runs in this many packs")
     a = p.parse_args()
     if a.backend == "file":
         with tempfile.TemporaryDirectory(prefix="asyncflow-bench-") as tmp:
-            result = measure("file", tmp, a.runs, a.n)
+            result = measure("file", tmp, a.packs, a.runs, a.n)
     else:
         with watched.moto_server() as endpoint:
             watched.aws_env(endpoint)  # the shard processes inherit it
-            result = measure(a.backend, watched.create_store(a.backend), a.runs, a.n)
+            result = measure(a.backend, watched.create_store(a.backend), a.packs, a.runs, a.n)
     emit(result)
 
 
