@@ -62,6 +62,10 @@ class Backend(abc.ABC):
     #: Whether this backend keeps the active runs in packs (:class:`asyncflow.PackedBackend`).
     #: A backend that wraps another says what the wrapped one says.
     packs_runs: bool = False
+    #: The largest object this store keeps, in bytes (DynamoDB: 400 KB an item), or ``None``
+    #: (the default) for no limit that matters to asyncflow: :class:`asyncflow.PackedBackend`
+    #: keeps its packs under it. A backend that wraps another says what the wrapped one says.
+    item_limit: int | None = None
 
     @classmethod
     def from_url(cls, url: str) -> Backend:

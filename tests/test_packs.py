@@ -9,8 +9,9 @@ store made before packs, the number of packs a store keeps, and the requests it 
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -113,6 +114,89 @@ async def test_a_run_larger_than_spill_bytes_is_kept_apart_and_its_old_copy_dele
     assert b"small" in pack.data
 
 
+class PackWrites(asyncflow.MemoryBackend):
+    """A memory store that keeps every pack body written, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packs: list[bytes] = []
+        self.seen: Callable[[bytes], None] = lambda body: None  # told each body written
+
+    async def write(self, key: Key, data: bytes, **conditions: Any) -> str:
+        version = await super().write(key, data, **conditions)
+        if key[0] == "packs" and key[1] != "meta":
+            self.packs.append(data)
+            self.seen(data)
+        return version
+
+
+def staggered_flow(backend: asyncflow.Backend, busy: anyio.Event | None = None) -> asyncflow.Flow:
+    """Watched runs whose side effect takes ``args["ms"]`` ms (run 0 also waits for ``busy``)."""
+    flow = asyncflow.setup(backend)
+
+    @flow.sideeffect()
+    async def io(c: asyncflow.Context, i: int, ms: int) -> int:
+        if i == 0 and busy is not None:
+            await busy.wait()
+        await anyio.sleep(ms / 1000)  # slow I/O, each run's a little longer than the last
+        return i
+
+    @flow.workflow()
+    async def watch(c: asyncflow.Context, args: dict[str, int]) -> None:
+        while True:
+            await io(c, args["i"], args["ms"])
+            await c.pause_once()
+
+    return flow
+
+
+@pytest.mark.parametrize("gather_seconds", [0.5, 0.0])
+async def test_one_write_carries_the_runs_of_a_pack_that_reach_it_one_after_another(
+    gather_seconds: float,
+) -> None:
+    """Runs of one pack advanced side by side reach their last write a few ms apart: the
+    pack's write waits for them (while they keep coming), so one write carries them all,
+    where writing at once takes one write for each few."""
+    store = PackWrites()
+    args = [{"i": i, "ms": 3 * i} for i in range(40)]  # spread over 120 ms
+    setup = staggered_flow(asyncflow.PackedBackend(store, packs=1))
+    async with setup:
+        await setup.start_many("watch", args)
+        assert len(await setup.run()) == 40
+    store.packs.clear()
+    flow = staggered_flow(asyncflow.PackedBackend(store, packs=1, gather_seconds=gather_seconds))
+    async with flow:
+        assert [r.status for r in await flow.run()] == ["paused"] * 40
+    writes = len(store.packs)  # the leases taken, then the runs' last writes
+    if gather_seconds:
+        assert writes <= 3, f"{writes} writes of the pack for 40 runs"
+    else:
+        assert writes >= 10, f"without waiting, {writes} writes (the test's contrast)"
+
+
+async def test_a_busy_run_does_not_hold_back_the_write_of_its_packs_other_runs() -> None:
+    """Run 0 is still in its side effect when the other runs of its pack are done: their
+    last write does not wait for it (it would wait forever here: run 0 goes on only once
+    the others' write is stored)."""
+    store, busy = PackWrites(), anyio.Event()
+    args = [{"i": i, "ms": 1} for i in range(10)]
+    setup = staggered_flow(asyncflow.PackedBackend(store, packs=1))
+    async with setup:
+        ids = await setup.start_many("watch", args)
+        assert len(await setup.run()) == 10
+
+    def seen(body: bytes) -> None:
+        table = json.loads(body.split(b"\n", 1)[0].removeprefix(b"asyncflow-pack/1 "))
+        if {name for name, _, owner, *_ in table if owner is not None} == {ids[0]}:
+            busy.set()  # the others' leases ended, run 0's not
+
+    store.seen = seen
+    flow = staggered_flow(asyncflow.PackedBackend(store, packs=1), busy)
+    with anyio.fail_after(10):
+        async with flow:
+            assert [r.status for r in await flow.run()] == ["paused"] * 10
+
+
 async def test_a_pack_over_pack_bytes_moves_its_largest_runs_out() -> None:
     store = asyncflow.MemoryBackend()
     backend = asyncflow.PackedBackend(store, packs=1, spill_bytes=10_000, pack_bytes=2_000)
@@ -122,11 +206,31 @@ async def test_a_pack_over_pack_bytes_moves_its_largest_runs_out() -> None:
     pack = await store.read(("packs", "active.0"))
     assert pack is not None
     assert len(pack.data) <= 2_000
-    assert len(await store.list("spilled")) >= 1, "the largest runs are kept apart"
+    apart = sorted(int(name.split(".")[0][1:]) for name in await store.list("spilled"))
+    assert apart, "the largest runs are kept apart"
+    assert apart == list(range(10 - len(apart), 10)), "the largest ones, and only those"
+    smallest_apart = 100 + 50 * apart[0]
+    assert len(pack.data) + smallest_apart > 2_000, "no more moved out than the pack needs"
     for i in range(10):
         entry = await backend.read(("active", f"r{i}"))
         assert entry is not None
         assert entry.data == bytes([65 + i]) * (100 + 50 * i), "every run reads back whole"
+
+
+def test_packs_fit_the_wrapped_store_unless_told() -> None:
+    """A pack may be as large as its store keeps (DynamoDB: 400 KB an item, less room for
+    the item's other attributes); without a limit, 1 MiB: writes cost about the same whatever
+    their size, and runs moved out of a full pack cost requests of their own."""
+    dynamodb = asyncflow.DynamoDBBackend("table")
+    assert dynamodb.item_limit == 400 * 1024
+    assert asyncflow.PackedBackend(dynamodb).pack_bytes == 368 * 1024
+    assert asyncflow.PackedBackend(dynamodb).item_limit == 400 * 1024, "says what it wraps"
+    assert asyncflow.PackedBackend(asyncflow.MemoryBackend()).pack_bytes == 1024 * 1024
+    assert asyncflow.PackedBackend(asyncflow.S3Backend("bucket")).pack_bytes == 1024 * 1024
+    told = asyncflow.PackedBackend(dynamodb, pack_bytes=100_000)
+    assert told.pack_bytes == 100_000
+    with pytest.raises(asyncflow.ConfigError, match="pack_bytes"):
+        asyncflow.PackedBackend(dynamodb, pack_bytes=0)
 
 
 async def test_a_damaged_pack_stops_its_own_runs_and_not_the_others(

@@ -63,6 +63,8 @@ class DynamoDBBackend(LeasedBackend):
         clock: the time used for leases (default :func:`time.time`).
     """
 
+    item_limit = ITEM_LIMIT
+
     def __init__(
         self,
         table: str,
