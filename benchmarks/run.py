@@ -77,7 +77,7 @@ class Sizes:
     # (shard k of n owns whole packs), and n = 1, 2 only, to stay cheap.
     shard_runs: int = 20_000
     shard_ns: tuple[int, ...] = (1, 2, 4)
-    shard_aws_runs: int = 10_000
+    shard_aws_runs: int = 20_000
     shard_aws_ns: tuple[int, ...] = (1, 2)
 
 

@@ -32,7 +32,7 @@ with ``syncfs``, which flushes the whole file system (the others' writes too): t
 the cores, can be what limits the rounds (``TMPDIR=/dev/shm`` shows the cores' share).
 
     python benchmarks/shards.py --backend file --runs 20000 --n 1 2 4
-    python benchmarks/shards.py --backend s3 --runs 10000 --packs 256 --n 1 2
+    python benchmarks/shards.py --backend s3 --runs 20000 --packs 256 --n 1 2
 """
 
 from __future__ import annotations
