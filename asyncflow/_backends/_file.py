@@ -931,9 +931,10 @@ _SYNCFS: object = False  # not looked up yet
 # A group of writes or appends this small fsyncs each file rather than syncing the file
 # system: syncfs also waits for every other process's unwritten data on that file system (a
 # test suite, a build next door), so a lone caller (a run recording its steps one after
-# another) paid for the neighbours' writes: 2.07 ms a step in a busy bench against 0.99 ms
-# with its own fsync. For many files at once one syncfs still costs far less than an fsync
-# each (each is a journal commit): 8 files, 0.4 ms against 2.5 ms here.
+# another) paid for the neighbours' writes (measured alternately on a busy machine: 1.15 ms a
+# step with syncfs, 0.79 ms with these fsyncs and the record's cheaper reads). For many files
+# at once one syncfs still costs far less than an fsync each (each is a journal commit):
+# 8 files, 0.4 ms against 2.5 ms here.
 _SYNC_EACH = 1
 
 

@@ -36,7 +36,7 @@ Q = TypeVar("Q")
 
 class _Hop(Generic[Q]):
     """Entries handed to a worker thread together, and the one event their callers wait
-    for (an event per entry cost a tenth of an append's time in the event loop)."""
+    for (an event per entry made 20,000 calls cost about 6 % more of the event loop)."""
 
     __slots__ = ("done", "entries")
 
