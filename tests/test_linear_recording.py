@@ -380,6 +380,53 @@ async def test_a_replaced_loaded_step_survives_append_and_decode(tmp_path: Path)
     assert ran == Counter({"after": 1, "last": 1})
 
 
+_HEAD = (
+    '{"asyncflow":"run","format":1,"run_id":"r1","workflow":"wf","trigger":"wf",'
+    '"status":"paused","created_at":1.0,"updated_at":2.0,"args":null,"result":null,'
+    '"error":null,"wake_at":null,"wait_event":null,"steps":'
+)
+_STEPS = [
+    {"kind": "sideeffect", "name": "io", "span": 0, "value": {"é": [1, 2.5]}, "at": 3.0},
+    {"kind": "pause", "at": 4.0},
+]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        # As asyncflow appends them (their texts are kept), and in other forms a hand or
+        # another tool may write (read as JSON, encoded again).
+        ['[1,{"kind":"sideeffect","name":"io","span":0,"value":{"é":[1,2.5]},"at":3.0}]',
+         '[2,{"kind":"pause","at":4.0}]'],
+        ['[1, {"kind": "sideeffect", "name": "io", "span": 0, "value": {"é": [1, 2.5]},'
+         ' "at": 3.0}]', ' [2,{"kind":"pause","at":4.0}]'],
+        ['[1,{"kind":"sideeffect","name":"\\u0069o","span":0,"value":{"\\u00e9":[1,2.5]},'
+         '"at":3.0}]', '[2,{"kind":"pause","at":4.0}]'],
+        ['[1,{"kind":"pause","at":1.0}]', '[2,{"kind":"pause","at":4.0}]',
+         '[1,{"kind":"sideeffect","name":"io","span":0,"value":{"é":[1,2.5]},"at":3.0}]'],
+    ],
+)  # fmt: skip
+def test_appended_lines_decode_to_the_record_written_whole(lines: list[str]) -> None:
+    """Whatever form the appended lines take, the record read back, written whole, is the
+    record with those steps in its one line."""
+    first = [{"kind": "log", "message": "hi"}]
+    stored = _HEAD + json.dumps(first, separators=(",", ":")) + "}\n" + "\n".join(lines)
+    stored += "\n"
+    record = RunRecord.decode(stored.encode(), "here", "r1")
+    assert record.steps == [*first, *_STEPS]
+    expected = _HEAD + json.dumps([*first, *_STEPS], separators=(",", ":"), ensure_ascii=False)
+    assert (
+        record.encode().decode()
+        == expected.replace(',"updated_at":2.0,', ',"updated_at":4.0,') + "}"
+    )
+
+
+def test_a_line_that_is_not_json_asyncflow_writes_is_named() -> None:
+    stored = _HEAD + '[]}\n[0,{"kind":"pause","at":1.0}]\n[1,{"kind":"pause","at":NaN}]\n'
+    with pytest.raises(asyncflow.DamagedRecordError, match="line 3"):
+        RunRecord.decode(stored.encode(), "here", "r1")
+
+
 async def test_an_event_delivered_while_a_run_is_recorded_is_not_lost(tmp_path: Path) -> None:
     """One branch waits for an event while the other records side effects; the event is
     delivered (by another flow on the store, as another process would) between two appends.

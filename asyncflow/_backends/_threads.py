@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -14,11 +15,10 @@ T = TypeVar("T")
 
 
 class _Job(Generic[T]):
-    __slots__ = ("done", "error", "fn", "value")
+    __slots__ = ("error", "fn", "value")
 
     def __init__(self, fn: Callable[[], T]) -> None:
         self.fn = fn
-        self.done = anyio.Event()
         self.value: T | None = None
         self.error: BaseException | None = None
 
@@ -31,11 +31,18 @@ def _run_all(jobs: list[_Job[Any]]) -> None:
             job.error = exc
 
 
-class _Queued(Protocol):
-    done: anyio.Event
+Q = TypeVar("Q")
 
 
-Q = TypeVar("Q", bound=_Queued)
+class _Hop(Generic[Q]):
+    """Entries handed to a worker thread together, and the one event their callers wait
+    for (an event per entry made 20,000 calls cost about 6 % more of the event loop)."""
+
+    __slots__ = ("done", "entries")
+
+    def __init__(self) -> None:
+        self.entries: list[Q] = []
+        self.done = anyio.Event()
 
 
 class _Leaders(Generic[Q]):
@@ -47,7 +54,8 @@ class _Leaders(Generic[Q]):
         self._max_leaders = threads
         self._size = size
         self._leaders = 0
-        self._queue: list[Q] = []
+        self._queue: deque[_Hop[Q]] = deque()  # each holds at most size entries
+        self._open: _Hop[Q] | None = None  # the last hop queued, while no leader took it
 
     def _work(self, entries: list[Q]) -> None:
         """Process ``entries`` (in a worker thread), setting each one's outcome."""
@@ -55,7 +63,11 @@ class _Leaders(Generic[Q]):
 
     async def _submit(self, entry: Q) -> None:
         """Queue ``entry`` and return once it is processed."""
-        self._queue.append(entry)
+        hop = self._open
+        if hop is None or len(hop.entries) >= self._size:
+            hop = self._open = _Hop()
+            self._queue.append(hop)
+        hop.entries.append(entry)
         # Shielded: once queued the entry is processed, as with anyio.to_thread; a leader
         # cancelled half-way would leave the callers of its hop waiting for ever.
         with anyio.CancelScope(shield=True):
@@ -63,16 +75,16 @@ class _Leaders(Generic[Q]):
                 self._leaders += 1
                 try:
                     while self._queue:
-                        taken = self._queue[: self._size]
-                        del self._queue[: self._size]
+                        taken = self._queue.popleft()
+                        if taken is self._open:
+                            self._open = None
                         try:
-                            await anyio.to_thread.run_sync(self._work, taken)
+                            await anyio.to_thread.run_sync(self._work, taken.entries)
                         finally:
-                            for queued in taken:
-                                queued.done.set()
+                            taken.done.set()
                 finally:
                     self._leaders -= 1
-            await entry.done.wait()
+            await hop.done.wait()
 
 
 class ThreadBatcher(_Leaders[_Job[Any]]):
@@ -102,11 +114,10 @@ ItemT = TypeVar("ItemT")
 
 
 class _Item(Generic[ItemT, T]):
-    __slots__ = ("done", "item", "outcome")
+    __slots__ = ("item", "outcome")
 
     def __init__(self, item: ItemT) -> None:
         self.item = item
-        self.done = anyio.Event()
         self.outcome: T | BaseException | None = None
 
 
