@@ -231,6 +231,8 @@ def test_packs_fit_the_wrapped_store_unless_told() -> None:
     assert told.pack_bytes == 100_000
     with pytest.raises(asyncflow.ConfigError, match="pack_bytes"):
         asyncflow.PackedBackend(dynamodb, pack_bytes=0)
+    with pytest.raises(asyncflow.ConfigError, match="gather_seconds"):
+        asyncflow.PackedBackend(dynamodb, gather_seconds=-1)
 
 
 async def test_a_damaged_pack_stops_its_own_runs_and_not_the_others(

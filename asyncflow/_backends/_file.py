@@ -760,15 +760,9 @@ def _write_all(jobs: list[_WriteJob]) -> list[str | BaseException]:
                     os.close(fd)
             except OSError as exc:
                 outcomes[n] = _write_error(path, exc)
-        pending = [n for n in range(len(jobs)) if isinstance(outcomes[n], str)]
-        try:
-            for folder in {os.path.dirname(jobs[n][0]) for n in pending}:
-                _sync_folder(folder, syncfs)
-        except OSError as exc:
-            for n in pending:
-                outcomes[n] = _write_error(jobs[n][0], exc)
+        if not _sync_pending([job[0] for job in jobs], outcomes, syncfs, _write_error):
             return outcomes
-        for n in pending:
+        for n in [n for n in range(len(jobs)) if isinstance(outcomes[n], str)]:
             path, _, locks, key, if_version, if_absent, legacy = jobs[n]
             staged = tmps[n]
             assert staged is not None
@@ -855,13 +849,12 @@ def _append_all(jobs: list[_AppendJob]) -> list[str | BaseException]:
         except (BackendError, ConflictError) as exc:
             outcomes[n] = exc
     if syncfs is not None:
-        pending = [n for n in range(len(jobs)) if isinstance(outcomes[n], str)]
-        try:
-            for folder in {os.path.dirname(jobs[n][0]) for n in pending}:
-                _sync_folder(folder, syncfs)
-        except OSError as exc:
-            for n in pending:
-                outcomes[n] = _error("cannot append to", jobs[n][0], exc)
+        _sync_pending(
+            [job[0] for job in jobs],
+            outcomes,
+            syncfs,
+            lambda path, exc: _error("cannot append to", path, exc),
+        )
     return outcomes
 
 
@@ -936,6 +929,26 @@ _SYNCFS: object = False  # not looked up yet
 # at once one syncfs still costs far less than an fsync each (each is a journal commit):
 # 8 files, 0.4 ms against 2.5 ms here.
 _SYNC_EACH = 1
+
+
+def _sync_pending(
+    paths: list[str],
+    outcomes: list[str | BaseException],
+    syncfs: Callable[[int], int],
+    error: Callable[[str, OSError], BaseException],
+) -> bool:
+    """Make the writes whose outcome is still a version (``str``) durable, one ``syncfs``
+    per folder of their ``paths``; if that fails, each of them gets ``error(path, exc)``
+    instead. Whether it succeeded."""
+    pending = [n for n, outcome in enumerate(outcomes) if isinstance(outcome, str)]
+    try:
+        for folder in {os.path.dirname(paths[n]) for n in pending}:
+            _sync_folder(folder, syncfs)
+    except OSError as exc:
+        for n in pending:
+            outcomes[n] = error(paths[n], exc)
+        return False
+    return True
 
 
 def _sync_folder(folder: str, syncfs: Callable[[int], int]) -> None:

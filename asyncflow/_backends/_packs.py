@@ -222,9 +222,9 @@ class PackedBackend(Backend):
         if lease_seconds is None:
             lease_seconds = getattr(inner, "lease_seconds", DEFAULT_LEASE_SECONDS)
         self.lease_seconds = checked_seconds(lease_seconds, "lease_seconds", error=ConfigError)
-        if not isinstance(gather_seconds, int | float) or not 0 <= gather_seconds < 60:
-            raise ConfigError(f"gather_seconds must be from 0 to 60, not {gather_seconds!r}")
-        self.gather_seconds = float(gather_seconds)
+        self.gather_seconds = checked_seconds(
+            gather_seconds, "gather_seconds", error=ConfigError, zero=True
+        )
         self.clock = clock or time.time
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._packs: dict[Key, _Pack] = {}
@@ -716,8 +716,15 @@ class PackedBackend(Backend):
             return await write(key, data, if_version=if_version, if_absent=if_absent)
         held = self._held.get(key)
         holding = held is not None and not held.released
-        op = _Op(key, "put", data, if_version, if_absent, lease=holding and not release)
-        op.ends_hold = holding and release
+        op = _Op(
+            key,
+            "put",
+            data,
+            if_version,
+            if_absent,
+            lease=holding and not release,
+            ends_hold=holding and release,
+        )
         if len(data) > self.spill_bytes:
             op.spill, op.data = await self._spill(key[1], data), None
         try:
